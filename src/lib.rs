@@ -1,0 +1,4 @@
+//! astara-dp: a userspace fast-path data plane for OpenStack Astara router and
+//! load-balancer appliances. See `DESIGN.md` of the project for the layout.
+
+pub mod packet;

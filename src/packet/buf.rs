@@ -1,0 +1,369 @@
+//! Packet buffers, the recycling pool, and the burst that stages work on.
+//!
+//! A buffer is a fixed 2 KiB block with headroom, moved by pointer between the
+//! pool, a port and a burst: nothing is allocated per packet. The burst keeps
+//! the buffers and, beside them, one [`Meta`] per packet that each stage reads
+//! and writes (VPP's vector of buffer indices plus opaque metadata).
+
+/// Size of one buffer, headroom included.
+pub const BUF_SIZE: usize = 2048;
+/// Bytes kept free in front of the frame for headers pushed later (tunnels, VLAN).
+pub const HEADROOM: usize = 128;
+/// Largest frame a buffer holds (1500-byte MTU + Ethernet + two VLAN tags fit).
+pub const MAX_FRAME: usize = BUF_SIZE - HEADROOM - 8;
+/// Largest burst a worker handles at once.
+pub const MAX_BURST: usize = 256;
+pub const DEFAULT_BURST: usize = 32;
+
+/// What the pipeline has decided for a packet so far.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Verdict {
+    /// Still travelling through the stages.
+    #[default]
+    Pending = 0,
+    /// Rewritten and ready for `out_port`.
+    Forward = 1,
+    /// For the appliance itself: goes to the exception path.
+    Local = 2,
+    /// Dropped; `Meta::reason` says why.
+    Drop = 3,
+}
+
+/// Network layer found by the parser.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum L3 {
+    #[default]
+    None = 0,
+    Ipv4 = 1,
+    Ipv6 = 2,
+    Arp = 3,
+}
+
+/// Per-packet metadata, written by the stages.
+/// IPv4 addresses sit in the low 32 bits of `src`/`dst`.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+pub struct Meta {
+    pub src: u128,
+    pub dst: u128,
+    /// Flow hash over the 5-tuple (symmetric): RSS, ECMP.
+    pub hash: u32,
+    /// Next-hop (adjacency) index chosen by the route stage.
+    pub nh: u32,
+    pub in_port: u16,
+    pub out_port: u16,
+    /// Offsets from the start of the frame.
+    pub l3_off: u16,
+    pub l4_off: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub vlan: u16,
+    pub l3: L3,
+    pub proto: u8,
+    /// 0: not a fragment, 1: first fragment, 2: later fragment.
+    pub frag: u8,
+    pub verdict: Verdict,
+    /// Drop reason code (`stage::DropReason as u8`) when `verdict == Drop`.
+    pub reason: u8,
+    pub tcp_flags: u8,
+}
+
+impl Meta {
+    #[inline]
+    pub fn drop(&mut self, reason: u8) {
+        self.verdict = Verdict::Drop;
+        self.reason = reason;
+    }
+}
+
+/// What the stages need of a packet buffer, whatever backend owns its memory
+/// (our pool, or a DPDK mbuf later).
+pub trait PacketBuf: Send + 'static {
+    fn data(&self) -> &[u8];
+    fn data_mut(&mut self) -> &mut [u8];
+    fn len(&self) -> usize {
+        self.data().len()
+    }
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Drops `n` bytes from the front (for instance an old L2 header).
+    fn adj(&mut self, n: usize);
+    /// Grows the frame by `n` bytes at the front, from the headroom; false when
+    /// there is not enough headroom.
+    fn prepend(&mut self, n: usize) -> bool;
+    /// Shortens the frame to `len` bytes (Ethernet padding removal).
+    fn trim(&mut self, len: usize);
+}
+
+/// One pool buffer: offset and length of the frame, then the bytes.
+#[repr(C, align(64))]
+pub struct Buf {
+    off: u16,
+    len: u16,
+    bytes: [u8; BUF_SIZE],
+}
+
+/// An owned packet buffer from a [`Pool`].
+pub struct Pkt(Box<Buf>);
+
+impl Pkt {
+    /// Allocates a buffer outside any pool (tests, the control thread).
+    pub fn new() -> Pkt {
+        Pkt(Box::new(Buf { off: HEADROOM as u16, len: 0, bytes: [0; BUF_SIZE] }))
+    }
+
+    /// Builds a packet holding a copy of `frame`; None if it does not fit.
+    pub fn from_slice(frame: &[u8]) -> Option<Pkt> {
+        let mut p = Pkt::new();
+        p.fill(frame).then_some(p)
+    }
+
+    /// Replaces the contents with `frame` (at the default headroom).
+    #[inline]
+    pub fn fill(&mut self, frame: &[u8]) -> bool {
+        if frame.len() > MAX_FRAME {
+            return false;
+        }
+        let b = &mut *self.0;
+        b.off = HEADROOM as u16;
+        b.len = frame.len() as u16;
+        b.bytes[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+        true
+    }
+
+    /// Room after the headroom, for a receiver writing the frame in place.
+    pub fn room_mut(&mut self) -> &mut [u8] {
+        &mut self.0.bytes[HEADROOM..HEADROOM + MAX_FRAME]
+    }
+
+    /// Sets the frame to the first `len` bytes of `room_mut`.
+    pub fn set_received(&mut self, len: usize) {
+        debug_assert!(len <= MAX_FRAME);
+        self.0.off = HEADROOM as u16;
+        self.0.len = len.min(MAX_FRAME) as u16;
+    }
+}
+
+impl std::fmt::Debug for Pkt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pkt({} bytes)", self.len())
+    }
+}
+
+impl Default for Pkt {
+    fn default() -> Self {
+        Pkt::new()
+    }
+}
+
+impl PacketBuf for Pkt {
+    #[inline]
+    fn data(&self) -> &[u8] {
+        let b = &*self.0;
+        &b.bytes[b.off as usize..b.off as usize + b.len as usize]
+    }
+    #[inline]
+    fn data_mut(&mut self) -> &mut [u8] {
+        let b = &mut *self.0;
+        &mut b.bytes[b.off as usize..b.off as usize + b.len as usize]
+    }
+    #[inline]
+    fn len(&self) -> usize {
+        self.0.len as usize
+    }
+    #[inline]
+    fn adj(&mut self, n: usize) {
+        let n = n.min(self.0.len as usize) as u16;
+        self.0.off += n;
+        self.0.len -= n;
+    }
+    #[inline]
+    fn prepend(&mut self, n: usize) -> bool {
+        if n > self.0.off as usize {
+            return false;
+        }
+        self.0.off -= n as u16;
+        self.0.len += n as u16;
+        true
+    }
+    #[inline]
+    fn trim(&mut self, len: usize) {
+        if len < self.0.len as usize {
+            self.0.len = len as u16;
+        }
+    }
+}
+
+/// A per-worker stack of free buffers. Allocation and free are a pop and a
+/// push; the most recently freed (cache-hot) buffer is reused first.
+pub struct Pool {
+    free: Vec<Pkt>,
+    capacity: usize,
+}
+
+impl Pool {
+    /// Pre-allocates `capacity` buffers; the pool never grows past it.
+    pub fn new(capacity: usize) -> Pool {
+        let mut free = Vec::with_capacity(capacity);
+        for _ in 0..capacity {
+            free.push(Pkt::new());
+        }
+        Pool { free, capacity }
+    }
+
+    #[inline]
+    pub fn alloc(&mut self) -> Option<Pkt> {
+        self.free.pop()
+    }
+
+    /// Returns a buffer. Buffers that arrived from elsewhere (another
+    /// worker's ring) may overfill the pool: those are released instead.
+    #[inline]
+    pub fn free(&mut self, p: Pkt) {
+        if self.free.len() < self.capacity {
+            self.free.push(p);
+        }
+    }
+
+    pub fn available(&self) -> usize {
+        self.free.len()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+/// Up to `capacity` packets with their metadata, processed stage by stage.
+pub struct Burst<P: PacketBuf = Pkt> {
+    pkts: Vec<P>,
+    meta: Vec<Meta>,
+    capacity: usize,
+}
+
+impl<P: PacketBuf> Burst<P> {
+    /// A burst of at most `capacity` (1..=MAX_BURST) packets.
+    pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.clamp(1, MAX_BURST);
+        Burst { pkts: Vec::with_capacity(capacity), meta: vec![Meta::default(); capacity], capacity }
+    }
+
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.pkts.len()
+    }
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.pkts.is_empty()
+    }
+    #[inline]
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+    #[inline]
+    pub fn room(&self) -> usize {
+        self.capacity - self.pkts.len()
+    }
+
+    /// Adds a received packet with fresh metadata; gives it back when full.
+    #[inline]
+    pub fn push(&mut self, p: P, in_port: u16) -> Result<(), P> {
+        let i = self.pkts.len();
+        if i == self.capacity {
+            return Err(p);
+        }
+        self.meta[i] = Meta { in_port, ..Meta::default() };
+        self.pkts.push(p);
+        Ok(())
+    }
+
+    #[inline]
+    pub fn pkt(&self, i: usize) -> &P {
+        &self.pkts[i]
+    }
+    #[inline]
+    pub fn pkt_mut(&mut self, i: usize) -> &mut P {
+        &mut self.pkts[i]
+    }
+    #[inline]
+    pub fn meta(&self, i: usize) -> &Meta {
+        &self.meta[i]
+    }
+    #[inline]
+    pub fn meta_mut(&mut self, i: usize) -> &mut Meta {
+        &mut self.meta[i]
+    }
+    /// Packet and its metadata together, for stages that rewrite.
+    #[inline]
+    pub fn pair_mut(&mut self, i: usize) -> (&mut P, &mut Meta) {
+        (&mut self.pkts[i], &mut self.meta[i])
+    }
+    #[inline]
+    pub fn metas(&self) -> &[Meta] {
+        &self.meta[..self.pkts.len()]
+    }
+
+    /// Empties the burst, handing each packet and its metadata to `f` in order.
+    #[inline]
+    pub fn drain(&mut self, mut f: impl FnMut(P, &Meta)) {
+        for (i, p) in self.pkts.drain(..).enumerate() {
+            f(p, &self.meta[i]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_recycles_without_growing() {
+        let mut pool = Pool::new(4);
+        let a = pool.alloc().unwrap();
+        let b = pool.alloc().unwrap();
+        assert_eq!(pool.available(), 2);
+        pool.free(a);
+        pool.free(b);
+        pool.free(Pkt::new()); // foreign buffer into a full pool is released
+        assert_eq!(pool.available(), 4);
+        for _ in 0..4 {
+            assert!(pool.alloc().is_some());
+        }
+        assert!(pool.alloc().is_none());
+    }
+
+    #[test]
+    fn buffer_adjust_prepend_trim() {
+        let mut p = Pkt::from_slice(&[1, 2, 3, 4, 5, 6]).unwrap();
+        p.adj(2);
+        assert_eq!(p.data(), &[3, 4, 5, 6]);
+        assert!(p.prepend(1));
+        assert_eq!(p.data(), &[2, 3, 4, 5, 6]);
+        p.trim(3);
+        assert_eq!(p.data(), &[2, 3, 4]);
+        assert!(!p.prepend(HEADROOM + 10));
+        p.adj(100);
+        assert!(p.is_empty());
+        assert!(Pkt::from_slice(&vec![0; MAX_FRAME + 1]).is_none());
+        assert!(Pkt::from_slice(&vec![0; MAX_FRAME]).is_some());
+    }
+
+    #[test]
+    fn burst_push_and_drain_keep_order() {
+        let mut b: Burst = Burst::new(2);
+        assert!(b.push(Pkt::from_slice(&[1]).unwrap(), 3).is_ok());
+        b.meta_mut(0).drop(7);
+        assert!(b.push(Pkt::from_slice(&[2]).unwrap(), 4).is_ok());
+        assert!(b.push(Pkt::new(), 5).is_err());
+        let mut seen = Vec::new();
+        b.drain(|p, m| seen.push((p.data()[0], m.in_port, m.verdict)));
+        assert_eq!(seen, vec![(1, 3, Verdict::Drop), (2, 4, Verdict::Pending)]);
+        assert!(b.is_empty());
+        // Metadata is fresh for the next packet in a slot.
+        b.push(Pkt::new(), 9).unwrap();
+        assert_eq!(b.meta(0).verdict, Verdict::Pending);
+    }
+}

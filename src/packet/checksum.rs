@@ -1,0 +1,132 @@
+//! Internet checksum (RFC 1071) and its incremental update (RFC 1624).
+//!
+//! Rewriting a header field must not cost a full recomputation: routers and
+//! NATs update the checksum from the old and new value of the changed words.
+
+/// Ones'-complement sum of `data` as big-endian 16-bit words, not folded.
+/// An odd trailing byte is padded with zero, as RFC 1071 specifies.
+#[inline]
+pub fn sum(data: &[u8]) -> u64 {
+    let mut acc: u64 = 0;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        acc += u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64;
+    }
+    let rest = chunks.remainder();
+    let mut i = 0;
+    while i + 1 < rest.len() {
+        acc += u16::from_be_bytes([rest[i], rest[i + 1]]) as u64;
+        i += 2;
+    }
+    if i < rest.len() {
+        acc += (rest[i] as u64) << 8;
+    }
+    acc
+}
+
+/// Folds a wide ones'-complement sum into 16 bits (not inverted).
+#[inline]
+pub fn fold(mut acc: u64) -> u16 {
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u16
+}
+
+/// The checksum field value for `data` (with its own checksum field zeroed).
+#[inline]
+pub fn checksum(data: &[u8]) -> u16 {
+    !fold(sum(data))
+}
+
+/// True when `data`, checksum field included, sums to all ones.
+#[inline]
+pub fn verify(data: &[u8]) -> bool {
+    fold(sum(data)) == 0xffff
+}
+
+/// RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m') for one changed 16-bit word.
+#[inline]
+pub fn update16(check: u16, old: u16, new: u16) -> u16 {
+    let acc = (!check as u64) + (!old as u64) + new as u64;
+    !fold(acc)
+}
+
+/// RFC 1624 for a changed 32-bit field (an IPv4 address): two words at once.
+#[inline]
+pub fn update32(check: u16, old: u32, new: u32) -> u16 {
+    let acc = (!check as u64)
+        + (!(old >> 16) as u16 as u64)
+        + (!(old as u16) as u64)
+        + (new >> 16) as u64
+        + (new & 0xffff) as u64;
+    !fold(acc)
+}
+
+/// Sum of the IPv4 pseudo-header used by TCP, UDP (RFC 768/793).
+#[inline]
+pub fn pseudo_v4(src: u32, dst: u32, proto: u8, len: u16) -> u64 {
+    (src >> 16) as u64 + (src & 0xffff) as u64 + (dst >> 16) as u64 + (dst & 0xffff) as u64
+        + proto as u64
+        + len as u64
+}
+
+/// Sum of the IPv6 pseudo-header (RFC 8200 section 8.1).
+#[inline]
+pub fn pseudo_v6(src: u128, dst: u128, next_header: u8, len: u32) -> u64 {
+    sum(&src.to_be_bytes()) + sum(&dst.to_be_bytes()) + (len >> 16) as u64 + (len & 0xffff) as u64
+        + next_header as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // RFC 1071 section 3 example: 00 01 f2 03 f4 f5 f6 f7 sums to ddf2.
+    #[test]
+    fn rfc1071_example_sum() {
+        let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
+        assert_eq!(fold(sum(&data)), 0xddf2);
+        assert_eq!(checksum(&data), !0xddf2);
+    }
+
+    // A real IPv4 header (Wikipedia's worked example), checksum b861.
+    #[test]
+    fn ipv4_header_vector() {
+        let mut h = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        ];
+        assert_eq!(checksum(&h), 0xb861);
+        h[10] = 0xb8;
+        h[11] = 0x61;
+        assert!(verify(&h));
+    }
+
+    #[test]
+    fn odd_length_pads_with_zero() {
+        assert_eq!(fold(sum(&[0x01, 0x02, 0x03])), 0x0402);
+    }
+
+    #[test]
+    fn incremental_matches_full_recompute() {
+        let mut h = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0xb8, 0x61, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        ];
+        // TTL 64 -> 63 changes the word (ttl, proto).
+        let old = u16::from_be_bytes([h[8], h[9]]);
+        h[8] = 63;
+        let new = u16::from_be_bytes([h[8], h[9]]);
+        let c = update16(0xb861, old, new);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        assert!(verify(&h));
+        // Source address rewrite.
+        let old_src = u32::from_be_bytes([h[12], h[13], h[14], h[15]]);
+        let new_src = 0x0a00_0001;
+        let c = update32(c, old_src, new_src);
+        h[12..16].copy_from_slice(&new_src.to_be_bytes());
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        assert!(verify(&h));
+    }
+}
