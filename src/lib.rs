@@ -2,3 +2,4 @@
 //! load-balancer appliances. See `DESIGN.md` of the project for the layout.
 
 pub mod packet;
+pub mod table;
