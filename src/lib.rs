@@ -3,3 +3,5 @@
 
 pub mod packet;
 pub mod table;
+pub mod stage;
+pub mod control;

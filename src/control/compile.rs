@@ -1,0 +1,427 @@
+//! Compiles a validated Astara document and the appliance's ports into a
+//! routing [`Snapshot`]: connected and local routes from interface
+//! addresses, the default gateway, `static_routes` and subnet `host_routes`
+//! (several next hops for one destination become an ECMP group), and
+//! neighbours seeded from `allocations` and the runtime's static entries.
+
+use super::model::{AstaraConfig, Cidr, ConfigError, NetworkType, ip_bits};
+use crate::packet::Mac;
+use crate::stage::{AdjKind, Adjacency, PortInfo, PortRole, Snapshot};
+use crate::table::lpm4::DEFAULT_TBL8_GROUPS;
+use crate::table::lpm6::DEFAULT_GROUPS6;
+use crate::table::{Lpm4Builder, Lpm6Builder, NeighborSource, NeighborTable};
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+/// A port of the appliance as the runtime knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PortSpec {
+    /// Logical name the orchestrator uses (`ge0`, `ge1`, ...).
+    pub name: String,
+    pub mac: Mac,
+    /// IP MTU the link supports.
+    pub mtu: u16,
+}
+
+/// A neighbour entry the operator pins (a gateway with no allocation).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaticNeighbor {
+    pub port: String,
+    pub ip: IpAddr,
+    pub mac: Mac,
+}
+
+#[derive(Debug, Clone)]
+pub struct CompileOptions {
+    pub tbl8_groups: usize,
+    pub lpm6_groups: usize,
+    pub neighbors: Vec<StaticNeighbor>,
+    pub generation: u64,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        CompileOptions { tbl8_groups: DEFAULT_TBL8_GROUPS, lpm6_groups: DEFAULT_GROUPS6, neighbors: Vec::new(), generation: 1 }
+    }
+}
+
+/// The result: the snapshot, and what was accepted but not applied.
+pub struct Compiled {
+    pub snapshot: Snapshot,
+    pub warnings: Vec<String>,
+}
+
+/// `ge2` sorts before `ge10`.
+fn natural_key(s: &str) -> (String, u64) {
+    let digits = s.chars().rev().take_while(|c| c.is_ascii_digit()).count();
+    let (head, tail) = s.split_at(s.len() - digits);
+    (head.to_string(), tail.parse().unwrap_or(0))
+}
+
+/// Ports for a document run without a runtime file (`replay`, tests): one per
+/// interface in natural name order, MAC from `lladdr` or a locally
+/// administered `02:ac:da:00:00:NN`, MTU from the interface or 1500.
+pub fn ports_from_config(cfg: &AstaraConfig) -> Vec<PortSpec> {
+    let mut ifs: Vec<_> = cfg.networks.iter().map(|n| &n.interface).collect();
+    ifs.sort_by_key(|i| natural_key(&i.ifname));
+    ifs.iter()
+        .enumerate()
+        .map(|(k, i)| PortSpec {
+            name: i.ifname.clone(),
+            mac: i.lladdr.unwrap_or(Mac([0x02, 0xac, 0xda, 0, (k >> 8) as u8, k as u8])),
+            mtu: i.mtu.map_or(1500, |m| m.min(u16::MAX as u32) as u16),
+        })
+        .collect()
+}
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(vec![msg.into()])
+}
+
+struct Builder<'a> {
+    ports: &'a [PortSpec],
+    adj: Vec<Adjacency>,
+    ecmp: Vec<u32>,
+    connected_adj: HashMap<u16, u32>,
+    gateway_adj: HashMap<(u16, u128, bool), u32>,
+    /// (prefix, port) of every interface address.
+    connected: Vec<(Cidr, u16)>,
+    warnings: Vec<String>,
+}
+
+const ADJ_LOCAL: u32 = 0;
+
+impl Builder<'_> {
+    fn port_index(&self, name: &str) -> Option<u16> {
+        self.ports.iter().position(|p| p.name == name).map(|i| i as u16)
+    }
+
+    fn connected_adj(&mut self, port: u16) -> u32 {
+        *self.connected_adj.entry(port).or_insert_with(|| {
+            self.adj.push(Adjacency::connected(port));
+            (self.adj.len() - 1) as u32
+        })
+    }
+
+    /// The port on whose connected prefix `ip` lies (longest prefix wins).
+    fn on_link(&self, ip: IpAddr) -> Option<u16> {
+        self.connected.iter().filter(|(c, _)| c.contains(ip)).max_by_key(|(c, _)| c.len).map(|&(_, p)| p)
+    }
+
+    fn is_own_address(&self, ip: IpAddr) -> bool {
+        self.connected.iter().any(|(c, _)| c.addr == ip)
+    }
+
+    fn gateway_adj(&mut self, gw: IpAddr, at: &str) -> Result<u32, ConfigError> {
+        if self.is_own_address(gw) {
+            return Err(invalid(format!("{at}: next hop {gw} is an address of this router")));
+        }
+        let port = self
+            .on_link(gw)
+            .ok_or_else(|| invalid(format!("{at}: next hop {gw} is not on any connected network")))?;
+        let key = (port, ip_bits(gw), gw.is_ipv4());
+        if let Some(&a) = self.gateway_adj.get(&key) {
+            return Ok(a);
+        }
+        self.adj.push(Adjacency {
+            kind: AdjKind::Gateway,
+            port,
+            gw: ip_bits(gw),
+            gw_v4: gw.is_ipv4(),
+            mac: None,
+            ecmp_start: 0,
+            ecmp_len: 0,
+        });
+        let a = (self.adj.len() - 1) as u32;
+        self.gateway_adj.insert(key, a);
+        Ok(a)
+    }
+}
+
+/// Validates `cfg` against the ports and builds the snapshot.
+pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) -> Result<Compiled, ConfigError> {
+    cfg.validate()?;
+    if ports.len() > u16::MAX as usize {
+        return Err(invalid("too many ports"));
+    }
+    let mut b = Builder {
+        ports,
+        adj: vec![Adjacency::local(), Adjacency::blackhole()],
+        ecmp: Vec::new(),
+        connected_adj: HashMap::new(),
+        gateway_adj: HashMap::new(),
+        connected: Vec::new(),
+        warnings: Vec::new(),
+    };
+    let mut port_info: Vec<PortInfo> = ports
+        .iter()
+        .map(|p| PortInfo { name: p.name.clone(), mac: p.mac, mtu: p.mtu, role: PortRole::Other, up: false })
+        .collect();
+    let mut fib4 = Lpm4Builder::with_tbl8_groups(opts.tbl8_groups);
+    let mut fib6 = Lpm6Builder::with_groups(opts.lpm6_groups);
+    let table_err = |e: crate::table::LpmError| invalid(format!("route table: {e}"));
+
+    // Interfaces: ports, connected and local routes.
+    for (i, n) in cfg.networks.iter().enumerate() {
+        let ifn = &n.interface.ifname;
+        let port = b.port_index(ifn).ok_or_else(|| {
+            let names: Vec<_> = ports.iter().map(|p| p.name.as_str()).collect();
+            invalid(format!(
+                "networks[{i}].interface.ifname: {ifn} is not a port of this appliance (ports: {})",
+                names.join(", ")
+            ))
+        })?;
+        let info = &mut port_info[port as usize];
+        info.up = true;
+        info.role = match n.network_type {
+            NetworkType::External => PortRole::External,
+            NetworkType::Internal => PortRole::Internal,
+            NetworkType::Management => PortRole::Management,
+            _ => PortRole::Other,
+        };
+        if let Some(mtu) = n.interface.mtu {
+            info.mtu = info.mtu.min(mtu.min(u16::MAX as u32) as u16);
+        }
+        for a in &n.interface.addresses {
+            b.connected.push((*a, port));
+        }
+    }
+    for &(c, port) in &b.connected.clone() {
+        let conn = b.connected_adj(port);
+        if c.is_v4() {
+            fib4.add(c.network() as u32, c.len, conn).map_err(table_err)?;
+            fib4.add(c.bits() as u32, 32, ADJ_LOCAL).map_err(table_err)?;
+            if let Some(bc) = c.broadcast_v4() {
+                fib4.add(bc, 32, ADJ_LOCAL).map_err(table_err)?;
+            }
+        } else {
+            fib6.add(c.network(), c.len, conn).map_err(table_err)?;
+            fib6.add(c.bits(), 128, ADJ_LOCAL).map_err(table_err)?;
+        }
+    }
+    // Multicast, limited broadcast and link-local scope go to the host stack.
+    fib4.add(0xe000_0000, 4, ADJ_LOCAL).map_err(table_err)?;
+    fib4.add(u32::MAX, 32, ADJ_LOCAL).map_err(table_err)?;
+    fib6.add(0xff00 << 112, 8, ADJ_LOCAL).map_err(table_err)?;
+    fib6.add(0xfe80 << 112, 10, ADJ_LOCAL).map_err(table_err)?;
+
+    // Routes through gateways, grouped by destination (ECMP).
+    let mut groups: BTreeMap<(bool, u128, u8), (Vec<IpAddr>, String)> = BTreeMap::new();
+    let mut add_route = |dst: Cidr, nh: IpAddr, at: String| {
+        let e = groups.entry((dst.is_v4(), dst.network(), dst.len)).or_insert_with(|| (Vec::new(), at));
+        if !e.0.contains(&nh) {
+            e.0.push(nh);
+        }
+    };
+    if let Some(gw) = cfg.default_v4_gateway {
+        if !gw.is_ipv4() {
+            return Err(invalid(format!("default_v4_gateway: {gw} is not an IPv4 address")));
+        }
+        add_route("0.0.0.0/0".parse().unwrap(), gw, "default_v4_gateway".into());
+    }
+    // IPv6 default: the external subnet's gateway, as the appliance did.
+    if let Some((i, j, gw)) = cfg.networks.iter().enumerate().filter(|(_, n)| n.network_type == NetworkType::External).find_map(
+        |(i, n)| n.subnets.iter().enumerate().find_map(|(j, s)| s.gateway_ip.filter(|g| g.is_ipv6()).map(|g| (i, j, g))),
+    ) {
+        add_route("::/0".parse().unwrap(), gw, format!("networks[{i}].subnets[{j}].gateway_ip"));
+    }
+    for (k, r) in cfg.static_routes.iter().enumerate() {
+        if r.destination.is_v4() != r.next_hop.is_ipv4() {
+            return Err(invalid(format!("static_routes[{k}]: destination and next hop are of different families")));
+        }
+        add_route(r.destination, r.next_hop, format!("static_routes[{k}]"));
+    }
+    for (i, n) in cfg.networks.iter().enumerate() {
+        for (j, s) in n.subnets.iter().enumerate() {
+            for (k, r) in s.host_routes.iter().enumerate() {
+                let at = format!("networks[{i}].subnets[{j}].host_routes[{k}]");
+                if r.destination.is_v4() != r.nexthop.is_ipv4() {
+                    return Err(invalid(format!("{at}: destination and next hop are of different families")));
+                }
+                add_route(r.destination, r.nexthop, at);
+            }
+        }
+    }
+    for ((v4, net, len), (hops, at)) in groups {
+        let existing = if v4 { fib4.get(net as u32, len) } else { fib6.get(net, len) };
+        if existing.is_some() {
+            b.warnings.push(format!("{at}: {} is a connected or local prefix; the route was not applied", cidr_text(v4, net, len)));
+            continue;
+        }
+        let mut members = Vec::with_capacity(hops.len());
+        for h in &hops {
+            members.push(b.gateway_adj(*h, &at)?);
+        }
+        let a = if members.len() == 1 {
+            members[0]
+        } else {
+            let start = b.ecmp.len() as u32;
+            b.ecmp.extend_from_slice(&members);
+            b.adj.push(Adjacency { kind: AdjKind::Ecmp, ecmp_start: start, ecmp_len: members.len() as u32, ..Adjacency::local() });
+            (b.adj.len() - 1) as u32
+        };
+        if v4 {
+            fib4.add(net as u32, len, a).map_err(table_err)?;
+        } else {
+            fib6.add(net, len, a).map_err(table_err)?;
+        }
+    }
+
+    // Neighbours: tenant ports from allocations, then pinned entries.
+    let mut neighbors = NeighborTable::new();
+    for n in &cfg.networks {
+        let Some(port) = b.port_index(&n.interface.ifname) else { continue };
+        for a in &n.allocations {
+            for ip in a.ip_addresses.keys() {
+                if b.on_link(*ip) == Some(port) && !b.is_own_address(*ip) {
+                    insert_neighbor(&mut neighbors, port, *ip, a.mac_address, NeighborSource::Static);
+                }
+            }
+        }
+    }
+    for (k, sn) in opts.neighbors.iter().enumerate() {
+        let port = b.port_index(&sn.port).ok_or_else(|| invalid(format!("neighbors[{k}]: no port named {}", sn.port)))?;
+        insert_neighbor(&mut neighbors, port, sn.ip, sn.mac, NeighborSource::Static);
+    }
+    for a in b.adj.iter_mut().filter(|a| a.kind == AdjKind::Gateway) {
+        a.mac = if a.gw_v4 { neighbors.get_v4(a.port, a.gw as u32) } else { neighbors.get_v6(a.port, a.gw) };
+    }
+
+    let warnings = b.warnings;
+    Ok(Compiled {
+        snapshot: Snapshot {
+            generation: opts.generation,
+            ports: port_info,
+            fib4: fib4.build().map_err(table_err)?,
+            fib6: fib6.build().map_err(table_err)?,
+            adj: b.adj,
+            ecmp: b.ecmp,
+            neighbors,
+        },
+        warnings,
+    })
+}
+
+fn insert_neighbor(t: &mut NeighborTable, port: u16, ip: IpAddr, mac: Mac, src: NeighborSource) {
+    match ip {
+        IpAddr::V4(v) => t.insert_v4(port, u32::from(v), mac, src),
+        IpAddr::V6(v) => t.insert_v6(port, u128::from(v), mac, src),
+    }
+}
+
+fn cidr_text(v4: bool, net: u128, len: u8) -> String {
+    if v4 {
+        format!("{}/{len}", std::net::Ipv4Addr::from(net as u32))
+    } else {
+        format!("{}/{len}", std::net::Ipv6Addr::from(net))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::NO_ROUTE;
+
+    const DOC: &str = r#"{
+      "tenant_id": "t", "hostname": "h", "default_v4_gateway": "203.0.113.1",
+      "networks": [
+        {"network_id": "m", "network_type": "management",
+         "interface": {"ifname": "ge0", "addresses": ["fdca:3ba5:a17a:acda::2/64"]}},
+        {"network_id": "e", "network_type": "external",
+         "interface": {"ifname": "ge1", "addresses": ["203.0.113.10/24", "2001:db8:ff::10/64"]},
+         "subnets": [{"cidr": "203.0.113.0/24", "gateway_ip": "203.0.113.1"},
+                     {"cidr": "2001:db8:ff::/64", "gateway_ip": "2001:db8:ff::1"}]},
+        {"network_id": "i", "network_type": "internal",
+         "interface": {"ifname": "ge2", "addresses": ["192.168.1.1/24"], "mtu": 1450},
+         "subnets": [{"cidr": "192.168.1.0/24", "gateway_ip": "192.168.1.1",
+                      "host_routes": [{"destination": "10.20.0.0/16", "nexthop": "192.168.1.254"}]}],
+         "allocations": [{"mac_address": "fa:16:3e:00:00:05", "ip_addresses": {"192.168.1.5": true},
+                          "hostname": "x", "device_id": "vm"}]}
+      ],
+      "static_routes": [["10.30.0.0/16", "192.168.1.253"], ["10.30.0.0/16", "192.168.1.254"]]
+    }"#;
+
+    fn compiled() -> Compiled {
+        let cfg = AstaraConfig::from_json(DOC.as_bytes()).unwrap();
+        let ports = ports_from_config(&cfg);
+        let opts = CompileOptions {
+            neighbors: vec![StaticNeighbor { port: "ge1".into(), ip: "203.0.113.1".parse().unwrap(), mac: Mac([2, 0, 0, 0, 0, 1]) }],
+            ..Default::default()
+        };
+        compile(&cfg, &ports, &opts).unwrap()
+    }
+
+    fn v4(s: &str) -> u32 {
+        s.parse::<std::net::Ipv4Addr>().unwrap().into()
+    }
+
+    #[test]
+    fn routes_and_adjacencies() {
+        let c = compiled();
+        let s = &c.snapshot;
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert_eq!(s.ports.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["ge0", "ge1", "ge2"]);
+        assert_eq!(s.ports[2].mtu, 1450);
+        assert_eq!(s.ports[0].role, PortRole::Management);
+        // Own address and broadcast are local; the subnet is connected.
+        assert_eq!(s.adj[s.fib4.lookup(v4("192.168.1.1")) as usize].kind, AdjKind::Local);
+        assert_eq!(s.adj[s.fib4.lookup(v4("192.168.1.255")) as usize].kind, AdjKind::Local);
+        let conn = s.adj[s.fib4.lookup(v4("192.168.1.77")) as usize];
+        assert_eq!((conn.kind, conn.port), (AdjKind::Connected, 2));
+        // Default route via the external gateway, MAC pinned by the runtime.
+        let d = s.adj[s.fib4.lookup(v4("8.8.8.8")) as usize];
+        assert_eq!((d.kind, d.port, d.gw as u32), (AdjKind::Gateway, 1, v4("203.0.113.1")));
+        assert_eq!(d.mac, Some(Mac([2, 0, 0, 0, 0, 1])));
+        // Host route, and an ECMP group of two static next hops.
+        let h = s.adj[s.fib4.lookup(v4("10.20.3.4")) as usize];
+        assert_eq!((h.kind, h.gw as u32, h.mac), (AdjKind::Gateway, v4("192.168.1.254"), None));
+        let e = s.adj[s.fib4.lookup(v4("10.30.3.4")) as usize];
+        assert_eq!((e.kind, e.ecmp_len), (AdjKind::Ecmp, 2));
+        let gws: Vec<u32> = s.ecmp[e.ecmp_start as usize..][..2].iter().map(|&a| s.adj[a as usize].gw as u32).collect();
+        assert_eq!(gws, [v4("192.168.1.253"), v4("192.168.1.254")]);
+        // IPv6 default from the external subnet; multicast and link-local are local.
+        let d6 = s.adj[s.fib6.lookup("2a00::1".parse::<std::net::Ipv6Addr>().unwrap().into()) as usize];
+        assert_eq!((d6.kind, d6.port), (AdjKind::Gateway, 1));
+        assert_eq!(s.adj[s.fib6.lookup(0xff02 << 112 | 1) as usize].kind, AdjKind::Local);
+        assert_eq!(s.adj[s.fib6.lookup(0xfe80 << 112 | 1) as usize].kind, AdjKind::Local);
+        assert_eq!(s.fib4.lookup(v4("203.0.113.10")), ADJ_LOCAL);
+        // Allocations seed neighbours on their port.
+        assert_eq!(s.neighbors.get_v4(2, v4("192.168.1.5")), Some("fa:16:3e:00:00:05".parse().unwrap()));
+    }
+
+    #[test]
+    fn without_default_gateway_there_is_no_route() {
+        let doc = DOC.replace("\"default_v4_gateway\": \"203.0.113.1\",", "\"default_v4_gateway\": \"\",");
+        let cfg = AstaraConfig::from_json(doc.as_bytes()).unwrap();
+        let c = compile(&cfg, &ports_from_config(&cfg), &CompileOptions::default()).unwrap();
+        assert_eq!(c.snapshot.fib4.lookup(v4("8.8.8.8")), NO_ROUTE);
+    }
+
+    #[test]
+    fn bad_next_hops_and_ports_are_rejected_with_the_field() {
+        let doc = DOC.replace("[\"10.30.0.0/16\", \"192.168.1.253\"]", "[\"10.30.0.0/16\", \"172.31.0.1\"]");
+        let cfg = AstaraConfig::from_json(doc.as_bytes()).unwrap();
+        let e = compile(&cfg, &ports_from_config(&cfg), &CompileOptions::default()).err().unwrap().to_string();
+        assert!(e.contains("static_routes[0]: next hop 172.31.0.1 is not on any connected network"), "{e}");
+        let doc = DOC.replace("[\"10.30.0.0/16\", \"192.168.1.253\"]", "[\"10.30.0.0/16\", \"192.168.1.1\"]");
+        let cfg = AstaraConfig::from_json(doc.as_bytes()).unwrap();
+        let e = compile(&cfg, &ports_from_config(&cfg), &CompileOptions::default()).err().unwrap().to_string();
+        assert!(e.contains("is an address of this router"), "{e}");
+        let cfg = AstaraConfig::from_json(DOC.as_bytes()).unwrap();
+        let mut ports = ports_from_config(&cfg);
+        ports.pop();
+        let e = compile(&cfg, &ports, &CompileOptions::default()).err().unwrap().to_string();
+        assert!(e.contains("networks[2].interface.ifname: ge2 is not a port of this appliance (ports: ge0, ge1)"), "{e}");
+        let doc = DOC.replace("\"10.20.0.0/16\"", "\"192.168.1.0/24\"");
+        let cfg = AstaraConfig::from_json(doc.as_bytes()).unwrap();
+        let c = compile(&cfg, &ports_from_config(&cfg), &CompileOptions::default()).unwrap();
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn natural_port_order() {
+        let mut v = vec!["ge10", "ge2", "ge0", "eth1"];
+        v.sort_by_key(|s| natural_key(s));
+        assert_eq!(v, ["eth1", "ge0", "ge2", "ge10"]);
+    }
+}

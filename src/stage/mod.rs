@@ -1,0 +1,121 @@
+//! Pipeline stages. Each takes the whole burst, loops over it, writes its
+//! verdict into the packet's metadata and never allocates, locks or blocks.
+//! A stage is `fn process(&mut self, snap: &Snapshot, burst: &mut Burst<P>)`.
+
+pub mod neighbor;
+pub mod parse;
+pub mod route;
+pub mod snapshot;
+
+pub use neighbor::Neighbor;
+pub use parse::Parse;
+pub use route::Route;
+pub use snapshot::{AdjKind, Adjacency, PortInfo, PortRole, Snapshot};
+
+macro_rules! drop_reasons {
+    ($($(#[$doc:meta])* $v:ident = $name:literal,)*) => {
+        /// Why a packet was dropped; every drop is counted under one of these.
+        #[repr(u8)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum DropReason { $($(#[$doc])* $v,)* }
+
+        impl DropReason {
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$v,)*];
+            pub const COUNT: usize = Self::ALL.len();
+
+            /// "stage: reason", as VPP names its error counters.
+            pub fn name(self) -> &'static str {
+                match self { $(DropReason::$v => $name,)* }
+            }
+
+            pub fn from_u8(v: u8) -> DropReason {
+                Self::ALL.get(v as usize).copied().unwrap_or(DropReason::Internal)
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    /// Frame shorter than an Ethernet header.
+    Runt = "parse: runt frame",
+    /// Unicast frame for another station (promiscuous ports see those).
+    NotForUs = "parse: destination mac not ours",
+    /// Tagged frame for a VLAN no interface is configured on.
+    UnknownVlan = "parse: vlan not configured",
+    /// Ethertype other than IPv4, IPv6 or ARP (LLDP, STP, ...).
+    UnsupportedEthertype = "parse: ethertype not handled",
+    ArpMalformed = "parse: malformed arp",
+    Ipv4Truncated = "parse: ipv4 truncated",
+    Ipv4BadVersion = "parse: ipv4 bad version",
+    Ipv4BadHeaderLen = "parse: ipv4 bad header length",
+    Ipv4BadTotalLen = "parse: ipv4 bad total length",
+    Ipv4BadChecksum = "parse: ipv4 bad header checksum",
+    Ipv4BadOptions = "parse: ipv4 malformed options",
+    /// LSRR/SSRR: dropped as RFC 7126 recommends.
+    Ipv4SourceRoute = "parse: ipv4 source route option",
+    Ipv4MartianSource = "parse: ipv4 martian source",
+    Ipv4MartianDest = "parse: ipv4 martian destination",
+    Ipv6Truncated = "parse: ipv6 truncated",
+    Ipv6BadVersion = "parse: ipv6 bad version",
+    Ipv6BadPayloadLen = "parse: ipv6 bad payload length",
+    Ipv6BadExtHeader = "parse: ipv6 malformed extension header",
+    Ipv6ExtChainTooLong = "parse: ipv6 extension chain too long",
+    /// Type 0 routing header with segments left (RFC 5095).
+    Ipv6Rh0 = "parse: ipv6 type 0 routing header",
+    Ipv6MartianSource = "parse: ipv6 martian source",
+    Ipv6MartianDest = "parse: ipv6 martian destination",
+    /// TCP/UDP/ICMP header cut short in an unfragmented packet.
+    L4Truncated = "parse: transport header truncated",
+    TcpBadHeaderLen = "parse: tcp bad data offset",
+    UdpBadLength = "parse: udp bad length",
+    /// First fragment too small to hold the transport header (RFC 1858).
+    TinyFragment = "parse: tiny first fragment",
+    /// Frame larger than the ingress port's MTU.
+    IngressMtu = "parse: larger than ingress mtu",
+    NoRoute = "route: no route",
+    TtlExpired = "route: ipv4 ttl expired",
+    HopLimitExpired = "route: ipv6 hop limit expired",
+    /// Destination is a blackhole or unreachable route.
+    Blackhole = "route: blackhole",
+    /// IPv4 with DF set larger than the egress MTU.
+    MtuExceeded = "route: exceeds egress mtu (df set)",
+    /// IPv4 without DF larger than the egress MTU (fragmentation is the
+    /// slow path's job; it is not done on a worker).
+    NeedsFragmentation = "route: needs fragmentation",
+    /// IPv6 larger than the egress MTU (packet too big).
+    PacketTooBig = "route: ipv6 packet too big",
+    /// Link-local source cannot leave its link (RFC 4291 2.5.6).
+    LinkLocalSource = "route: ipv6 link-local source",
+    /// Forwarding into the management network is refused (ASTARA.md).
+    ToManagement = "route: forwarding into management network",
+    NoNeighbor = "neighbor: no neighbour entry",
+    /// Transmit queue full after a retry.
+    TxFull = "tx: queue full",
+    /// Local traffic with no exception path to take it.
+    PuntDropped = "punt: no exception path",
+    /// Should never happen: an impossible state caught instead of a panic.
+    Internal = "internal: inconsistent state",
+}
+
+impl From<DropReason> for u8 {
+    fn from(r: DropReason) -> u8 {
+        r as u8
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_round_trip_and_have_unique_names() {
+        let mut names = std::collections::HashSet::new();
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+            assert_eq!(DropReason::from_u8(i as u8), *r);
+            assert!(names.insert(r.name()));
+            assert!(r.name().contains(": "));
+        }
+        assert_eq!(DropReason::from_u8(250), DropReason::Internal);
+    }
+}

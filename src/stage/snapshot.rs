@@ -1,0 +1,89 @@
+//! The immutable configuration the workers read: built whole by the control
+//! thread, published with one pointer swap, read once per burst.
+
+use crate::packet::Mac;
+use crate::table::{Lpm4, Lpm6, NeighborTable};
+
+/// What a port is for, from the network type bound to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PortRole {
+    External,
+    Internal,
+    Management,
+    /// Isolated or load-balancer networks, or a port with no network.
+    #[default]
+    Other,
+}
+
+/// One port as the stages see it.
+#[derive(Debug, Clone)]
+pub struct PortInfo {
+    pub name: String,
+    pub mac: Mac,
+    /// IP MTU of the link (largest IP packet sent without fragmenting).
+    pub mtu: u16,
+    pub role: PortRole,
+    /// Configured (bound to a network) and administratively up.
+    pub up: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdjKind {
+    /// For the appliance: punt to the exception path.
+    Local,
+    /// On-link destination: resolve the packet's own destination address.
+    Connected,
+    /// Through a gateway on `port`.
+    Gateway,
+    /// Several gateways: pick member `ecmp[start + hash % len]`.
+    Ecmp,
+    /// Drop (e.g. a route whose next hop is the router itself).
+    Blackhole,
+}
+
+/// Where a route leads (an adjacency in router terms).
+#[derive(Debug, Clone, Copy)]
+pub struct Adjacency {
+    pub kind: AdjKind,
+    pub port: u16,
+    /// Gateway address (IPv4 in the low 32 bits); 0 when not a gateway.
+    pub gw: u128,
+    pub gw_v4: bool,
+    /// Destination MAC resolved when the snapshot was built (gateways).
+    pub mac: Option<Mac>,
+    pub ecmp_start: u32,
+    pub ecmp_len: u32,
+}
+
+impl Adjacency {
+    pub fn local() -> Self {
+        Adjacency { kind: AdjKind::Local, port: 0, gw: 0, gw_v4: false, mac: None, ecmp_start: 0, ecmp_len: 0 }
+    }
+    pub fn blackhole() -> Self {
+        Adjacency { kind: AdjKind::Blackhole, ..Self::local() }
+    }
+    pub fn connected(port: u16) -> Self {
+        Adjacency { kind: AdjKind::Connected, port, ..Self::local() }
+    }
+}
+
+/// Everything a worker needs to forward, frozen.
+pub struct Snapshot {
+    /// Increases by one with every published snapshot.
+    pub generation: u64,
+    pub ports: Vec<PortInfo>,
+    pub fib4: Lpm4,
+    pub fib6: Lpm6,
+    /// Adjacencies; route tables hold indices into this.
+    pub adj: Vec<Adjacency>,
+    /// ECMP group members (adjacency indices).
+    pub ecmp: Vec<u32>,
+    pub neighbors: NeighborTable,
+}
+
+impl Snapshot {
+    #[inline]
+    pub fn port(&self, p: u16) -> Option<&PortInfo> {
+        self.ports.get(p as usize)
+    }
+}
