@@ -5,3 +5,5 @@ pub mod packet;
 pub mod table;
 pub mod stage;
 pub mod control;
+pub mod port;
+pub mod dataplane;

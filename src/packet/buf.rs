@@ -81,6 +81,10 @@ impl Meta {
 /// What the stages need of a packet buffer, whatever backend owns its memory
 /// (our pool, or a DPDK mbuf later).
 pub trait PacketBuf: Send + 'static {
+    /// Where released buffers go (our [`Pool`]; a DPDK mempool needs none).
+    type Pool: Send;
+    /// Gives the buffer back to its pool.
+    fn release(self, pool: &mut Self::Pool);
     fn data(&self) -> &[u8];
     fn data_mut(&mut self) -> &mut [u8];
     fn len(&self) -> usize {
@@ -160,6 +164,11 @@ impl Default for Pkt {
 }
 
 impl PacketBuf for Pkt {
+    type Pool = Pool;
+    #[inline]
+    fn release(self, pool: &mut Pool) {
+        pool.free(self)
+    }
     #[inline]
     fn data(&self) -> &[u8] {
         let b = &*self.0;

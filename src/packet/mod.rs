@@ -55,6 +55,43 @@ pub fn flow_hash(src: u128, dst: u128, sport: u16, dport: u16, proto: u8) -> u32
     h as u32
 }
 
+/// The flow hash of a raw frame, as a NIC's RSS would compute it: used to
+/// spread frames over queues where no hardware does it. Frames that do not
+/// parse hash to 0 (one queue), like non-IP traffic on a real NIC.
+pub fn rss_hash(frame: &[u8]) -> u32 {
+    let Ok(eth) = ethernet::EthernetFrame::new_checked(frame) else { return 0 };
+    let mut t = eth.ethertype();
+    let mut off = ethernet::ETHER_HEADER_LEN;
+    while (t == ethernet::ETHERTYPE_VLAN || t == ethernet::ETHERTYPE_QINQ) && frame.len() >= off + 4 {
+        t = u16::from_be_bytes([frame[off + 2], frame[off + 3]]);
+        off += 4;
+    }
+    let (src, dst, proto, l4) = match t {
+        ethernet::ETHERTYPE_IPV4 => match ipv4::Ipv4Packet::new_checked(&frame[off..]) {
+            Ok(ip) if ip.frag_offset() == 0 && !ip.more_frags() => {
+                (ip.src() as u128, ip.dst() as u128, ip.protocol(), Some(off + ip.header_len()))
+            }
+            Ok(ip) => (ip.src() as u128, ip.dst() as u128, ip.protocol(), None),
+            Err(_) => return 0,
+        },
+        ethernet::ETHERTYPE_IPV6 => match ipv6::Ipv6Packet::new_checked(&frame[off..]) {
+            Ok(ip) => match ip.walk_extensions() {
+                Ok(e) if e.frag.is_none() => (ip.src(), ip.dst(), e.proto, Some(off + e.l4_off)),
+                _ => (ip.src(), ip.dst(), 0, None),
+            },
+            Err(_) => return 0,
+        },
+        _ => return 0,
+    };
+    let (sp, dp) = match l4 {
+        Some(o) if (proto == ipv4::PROTO_TCP || proto == ipv4::PROTO_UDP) && frame.len() >= o + 4 => {
+            (u16::from_be_bytes([frame[o], frame[o + 1]]), u16::from_be_bytes([frame[o + 2], frame[o + 3]]))
+        }
+        _ => (0, 0),
+    };
+    flow_hash(src, dst, sp, dp, proto)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,6 +36,8 @@ macro_rules! drop_reasons {
 }
 
 drop_reasons! {
+    /// Frame larger than a packet buffer (jumbo frames are not supported).
+    Oversize = "rx: frame larger than buffer",
     /// Frame shorter than an Ethernet header.
     Runt = "parse: runt frame",
     /// Unicast frame for another station (promiscuous ports see those).

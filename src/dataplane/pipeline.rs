@@ -1,0 +1,99 @@
+//! The stages in order, and the terminal step that sorts a processed burst
+//! into transmit queues, the exception path and counted drops.
+
+use super::counters::{Counters, STAGE_COUNTERS};
+use crate::packet::{Burst, PacketBuf, Verdict};
+use crate::port::TxQueue;
+use crate::stage::{DropReason, Neighbor, Parse, Route, Snapshot};
+
+/// parse → route → neighbour. Later stages (conntrack, NAT, firewall, LB)
+/// slot in between as they land.
+#[derive(Default)]
+pub struct Pipeline {
+    pub parse: Parse,
+    pub route: Route,
+    pub neighbor: Neighbor,
+}
+
+impl Pipeline {
+    #[inline]
+    pub fn process<P: PacketBuf>(&mut self, snap: &Snapshot, burst: &mut Burst<P>) {
+        self.parse.process(snap, burst);
+        self.route.process(snap, burst);
+        self.neighbor.process(snap, burst);
+    }
+
+    /// Stage counters in the order of [`STAGE_COUNTERS`].
+    pub fn stage_counters(&self) -> [u64; STAGE_COUNTERS.len()] {
+        let p = &self.parse.counters;
+        let r = &self.route.counters;
+        [
+            p.ipv4,
+            p.ipv6,
+            p.arp,
+            p.vlan_priority_tagged,
+            p.fragments,
+            p.ipv4_options,
+            r.forwarded,
+            r.local,
+            r.ecmp,
+            self.neighbor.counters.rewritten,
+        ]
+    }
+}
+
+/// Sorts a processed burst: forwarded packets into `staging[out_port]`,
+/// local ones counted and released (the punt ring arrives with the host
+/// stack), drops counted by reason and released.
+#[inline]
+pub fn dispatch<P: PacketBuf>(burst: &mut Burst<P>, staging: &mut [Vec<P>], pool: &mut P::Pool, c: &mut Counters) {
+    burst.drain(|p, m| match m.verdict {
+        Verdict::Forward if (m.out_port as usize) < staging.len() => staging[m.out_port as usize].push(p),
+        Verdict::Local => {
+            c.local += 1;
+            p.release(pool);
+        }
+        Verdict::Drop => {
+            c.drops[DropReason::from_u8(m.reason) as usize] += 1;
+            p.release(pool);
+        }
+        _ => {
+            c.drop(DropReason::Internal, 1);
+            p.release(pool);
+        }
+    });
+}
+
+/// Sends every non-empty staging queue; a queue that stays full after one
+/// retry drops the rest with `tx: queue full`.
+#[inline]
+pub fn transmit<P: PacketBuf>(
+    staging: &mut [Vec<P>],
+    tx: &mut [Option<Box<dyn TxQueue<P>>>],
+    pool: &mut P::Pool,
+    c: &mut Counters,
+) {
+    for (port, st) in staging.iter_mut().enumerate() {
+        if st.is_empty() {
+            continue;
+        }
+        let mut sent = 0;
+        match tx.get_mut(port).and_then(|q| q.as_mut()) {
+            Some(q) => {
+                sent += q.tx_burst(pool, st);
+                if !st.is_empty() {
+                    sent += q.tx_burst(pool, st);
+                }
+                c.drop(DropReason::TxFull, st.len() as u64);
+            }
+            None => c.drop(DropReason::Internal, st.len() as u64),
+        }
+        c.tx += sent as u64;
+        if let Some(n) = c.port_tx.get_mut(port) {
+            *n += sent as u64;
+        }
+        for p in st.drain(..) {
+            p.release(pool);
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! The poll-mode worker: pinned to a core, it loops rx → stages → tx over its
+//! own queues, reading the configuration snapshot once per burst.
+
+use super::counters::{Counters, WorkerStats};
+use super::pipeline::{Pipeline, dispatch, transmit};
+use super::{cycles, Snapshots};
+use crate::packet::{Burst, Pkt, Pool};
+use crate::port::{RxQueue, TxQueue};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+/// Publish counters every this many bursts (and when stopping).
+const PUBLISH_EVERY: u64 = 64;
+
+pub struct WorkerConfig {
+    pub id: usize,
+    /// CPU to pin to; None leaves the thread unpinned.
+    pub core: Option<usize>,
+    pub burst: usize,
+    pub pool_size: usize,
+}
+
+/// One worker and everything it owns.
+pub struct Worker {
+    pub cfg: WorkerConfig,
+    /// (port index, queue) pairs this worker polls.
+    pub rx: Vec<(u16, Box<dyn RxQueue>)>,
+    /// Transmit queue per port index (None: the port cannot transmit).
+    pub tx: Vec<Option<Box<dyn TxQueue>>>,
+    pub snapshots: Snapshots,
+    pub stats: Arc<WorkerStats>,
+    pub stop: Arc<AtomicBool>,
+}
+
+impl Worker {
+    /// Runs until `stop` is set; returns the final counters.
+    pub fn run(mut self) -> Counters {
+        if let Some(core) = self.cfg.core {
+            let ok = core_affinity::set_for_current(core_affinity::CoreId { id: core });
+            if !ok {
+                log::warn!("worker {}: could not pin to core {core}", self.cfg.id);
+            }
+        }
+        let ports = self.tx.len();
+        let mut pool = Pool::new(self.cfg.pool_size);
+        let mut burst: Burst<Pkt> = Burst::new(self.cfg.burst);
+        let mut staging: Vec<Vec<Pkt>> = (0..ports).map(|_| Vec::with_capacity(self.cfg.burst)).collect();
+        let mut pipeline = Pipeline::default();
+        let mut c = Counters::new(ports);
+        let mut cache = arc_swap::Cache::new(Arc::clone(&self.snapshots));
+        while !self.stop.load(Ordering::Relaxed) {
+            let t0 = cycles();
+            let snap = cache.load();
+            let mut got = 0;
+            for (port, q) in self.rx.iter_mut() {
+                let n = q.rx_burst(&mut pool, &mut burst, *port);
+                if n == 0 {
+                    continue;
+                }
+                got += n;
+                c.rx += n as u64;
+                if let Some(r) = c.port_rx.get_mut(*port as usize) {
+                    *r += n as u64;
+                }
+                pipeline.process(snap, &mut burst);
+                dispatch(&mut burst, &mut staging, &mut pool, &mut c);
+                transmit(&mut staging, &mut self.tx, &mut pool, &mut c);
+            }
+            let dt = cycles().wrapping_sub(t0);
+            if got > 0 {
+                c.busy_cycles += dt;
+                c.bursts += 1;
+                if c.bursts % PUBLISH_EVERY == 0 {
+                    c.stage = pipeline.stage_counters();
+                    self.stats.publish(&c);
+                    self.stats.generation.store(snap.generation, Ordering::Relaxed);
+                }
+            } else {
+                c.idle_cycles += dt;
+                std::hint::spin_loop();
+            }
+        }
+        c.stage = pipeline.stage_counters();
+        self.stats.publish(&c);
+        c
+    }
+
+    pub fn spawn(self) -> std::io::Result<JoinHandle<Counters>> {
+        std::thread::Builder::new().name(format!("worker-{}", self.cfg.id)).spawn(move || self.run())
+    }
+}
