@@ -7,3 +7,6 @@ pub mod stage;
 pub mod control;
 pub mod port;
 pub mod dataplane;
+/// The traffic generator (folder `src/gen/`; `gen` is a reserved word in Rust 2024).
+#[path = "gen/mod.rs"]
+pub mod pktgen;

@@ -78,6 +78,26 @@ fn invalid(msg: impl Into<String>) -> ConfigError {
     ConfigError::Invalid(vec![msg.into()])
 }
 
+/// Where a route came from, for messages (formatted only when one is shown).
+#[derive(Debug, Clone, Copy)]
+enum RouteSource {
+    DefaultV4,
+    DefaultV6(usize, usize),
+    Static(usize),
+    Host(usize, usize, usize),
+}
+
+impl std::fmt::Display for RouteSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            RouteSource::DefaultV4 => write!(f, "default_v4_gateway"),
+            RouteSource::DefaultV6(i, j) => write!(f, "networks[{i}].subnets[{j}].gateway_ip"),
+            RouteSource::Static(k) => write!(f, "static_routes[{k}]"),
+            RouteSource::Host(i, j, k) => write!(f, "networks[{i}].subnets[{j}].host_routes[{k}]"),
+        }
+    }
+}
+
 struct Builder<'a> {
     ports: &'a [PortSpec],
     adj: Vec<Adjacency>,
@@ -112,7 +132,7 @@ impl Builder<'_> {
         self.connected.iter().any(|(c, _)| c.addr == ip)
     }
 
-    fn gateway_adj(&mut self, gw: IpAddr, at: &str) -> Result<u32, ConfigError> {
+    fn gateway_adj(&mut self, gw: IpAddr, at: RouteSource) -> Result<u32, ConfigError> {
         if self.is_own_address(gw) {
             return Err(invalid(format!("{at}: next hop {gw} is an address of this router")));
         }
@@ -206,8 +226,8 @@ pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) ->
     fib6.add(0xfe80 << 112, 10, ADJ_LOCAL).map_err(table_err)?;
 
     // Routes through gateways, grouped by destination (ECMP).
-    let mut groups: BTreeMap<(bool, u128, u8), (Vec<IpAddr>, String)> = BTreeMap::new();
-    let mut add_route = |dst: Cidr, nh: IpAddr, at: String| {
+    let mut groups: BTreeMap<(bool, u128, u8), (Vec<IpAddr>, RouteSource)> = BTreeMap::new();
+    let mut add_route = |dst: Cidr, nh: IpAddr, at: RouteSource| {
         let e = groups.entry((dst.is_v4(), dst.network(), dst.len)).or_insert_with(|| (Vec::new(), at));
         if !e.0.contains(&nh) {
             e.0.push(nh);
@@ -217,24 +237,24 @@ pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) ->
         if !gw.is_ipv4() {
             return Err(invalid(format!("default_v4_gateway: {gw} is not an IPv4 address")));
         }
-        add_route("0.0.0.0/0".parse().unwrap(), gw, "default_v4_gateway".into());
+        add_route("0.0.0.0/0".parse().unwrap(), gw, RouteSource::DefaultV4);
     }
     // IPv6 default: the external subnet's gateway, as the appliance did.
     if let Some((i, j, gw)) = cfg.networks.iter().enumerate().filter(|(_, n)| n.network_type == NetworkType::External).find_map(
         |(i, n)| n.subnets.iter().enumerate().find_map(|(j, s)| s.gateway_ip.filter(|g| g.is_ipv6()).map(|g| (i, j, g))),
     ) {
-        add_route("::/0".parse().unwrap(), gw, format!("networks[{i}].subnets[{j}].gateway_ip"));
+        add_route("::/0".parse().unwrap(), gw, RouteSource::DefaultV6(i, j));
     }
     for (k, r) in cfg.static_routes.iter().enumerate() {
         if r.destination.is_v4() != r.next_hop.is_ipv4() {
             return Err(invalid(format!("static_routes[{k}]: destination and next hop are of different families")));
         }
-        add_route(r.destination, r.next_hop, format!("static_routes[{k}]"));
+        add_route(r.destination, r.next_hop, RouteSource::Static(k));
     }
     for (i, n) in cfg.networks.iter().enumerate() {
         for (j, s) in n.subnets.iter().enumerate() {
             for (k, r) in s.host_routes.iter().enumerate() {
-                let at = format!("networks[{i}].subnets[{j}].host_routes[{k}]");
+                let at = RouteSource::Host(i, j, k);
                 if r.destination.is_v4() != r.nexthop.is_ipv4() {
                     return Err(invalid(format!("{at}: destination and next hop are of different families")));
                 }
@@ -250,7 +270,7 @@ pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) ->
         }
         let mut members = Vec::with_capacity(hops.len());
         for h in &hops {
-            members.push(b.gateway_adj(*h, &at)?);
+            members.push(b.gateway_adj(*h, at)?);
         }
         let a = if members.len() == 1 {
             members[0]

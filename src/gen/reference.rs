@@ -1,0 +1,196 @@
+//! An independent model of what the router must do with a packet, written
+//! from the specification (ASTARA.md, RFC 1812) rather than from the data
+//! plane's code: its own longest match over hash maps, its own neighbour,
+//! TTL, MTU and management-network rules. The benchmark and the golden tests
+//! compare the data plane against it.
+
+use std::collections::{HashMap, HashSet};
+
+/// A port of the modelled router.
+#[derive(Debug, Clone)]
+pub struct RefPort {
+    pub name: String,
+    pub mac: [u8; 6],
+    pub mtu: u16,
+    pub management: bool,
+    /// (is IPv4, address, prefix length) of each interface address.
+    pub addrs: Vec<(bool, u128, u8)>,
+}
+
+/// A route through one or more gateways.
+#[derive(Debug, Clone)]
+pub struct RefRoute {
+    pub v4: bool,
+    pub net: u128,
+    pub len: u8,
+    pub next_hops: Vec<u128>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Expect {
+    /// Forwarded out of this port (index into `Topology::ports`).
+    Forward(usize),
+    /// Forwarded, port chosen by ECMP among several.
+    ForwardAny,
+    /// Delivered to the router itself.
+    Local,
+    /// Dropped, with the reason's counter name.
+    Drop(&'static str),
+}
+
+#[derive(Debug, Clone)]
+enum Target {
+    Connected(usize),
+    Via(Vec<u128>),
+}
+
+/// The modelled router.
+#[derive(Debug, Clone, Default)]
+pub struct Topology {
+    pub ports: Vec<RefPort>,
+    pub routes: Vec<RefRoute>,
+    /// (port, is IPv4, address) pairs with a known MAC.
+    pub neighbors: HashSet<(usize, bool, u128)>,
+    index: HashMap<(bool, u8, u128), Target>,
+    /// Prefix lengths present, longest first: [IPv6, IPv4].
+    lens: [Vec<u8>; 2],
+}
+
+fn mask(v4: bool, len: u8) -> u128 {
+    let w = if v4 { 32 } else { 128 };
+    if len == 0 {
+        0
+    } else {
+        let full: u128 = if v4 { u32::MAX as u128 } else { u128::MAX };
+        (full << (w - len as u32)) & full
+    }
+}
+
+impl Topology {
+    pub fn new(ports: Vec<RefPort>, routes: Vec<RefRoute>, neighbors: HashSet<(usize, bool, u128)>) -> Topology {
+        let mut t = Topology { ports, routes, neighbors, index: HashMap::new(), lens: [Vec::new(), Vec::new()] };
+        // Routes first, then connected prefixes, so a connected prefix wins.
+        for r in &t.routes {
+            t.index.insert((r.v4, r.len, r.net & mask(r.v4, r.len)), Target::Via(r.next_hops.clone()));
+        }
+        for (i, p) in t.ports.iter().enumerate() {
+            for &(v4, a, l) in &p.addrs {
+                t.index.insert((v4, l, a & mask(v4, l)), Target::Connected(i));
+            }
+        }
+        for v4 in [false, true] {
+            let mut lens: Vec<u8> = t.index.keys().filter(|k| k.0 == v4).map(|k| k.1).collect::<HashSet<_>>().into_iter().collect();
+            lens.sort_unstable_by(|a, b| b.cmp(a));
+            t.lens[v4 as usize] = lens;
+        }
+        t
+    }
+
+    pub fn port_index(&self, name: &str) -> Option<usize> {
+        self.ports.iter().position(|p| p.name == name)
+    }
+
+    fn is_local(&self, v4: bool, dst: u128) -> bool {
+        if v4 {
+            if dst >> 28 == 0xe || dst == u32::MAX as u128 {
+                return true;
+            }
+        } else if dst >> 120 == 0xff || dst >> 118 == 0x3fa {
+            return true;
+        }
+        self.ports.iter().flat_map(|p| &p.addrs).any(|&(f, a, l)| {
+            f == v4 && (a == dst || (v4 && l < 31 && dst == (a | !mask(true, l)) & u32::MAX as u128))
+        })
+    }
+
+    fn lookup(&self, v4: bool, dst: u128) -> Option<&Target> {
+        self.lens[v4 as usize].iter().find_map(|&l| self.index.get(&(v4, l, dst & mask(v4, l))))
+    }
+
+    /// The port a gateway is reached through (longest connected prefix).
+    fn on_link(&self, v4: bool, ip: u128) -> Option<usize> {
+        let mut best: Option<(u8, usize)> = None;
+        for (i, p) in self.ports.iter().enumerate() {
+            for &(f, a, l) in &p.addrs {
+                if f == v4 && ip & mask(v4, l) == a & mask(v4, l) && best.is_none_or(|(bl, _)| l > bl) {
+                    best = Some((l, i));
+                }
+            }
+        }
+        best.map(|b| b.1)
+    }
+
+    /// What must happen to a well-formed IP packet of `ip_len` bytes for
+    /// `dst`, arriving on port `ingress` with TTL/hop limit `ttl`.
+    pub fn expect(&self, ingress: usize, v4: bool, dst: u128, ip_len: usize, ttl: u8, df: bool) -> Expect {
+        let Some(inp) = self.ports.get(ingress) else { return Expect::Drop("parse: destination mac not ours") };
+        if ip_len > inp.mtu as usize {
+            return Expect::Drop("parse: larger than ingress mtu");
+        }
+        if self.is_local(v4, dst) {
+            return Expect::Local;
+        }
+        let Some(target) = self.lookup(v4, dst) else { return Expect::Drop("route: no route") };
+        if ttl <= 1 {
+            return Expect::Drop(if v4 { "route: ipv4 ttl expired" } else { "route: ipv6 hop limit expired" });
+        }
+        let (egress, neighbor) = match target {
+            Target::Connected(p) => (*p, self.neighbors.contains(&(*p, v4, dst))),
+            Target::Via(hops) => {
+                let ports: HashSet<Option<usize>> = hops.iter().map(|h| self.on_link(v4, *h)).collect();
+                if ports.len() != 1 {
+                    return Expect::ForwardAny;
+                }
+                let Some(p) = ports.into_iter().next().flatten() else { return Expect::Drop("route: no route") };
+                (p, hops.iter().all(|h| self.neighbors.contains(&(p, v4, *h))))
+            }
+        };
+        let out = &self.ports[egress];
+        if out.management && egress != ingress {
+            return Expect::Drop("route: forwarding into management network");
+        }
+        if ip_len > out.mtu as usize {
+            return Expect::Drop(match (v4, df) {
+                (true, true) => "route: exceeds egress mtu (df set)",
+                (true, false) => "route: needs fragmentation",
+                _ => "route: ipv6 packet too big",
+            });
+        }
+        if !neighbor {
+            return Expect::Drop("neighbor: no neighbour entry");
+        }
+        Expect::Forward(egress)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topo() -> Topology {
+        let ports = vec![
+            RefPort { name: "ge0".into(), mac: [2; 6], mtu: 1280, management: true, addrs: vec![(false, 0xfdca << 112 | 2, 64)] },
+            RefPort { name: "ge1".into(), mac: [3; 6], mtu: 1500, management: false, addrs: vec![(true, 0xcb00_710a, 24)] },
+            RefPort { name: "ge2".into(), mac: [4; 6], mtu: 1450, management: false, addrs: vec![(true, 0xc0a8_0101, 24)] },
+        ];
+        let routes = vec![RefRoute { v4: true, net: 0, len: 0, next_hops: vec![0xcb00_7101] }];
+        let neighbors = [(1, true, 0xcb00_7101u128), (2, true, 0xc0a8_0105)].into_iter().collect();
+        Topology::new(ports, routes, neighbors)
+    }
+
+    #[test]
+    fn expectations() {
+        let t = topo();
+        assert_eq!(t.expect(2, true, 0x0808_0808, 100, 64, true), Expect::Forward(1));
+        assert_eq!(t.expect(1, true, 0xc0a8_0105, 100, 64, true), Expect::Forward(2));
+        assert_eq!(t.expect(1, true, 0xc0a8_0106, 100, 64, true), Expect::Drop("neighbor: no neighbour entry"));
+        assert_eq!(t.expect(1, true, 0xc0a8_0105, 1460, 64, true), Expect::Drop("route: exceeds egress mtu (df set)"));
+        assert_eq!(t.expect(1, true, 0xc0a8_0105, 1460, 64, false), Expect::Drop("route: needs fragmentation"));
+        assert_eq!(t.expect(2, true, 0x0808_0808, 100, 1, true), Expect::Drop("route: ipv4 ttl expired"));
+        assert_eq!(t.expect(2, true, 0xc0a8_0101, 100, 1, true), Expect::Local);
+        assert_eq!(t.expect(2, true, 0xc0a8_01ff, 100, 64, true), Expect::Local);
+        assert_eq!(t.expect(2, false, 0xfdca << 112 | 9, 100, 64, true), Expect::Drop("route: forwarding into management network"));
+        assert_eq!(t.expect(2, false, 0x2001 << 112, 100, 64, true), Expect::Drop("route: no route"));
+        assert_eq!(t.expect(2, true, 0x0808_0808, 1460, 64, true), Expect::Drop("parse: larger than ingress mtu"));
+    }
+}
