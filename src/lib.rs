@@ -10,3 +10,4 @@ pub mod dataplane;
 /// The traffic generator (folder `src/gen/`; `gen` is a reserved word in Rust 2024).
 #[path = "gen/mod.rs"]
 pub mod pktgen;
+pub mod app;

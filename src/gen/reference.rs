@@ -26,7 +26,7 @@ pub struct RefRoute {
     pub next_hops: Vec<u128>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Expect {
     /// Forwarded out of this port (index into `Topology::ports`).
     Forward(usize),

@@ -1,0 +1,344 @@
+//! `astara-dp bench`: the whole pipeline on in-memory replay ports, as DPDK's
+//! net_pcap `infinite_rx` replays a capture into l3fwd. Reports Mpps, ns and
+//! cycles per packet per worker, stage counters and drop reasons, and checks
+//! every counter against the reference model's expectations.
+
+use super::{Prepared, prepare};
+use crate::control::compile;
+use crate::dataplane::{Counters, STAGE_COUNTERS, Worker, WorkerConfig, WorkerStats, cycles, snapshots};
+use crate::packet::{DEFAULT_BURST, MAX_BURST, rss_hash};
+use crate::pktgen::Expect;
+use crate::port::null::NullTx;
+use crate::port::pcap::{Frames, ReplayRx};
+use crate::port::{RxQueue, TxQueue};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub cores: usize,
+    pub seconds: f64,
+    pub burst: usize,
+    /// Buffers per worker pool.
+    pub pool: usize,
+    /// Print the progress line (to stderr) every second.
+    pub progress: bool,
+    pub json: Option<PathBuf>,
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        BenchOptions { cores: 1, seconds: 5.0, burst: DEFAULT_BURST, pool: 4096, progress: true, json: None }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerResult {
+    pub worker: usize,
+    pub core: Option<usize>,
+    pub packets: u64,
+    pub mpps: f64,
+    pub ns_per_packet: f64,
+    pub cycles_per_packet: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub scenario: String,
+    pub routes: usize,
+    pub fib4_bytes: usize,
+    pub tbl8_groups: usize,
+    pub compile_secs: f64,
+    pub pattern_packets: usize,
+    pub seconds: f64,
+    pub burst: usize,
+    pub tsc_ghz: f64,
+    pub workers: Vec<WorkerResult>,
+    pub total_packets: u64,
+    pub total_mpps: f64,
+    pub forwarded: u64,
+    pub local: u64,
+    pub dropped: u64,
+    pub port_tx: BTreeMap<String, u64>,
+    pub drops: BTreeMap<String, u64>,
+    pub stages: BTreeMap<String, u64>,
+    pub check_passed: bool,
+    pub check: Vec<String>,
+}
+
+/// What the reference model expects of the first `n` packets of a replay
+/// pattern repeated forever.
+fn expected_counts(expect: &[Expect], n: u64) -> BTreeMap<Expect, u64> {
+    let mut full: BTreeMap<Expect, u64> = BTreeMap::new();
+    let mut part: BTreeMap<Expect, u64> = BTreeMap::new();
+    if expect.is_empty() {
+        return full;
+    }
+    let laps = n / expect.len() as u64;
+    let rem = (n % expect.len() as u64) as usize;
+    for (i, e) in expect.iter().enumerate() {
+        *full.entry(*e).or_default() += laps;
+        if i < rem {
+            *part.entry(*e).or_default() += 1;
+        }
+    }
+    for (e, c) in part {
+        *full.entry(e).or_default() += c;
+    }
+    full
+}
+
+/// Compares what the workers counted with the model's expectations.
+fn check(p: &Prepared, per_worker: &[(Vec<Expect>, Counters)], total: &Counters) -> (bool, Vec<String>) {
+    let mut want: BTreeMap<Expect, u64> = BTreeMap::new();
+    for (exp, c) in per_worker {
+        for (e, n) in expected_counts(exp, c.rx) {
+            *want.entry(e).or_default() += n;
+        }
+    }
+    let mut msgs = Vec::new();
+    let mut ok = true;
+    let mut want_fwd_any = 0;
+    let mut want_port = vec![0u64; p.ports.len()];
+    let mut want_drops: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut want_local = 0;
+    for (e, n) in &want {
+        match e {
+            Expect::Forward(port) => want_port[*port] += n,
+            Expect::ForwardAny => want_fwd_any += n,
+            Expect::Local => want_local += n,
+            Expect::Drop(r) => *want_drops.entry(r).or_default() += n,
+        }
+    }
+    let accounted = total.tx + total.local + total.dropped();
+    if accounted != total.rx {
+        ok = false;
+        msgs.push(format!("FAIL: {} received but {} accounted for (tx + local + drops)", total.rx, accounted));
+    }
+    let want_tx: u64 = want_port.iter().sum::<u64>() + want_fwd_any;
+    if total.tx != want_tx {
+        ok = false;
+        msgs.push(format!("FAIL: forwarded {} but the reference model expects {want_tx}", total.tx));
+    }
+    if want_fwd_any == 0 {
+        for (i, port) in p.ports.iter().enumerate() {
+            if total.port_tx[i] != want_port[i] {
+                ok = false;
+                msgs.push(format!("FAIL: {} transmitted {} but the model expects {}", port.name, total.port_tx[i], want_port[i]));
+            }
+        }
+    }
+    if total.local != want_local {
+        ok = false;
+        msgs.push(format!("FAIL: {} local but the model expects {want_local}", total.local));
+    }
+    let got_drops: BTreeMap<&str, u64> = total.drop_list().into_iter().collect();
+    if got_drops != want_drops {
+        ok = false;
+        msgs.push(format!("FAIL: drops {got_drops:?} but the model expects {want_drops:?}"));
+    }
+    if ok {
+        msgs.push(format!(
+            "PASS: {} received = {} forwarded + {} local + {} dropped; per-port transmit counts and drop reasons match the reference model",
+            total.rx,
+            total.tx,
+            total.local,
+            total.dropped()
+        ));
+    }
+    (ok, msgs)
+}
+
+pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
+    let cores = o.cores.max(1);
+    let burst = o.burst.clamp(1, MAX_BURST);
+    let p = prepare(path)?;
+    let s = &p.scenario;
+    println!("astara-dp bench: {} — {}", s.name, s.description);
+    let t0 = Instant::now();
+    let compiled = compile(&p.config, &p.ports, &p.options).map_err(|e| e.to_string())?;
+    let compile_secs = t0.elapsed().as_secs_f64();
+    for w in &compiled.warnings {
+        println!("  warning: {w}");
+    }
+    let snap = compiled.snapshot;
+    let (routes, fib4_bytes, tbl8_groups) = (snap.fib4.routes(), snap.fib4.memory_bytes(), snap.fib4.tbl8_groups());
+    println!(
+        "  setup: {} random prefixes in {:.2} s; compiled in {:.3} s: {} IPv4 routes, {:.1} MiB ({} tbl8 groups), {} IPv6 routes",
+        p.routes.len(),
+        p.route_gen_secs,
+        compile_secs,
+        routes,
+        fib4_bytes as f64 / (1 << 20) as f64,
+        tbl8_groups,
+        snap.fib6.routes()
+    );
+
+    // Software RSS: each worker replays the frames whose flow hashes to it.
+    let mut parts: Vec<(Vec<&[u8]>, Vec<Expect>)> = (0..cores).map(|_| (Vec::new(), Vec::new())).collect();
+    for (f, e) in p.traffic.frames.iter().zip(&p.traffic.expect) {
+        let w = rss_hash(f) as usize % cores;
+        parts[w].0.push(f);
+        parts[w].1.push(*e);
+    }
+    let bytes: usize = p.traffic.frames.iter().map(|f| f.len() + 4).sum();
+    println!(
+        "  traffic: {} packets in the pattern ({} flows, avg {:.0} B on the wire, built in {:.2} s), ingress {}, {} worker(s), burst {}",
+        p.traffic.frames.len(),
+        s.traffic.flows,
+        bytes as f64 / p.traffic.frames.len().max(1) as f64,
+        p.traffic_gen_secs,
+        s.traffic.ingress,
+        cores,
+        burst
+    );
+    let core_ids: Vec<usize> = core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
+    let shared = snapshots(snap);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut handles = Vec::new();
+    let mut stats = Vec::new();
+    let mut expects = Vec::new();
+    let mut cores_used = Vec::new();
+    for (w, (frames, exp)) in parts.into_iter().enumerate() {
+        let (packed, too_big) = Frames::pack(frames);
+        if too_big > 0 {
+            return Err(format!("{too_big} frames are larger than a packet buffer"));
+        }
+        // Leave core 0 to the OS and this thread when there is more than one.
+        let core = (!core_ids.is_empty()).then(|| core_ids[(w + 1) % core_ids.len()]);
+        cores_used.push(core);
+        let st = Arc::new(WorkerStats::new(p.ports.len()));
+        let rx: Vec<(u16, Box<dyn RxQueue>)> = vec![(p.traffic.ingress as u16, Box::new(ReplayRx::new(packed, true)))];
+        let tx: Vec<Option<Box<dyn TxQueue>>> = (0..p.ports.len()).map(|_| Some(Box::new(NullTx) as Box<dyn TxQueue>)).collect();
+        let worker = Worker {
+            cfg: WorkerConfig { id: w, core, burst, pool_size: o.pool.max(burst * 2) },
+            rx,
+            tx,
+            snapshots: shared.clone(),
+            stats: st.clone(),
+            stop: stop.clone(),
+        };
+        handles.push(worker.spawn().map_err(|e| format!("cannot start worker {w}: {e}"))?);
+        stats.push(st);
+        expects.push(exp);
+    }
+
+    let start = Instant::now();
+    let tsc0 = cycles();
+    let deadline = Duration::from_secs_f64(o.seconds.max(0.1));
+    let mut last = (start, 0u64);
+    while start.elapsed() < deadline {
+        std::thread::sleep(Duration::from_millis(100).min(deadline.saturating_sub(start.elapsed())));
+        let now = Instant::now();
+        if o.progress && now.duration_since(last.0) >= Duration::from_secs(1) {
+            let rx: u64 = stats.iter().map(|s| s.read().rx).sum();
+            let drops: u64 = stats.iter().map(|s| s.read().dropped()).sum();
+            let rate = (rx - last.1) as f64 / now.duration_since(last.0).as_secs_f64() / 1e6;
+            eprint!("\r  [{:5.1}s / {:.0}s] {:7.2} Mpps   {:>13} packets   {:>9} drops", start.elapsed().as_secs_f64(), o.seconds, rate, rx, drops);
+            let _ = std::io::stderr().flush();
+            last = (now, rx);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut per_worker = Vec::new();
+    for (h, exp) in handles.into_iter().zip(expects) {
+        let c = h.join().map_err(|_| "a worker panicked".to_string())?;
+        per_worker.push((exp, c));
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    let tsc_ghz = cycles().wrapping_sub(tsc0) as f64 / elapsed / 1e9;
+    if o.progress {
+        eprintln!();
+    }
+
+    let mut total = Counters::new(p.ports.len());
+    let mut workers = Vec::new();
+    for (w, (_, c)) in per_worker.iter().enumerate() {
+        total.add(c);
+        let n = c.rx.max(1) as f64;
+        workers.push(WorkerResult {
+            worker: w,
+            core: cores_used[w],
+            packets: c.rx,
+            mpps: c.rx as f64 / elapsed / 1e6,
+            ns_per_packet: elapsed * 1e9 / n,
+            cycles_per_packet: c.busy_cycles as f64 / n,
+        });
+    }
+    let (check_passed, check_msgs) = check(&p, &per_worker, &total);
+    let report = BenchReport {
+        scenario: s.name.clone(),
+        routes,
+        fib4_bytes,
+        tbl8_groups,
+        compile_secs,
+        pattern_packets: p.traffic.frames.len(),
+        seconds: elapsed,
+        burst,
+        tsc_ghz,
+        total_packets: total.rx,
+        total_mpps: total.rx as f64 / elapsed / 1e6,
+        workers,
+        forwarded: total.tx,
+        local: total.local,
+        dropped: total.dropped(),
+        port_tx: p.ports.iter().enumerate().map(|(i, port)| (port.name.clone(), total.port_tx[i])).collect(),
+        drops: total.drop_list().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        stages: STAGE_COUNTERS.iter().zip(total.stage).map(|(k, v)| (k.to_string(), v)).collect(),
+        check_passed,
+        check: check_msgs,
+    };
+    print_report(&report);
+    if let Some(j) = &o.json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(j, text).map_err(|e| format!("{}: {e}", j.display()))?;
+    }
+    Ok(report)
+}
+
+fn print_report(r: &BenchReport) {
+    println!("  run: {:.2} s, TSC {:.2} GHz (cycles are TSC ticks while a burst was in hand)", r.seconds, r.tsc_ghz);
+    println!();
+    println!("  {:<8}{:<6}{:>16}{:>10}{:>10}{:>13}", "worker", "core", "packets", "Mpps", "ns/pkt", "cycles/pkt");
+    for w in &r.workers {
+        let core = w.core.map_or("-".to_string(), |c| c.to_string());
+        println!(
+            "  {:<8}{:<6}{:>16}{:>10.2}{:>10.2}{:>13.1}",
+            w.worker, core, w.packets, w.mpps, w.ns_per_packet, w.cycles_per_packet
+        );
+    }
+    println!("  {:<14}{:>16}{:>10.2}", "total", r.total_packets, r.total_mpps);
+    println!();
+    println!("  transmitted per port: {}", r.port_tx.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "));
+    println!("  stages: {}", r.stages.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "));
+    if r.drops.is_empty() {
+        println!("  drops: none");
+    } else {
+        println!("  drops:");
+        for (k, v) in &r.drops {
+            println!("    {k:<45}{v:>14}");
+        }
+    }
+    for m in &r.check {
+        println!("  check: {m}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_counts_over_laps() {
+        let e = [Expect::Forward(1), Expect::Forward(2), Expect::Drop("x")];
+        let c = expected_counts(&e, 8); // two laps and two more
+        assert_eq!(c[&Expect::Forward(1)], 3);
+        assert_eq!(c[&Expect::Forward(2)], 3);
+        assert_eq!(c[&Expect::Drop("x")], 2);
+    }
+}

@@ -1,0 +1,153 @@
+//! The CLI's commands (`bench`, `gen`, `replay`), kept in the library so the
+//! tests can drive them directly as well as through the binary.
+
+pub mod bench;
+pub mod replay;
+
+use crate::control::model::{NetworkType, StaticRoute, ip_bits};
+use crate::control::{AstaraConfig, CompileOptions, PortSpec, StaticNeighbor, ports_from_config};
+use crate::packet::Mac;
+use crate::pktgen::{GeneratedRoute, RefPort, RefRoute, Rng, Scenario, Topology, Traffic, generate_routes, generate_traffic};
+use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Instant;
+
+/// Parses `PORT:IP=MAC` (a pinned neighbour on the command line).
+pub fn parse_neighbor(s: &str) -> Result<StaticNeighbor, String> {
+    let err = || format!("'{s}' is not PORT:IP=MAC (e.g. ge1:203.0.113.1=fa:16:3e:00:00:01)");
+    let (port, rest) = s.split_once(':').ok_or_else(err)?;
+    let (ip, mac) = rest.rsplit_once('=').ok_or_else(err)?;
+    Ok(StaticNeighbor {
+        port: port.to_string(),
+        ip: ip.parse().map_err(|_| err())?,
+        mac: mac.parse().map_err(|_| err())?,
+    })
+}
+
+/// Reads and parses an Astara document from a file.
+pub fn load_config(path: &Path) -> Result<AstaraConfig, String> {
+    let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    AstaraConfig::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The model of the router a document describes, for the reference checks.
+pub fn topology(cfg: &AstaraConfig, ports: &[PortSpec], neighbors: &[StaticNeighbor]) -> Topology {
+    let mut ref_ports: Vec<RefPort> = ports
+        .iter()
+        .map(|p| RefPort { name: p.name.clone(), mac: p.mac.0, mtu: p.mtu, management: false, addrs: Vec::new() })
+        .collect();
+    let mut groups: BTreeMap<(bool, u128, u8), Vec<u128>> = BTreeMap::new();
+    let mut nbrs = HashSet::new();
+    let port_of = |name: &str| ports.iter().position(|p| p.name == name);
+    let mut add = |v4: bool, net: u128, len: u8, nh: IpAddr| {
+        let hops = groups.entry((v4, net, len)).or_default();
+        if !hops.contains(&ip_bits(nh)) {
+            hops.push(ip_bits(nh));
+        }
+    };
+    if let Some(gw) = cfg.default_v4_gateway {
+        add(true, 0, 0, gw);
+    }
+    if let Some(gw) = cfg
+        .networks
+        .iter()
+        .filter(|n| n.network_type == NetworkType::External)
+        .flat_map(|n| &n.subnets)
+        .find_map(|s| s.gateway_ip.filter(|g| g.is_ipv6()))
+    {
+        add(false, 0, 0, gw);
+    }
+    for r in &cfg.static_routes {
+        add(r.destination.is_v4(), r.destination.network(), r.destination.len, r.next_hop);
+    }
+    for n in &cfg.networks {
+        for s in &n.subnets {
+            for r in &s.host_routes {
+                add(r.destination.is_v4(), r.destination.network(), r.destination.len, r.nexthop);
+            }
+        }
+        let Some(p) = port_of(&n.interface.ifname) else { continue };
+        let rp = &mut ref_ports[p];
+        rp.management = n.network_type == NetworkType::Management;
+        if let Some(m) = n.interface.mtu {
+            rp.mtu = rp.mtu.min(m.min(u16::MAX as u32) as u16);
+        }
+        rp.addrs = n.interface.addresses.iter().map(|a| (a.is_v4(), a.bits(), a.len)).collect();
+        for a in &n.allocations {
+            for ip in a.ip_addresses.keys() {
+                nbrs.insert((p, ip.is_ipv4(), ip_bits(*ip)));
+            }
+        }
+    }
+    for sn in neighbors {
+        if let Some(p) = port_of(&sn.port) {
+            nbrs.insert((p, sn.ip.is_ipv4(), ip_bits(sn.ip)));
+        }
+    }
+    let routes = groups.into_iter().map(|((v4, net, len), next_hops)| RefRoute { v4, net, len, next_hops }).collect();
+    Topology::new(ref_ports, routes, nbrs)
+}
+
+/// A scenario made ready to run: the document with its generated routes,
+/// the ports, compile options, the modelled router and the traffic.
+pub struct Prepared {
+    pub scenario: Scenario,
+    pub config: AstaraConfig,
+    pub ports: Vec<PortSpec>,
+    pub options: CompileOptions,
+    pub routes: Vec<GeneratedRoute>,
+    pub traffic: Traffic,
+    pub route_gen_secs: f64,
+    pub traffic_gen_secs: f64,
+}
+
+pub fn prepare(path: &Path) -> Result<Prepared, String> {
+    let scenario = Scenario::load(path)?;
+    let mut config = load_config(&scenario.config_path())?;
+    let ports = ports_from_config(&config);
+    let mut options = CompileOptions::default();
+    for (k, n) in scenario.neighbors.iter().enumerate() {
+        options.neighbors.push(StaticNeighbor {
+            port: n.port.clone(),
+            ip: n.ip,
+            mac: n.mac.parse::<Mac>().map_err(|e| format!("neighbors[{k}].mac: {e}"))?,
+        });
+    }
+    let t0 = Instant::now();
+    let avoid: Vec<(u32, u8)> = config
+        .networks
+        .iter()
+        .flat_map(|n| &n.interface.addresses)
+        .filter(|a| a.is_v4())
+        .map(|a| (a.network() as u32, a.len))
+        .collect();
+    let routes = match &scenario.routes {
+        Some(spec) => generate_routes(spec, &avoid, &mut Rng::new(scenario.seed)),
+        None => Vec::new(),
+    };
+    config.static_routes.extend(routes.iter().map(|r| StaticRoute {
+        destination: crate::control::model::Cidr { addr: IpAddr::V4((r.net).into()), len: r.len },
+        next_hop: r.next_hop,
+    }));
+    let route_gen_secs = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let topo = topology(&config, &ports, &options.neighbors);
+    let traffic = generate_traffic(&scenario, &topo, &routes).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Prepared { scenario, config, ports, options, routes, traffic, route_gen_secs, traffic_gen_secs: t1.elapsed().as_secs_f64() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn neighbor_argument() {
+        let n = parse_neighbor("ge1:203.0.113.1=fa:16:3e:00:00:01").unwrap();
+        assert_eq!((n.port.as_str(), n.ip.to_string()), ("ge1", "203.0.113.1".to_string()));
+        let n = parse_neighbor("ge2:fdd6::1=fa:16:3e:00:00:02").unwrap();
+        assert_eq!(n.ip.to_string(), "fdd6::1");
+        assert!(parse_neighbor("ge1=1.2.3.4").is_err());
+        assert!(parse_neighbor("ge1:1.2.3.4=zz").is_err());
+    }
+}
