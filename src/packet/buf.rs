@@ -48,7 +48,8 @@ pub enum L3 {
 pub struct Meta {
     pub src: u128,
     pub dst: u128,
-    /// Flow hash over the 5-tuple (symmetric): RSS, ECMP.
+    /// Flow hash over the 5-tuple (symmetric), 0 until a stage needs it
+    /// (see `Meta::flow_hash`).
     pub hash: u32,
     /// Next-hop (adjacency) index chosen by the route stage.
     pub nh: u32,
@@ -71,6 +72,16 @@ pub struct Meta {
 }
 
 impl Meta {
+    /// The symmetric 5-tuple hash, computed on first use: most packets
+    /// never need it (ECMP and session tables do).
+    #[inline]
+    pub fn flow_hash(&mut self) -> u32 {
+        if self.hash == 0 {
+            self.hash = super::flow_hash(self.src, self.dst, self.sport, self.dport, self.proto) | 1;
+        }
+        self.hash
+    }
+
     #[inline]
     pub fn drop(&mut self, reason: u8) {
         self.verdict = Verdict::Drop;
@@ -135,6 +146,25 @@ impl Pkt {
         b.off = HEADROOM as u16;
         b.len = frame.len() as u16;
         b.bytes[HEADROOM..HEADROOM + frame.len()].copy_from_slice(frame);
+        true
+    }
+
+    /// Like `fill`, for a source padded to a multiple of 64 bytes: copies
+    /// whole 64-byte blocks (fixed-size moves, no `memmove` start-up cost for
+    /// short frames). `padded.len()` must be `frame_len` rounded up to 64.
+    #[inline]
+    pub fn fill_padded(&mut self, padded: &[u8], frame_len: usize) -> bool {
+        if frame_len > MAX_FRAME || padded.len() < frame_len || padded.len() > BUF_SIZE - HEADROOM {
+            return false;
+        }
+        let b = &mut *self.0;
+        b.off = HEADROOM as u16;
+        b.len = frame_len as u16;
+        let (dst, _) = b.bytes[HEADROOM..].as_chunks_mut::<64>();
+        let (src, _) = padded.as_chunks::<64>();
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = *s;
+        }
         true
     }
 

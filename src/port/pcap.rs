@@ -153,6 +153,14 @@ impl Frames {
     pub fn bytes(&self) -> usize {
         self.data.len()
     }
+
+    /// Frame `i` with its padding up to the next multiple of 64 bytes.
+    #[inline]
+    pub fn get_padded(&self, i: usize) -> (&[u8], usize) {
+        let (o, l) = self.spans[i];
+        let o = o as usize;
+        (&self.data[o..o + (l as usize).div_ceil(64) * 64], l as usize)
+    }
 }
 
 /// Replays packed frames, copying each into a pool buffer (the frames are
@@ -195,7 +203,8 @@ impl RxQueue for ReplayRx {
                 self.no_buffer += 1;
                 break;
             };
-            p.fill(self.frames.get(self.pos));
+            let (padded, len) = self.frames.get_padded(self.pos);
+            p.fill_padded(padded, len);
             let _ = burst.push(p, port);
             self.pos += 1;
             got += 1;

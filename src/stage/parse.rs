@@ -1,5 +1,5 @@
 //! Parse stage: validates L2/L3/L4 headers once, fills the metadata every
-//! later stage relies on (offsets, 5-tuple, flow hash), marks ARP and other
+//! later stage relies on (offsets, 5-tuple), marks ARP and other
 //! control traffic local, and drops malformed frames with a reason.
 
 use super::{DropReason as D, Snapshot};
@@ -10,7 +10,7 @@ use crate::packet::ethernet::{
 use crate::packet::ipv4::{self, Ipv4Packet, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use crate::packet::ipv6::{self, Ipv6Packet};
 use crate::packet::l4::{IcmpPacket, TcpPacket, UdpPacket, icmp_is_echo};
-use crate::packet::{Burst, Error, L3, Meta, PacketBuf, Verdict, flow_hash};
+use crate::packet::{Burst, Error, L3, Meta, PacketBuf, Verdict};
 
 /// What the parser saw, beside the drops.
 #[derive(Debug, Default, Clone, Copy)]
@@ -142,7 +142,6 @@ impl Parse {
             parse_l4(&data[l4..l4_end], m, m.frag == 1)?;
         }
         pkt.trim(l4_end);
-        m.hash = flow_hash(m.src, m.dst, m.sport, m.dport, m.proto);
         Ok(())
     }
 
@@ -189,7 +188,6 @@ impl Parse {
             parse_l4(&data[l4..l4_end], m, first)?;
         }
         pkt.trim(l4_end);
-        m.hash = flow_hash(m.src, m.dst, m.sport, m.dport, m.proto);
         Ok(())
     }
 }

@@ -64,7 +64,7 @@ impl Route {
             AdjKind::Connected | AdjKind::Gateway => Ok(Some(nh)),
             AdjKind::Ecmp => {
                 self.counters.ecmp += 1;
-                let k = adj.ecmp_start + m.hash % adj.ecmp_len.max(1);
+                let k = adj.ecmp_start + (m.flow_hash() >> 1) % adj.ecmp_len.max(1);
                 snap.ecmp.get(k as usize).copied().map(Some).ok_or(D::Internal)
             }
         }
