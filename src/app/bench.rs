@@ -129,7 +129,10 @@ fn check(p: &Prepared, per_worker: &[(Vec<Expect>, Counters)], total: &Counters)
         for (i, port) in p.ports.iter().enumerate() {
             if total.port_tx[i] != want_port[i] {
                 ok = false;
-                msgs.push(format!("FAIL: {} transmitted {} but the model expects {}", port.name, total.port_tx[i], want_port[i]));
+                msgs.push(format!(
+                    "FAIL: {} transmitted {} but the model expects {}",
+                    port.name, total.port_tx[i], want_port[i]
+                ));
             }
         }
     }
@@ -214,7 +217,8 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
         cores_used.push(core);
         let st = Arc::new(WorkerStats::new(p.ports.len()));
         let rx: Vec<(u16, Box<dyn RxQueue>)> = vec![(p.traffic.ingress as u16, Box::new(ReplayRx::new(packed, true)))];
-        let tx: Vec<Option<Box<dyn TxQueue>>> = (0..p.ports.len()).map(|_| Some(Box::new(NullTx) as Box<dyn TxQueue>)).collect();
+        let tx: Vec<Option<Box<dyn TxQueue>>> =
+            (0..p.ports.len()).map(|_| Some(Box::new(NullTx) as Box<dyn TxQueue>)).collect();
         let worker = Worker {
             cfg: WorkerConfig { id: w, core, burst, pool_size: o.pool.max(burst * 2) },
             rx,
@@ -239,7 +243,14 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
             let rx: u64 = stats.iter().map(|s| s.read().rx).sum();
             let drops: u64 = stats.iter().map(|s| s.read().dropped()).sum();
             let rate = (rx - last.1) as f64 / now.duration_since(last.0).as_secs_f64() / 1e6;
-            eprint!("\r  [{:5.1}s / {:.0}s] {:7.2} Mpps   {:>13} packets   {:>9} drops", start.elapsed().as_secs_f64(), o.seconds, rate, rx, drops);
+            eprint!(
+                "\r  [{:5.1}s / {:.0}s] {:7.2} Mpps   {:>13} packets   {:>9} drops",
+                start.elapsed().as_secs_f64(),
+                o.seconds,
+                rate,
+                rx,
+                drops
+            );
             let _ = std::io::stderr().flush();
             last = (now, rx);
         }
@@ -314,8 +325,14 @@ fn print_report(r: &BenchReport) {
     }
     println!("  {:<14}{:>16}{:>10.2}", "total", r.total_packets, r.total_mpps);
     println!();
-    println!("  transmitted per port: {}", r.port_tx.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "));
-    println!("  stages: {}", r.stages.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "));
+    println!(
+        "  transmitted per port: {}",
+        r.port_tx.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+    );
+    println!(
+        "  stages: {}",
+        r.stages.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+    );
     if r.drops.is_empty() {
         println!("  drops: none");
     } else {

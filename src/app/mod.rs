@@ -7,7 +7,9 @@ pub mod replay;
 use crate::control::model::{NetworkType, StaticRoute, ip_bits};
 use crate::control::{AstaraConfig, CompileOptions, PortSpec, StaticNeighbor, ports_from_config};
 use crate::packet::Mac;
-use crate::pktgen::{GeneratedRoute, RefPort, RefRoute, Rng, Scenario, Topology, Traffic, generate_routes, generate_traffic};
+use crate::pktgen::{
+    GeneratedRoute, RefPort, RefRoute, Rng, Scenario, Topology, Traffic, generate_routes, generate_traffic,
+};
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::path::Path;
@@ -134,7 +136,16 @@ pub fn prepare(path: &Path) -> Result<Prepared, String> {
     let t1 = Instant::now();
     let topo = topology(&config, &ports, &options.neighbors);
     let traffic = generate_traffic(&scenario, &topo, &routes).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(Prepared { scenario, config, ports, options, routes, traffic, route_gen_secs, traffic_gen_secs: t1.elapsed().as_secs_f64() })
+    Ok(Prepared {
+        scenario,
+        config,
+        ports,
+        options,
+        routes,
+        traffic,
+        route_gen_secs,
+        traffic_gen_secs: t1.elapsed().as_secs_f64(),
+    })
 }
 
 #[cfg(test)]

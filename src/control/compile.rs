@@ -41,7 +41,12 @@ pub struct CompileOptions {
 
 impl Default for CompileOptions {
     fn default() -> Self {
-        CompileOptions { tbl8_groups: DEFAULT_TBL8_GROUPS, lpm6_groups: DEFAULT_GROUPS6, neighbors: Vec::new(), generation: 1 }
+        CompileOptions {
+            tbl8_groups: DEFAULT_TBL8_GROUPS,
+            lpm6_groups: DEFAULT_GROUPS6,
+            neighbors: Vec::new(),
+            generation: 1,
+        }
     }
 }
 
@@ -136,9 +141,8 @@ impl Builder<'_> {
         if self.is_own_address(gw) {
             return Err(invalid(format!("{at}: next hop {gw} is an address of this router")));
         }
-        let port = self
-            .on_link(gw)
-            .ok_or_else(|| invalid(format!("{at}: next hop {gw} is not on any connected network")))?;
+        let port =
+            self.on_link(gw).ok_or_else(|| invalid(format!("{at}: next hop {gw} is not on any connected network")))?;
         let key = (port, ip_bits(gw), gw.is_ipv4());
         if let Some(&a) = self.gateway_adj.get(&key) {
             return Ok(a);
@@ -240,9 +244,11 @@ pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) ->
         add_route("0.0.0.0/0".parse().unwrap(), gw, RouteSource::DefaultV4);
     }
     // IPv6 default: the external subnet's gateway, as the appliance did.
-    if let Some((i, j, gw)) = cfg.networks.iter().enumerate().filter(|(_, n)| n.network_type == NetworkType::External).find_map(
-        |(i, n)| n.subnets.iter().enumerate().find_map(|(j, s)| s.gateway_ip.filter(|g| g.is_ipv6()).map(|g| (i, j, g))),
-    ) {
+    if let Some((i, j, gw)) =
+        cfg.networks.iter().enumerate().filter(|(_, n)| n.network_type == NetworkType::External).find_map(|(i, n)| {
+            n.subnets.iter().enumerate().find_map(|(j, s)| s.gateway_ip.filter(|g| g.is_ipv6()).map(|g| (i, j, g)))
+        })
+    {
         add_route("::/0".parse().unwrap(), gw, RouteSource::DefaultV6(i, j));
     }
     for (k, r) in cfg.static_routes.iter().enumerate() {
@@ -265,7 +271,10 @@ pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) ->
     for ((v4, net, len), (hops, at)) in groups {
         let existing = if v4 { fib4.get(net as u32, len) } else { fib6.get(net, len) };
         if existing.is_some() {
-            b.warnings.push(format!("{at}: {} is a connected or local prefix; the route was not applied", cidr_text(v4, net, len)));
+            b.warnings.push(format!(
+                "{at}: {} is a connected or local prefix; the route was not applied",
+                cidr_text(v4, net, len)
+            ));
             continue;
         }
         let mut members = Vec::with_capacity(hops.len());
@@ -277,7 +286,12 @@ pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) ->
         } else {
             let start = b.ecmp.len() as u32;
             b.ecmp.extend_from_slice(&members);
-            b.adj.push(Adjacency { kind: AdjKind::Ecmp, ecmp_start: start, ecmp_len: members.len() as u32, ..Adjacency::local() });
+            b.adj.push(Adjacency {
+                kind: AdjKind::Ecmp,
+                ecmp_start: start,
+                ecmp_len: members.len() as u32,
+                ..Adjacency::local()
+            });
             (b.adj.len() - 1) as u32
         };
         if v4 {
@@ -300,7 +314,8 @@ pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) ->
         }
     }
     for (k, sn) in opts.neighbors.iter().enumerate() {
-        let port = b.port_index(&sn.port).ok_or_else(|| invalid(format!("neighbors[{k}]: no port named {}", sn.port)))?;
+        let port =
+            b.port_index(&sn.port).ok_or_else(|| invalid(format!("neighbors[{k}]: no port named {}", sn.port)))?;
         insert_neighbor(&mut neighbors, port, sn.ip, sn.mac, NeighborSource::Static);
     }
     for a in b.adj.iter_mut().filter(|a| a.kind == AdjKind::Gateway) {
@@ -365,7 +380,11 @@ mod tests {
         let cfg = AstaraConfig::from_json(DOC.as_bytes()).unwrap();
         let ports = ports_from_config(&cfg);
         let opts = CompileOptions {
-            neighbors: vec![StaticNeighbor { port: "ge1".into(), ip: "203.0.113.1".parse().unwrap(), mac: Mac([2, 0, 0, 0, 0, 1]) }],
+            neighbors: vec![StaticNeighbor {
+                port: "ge1".into(),
+                ip: "203.0.113.1".parse().unwrap(),
+                mac: Mac([2, 0, 0, 0, 0, 1]),
+            }],
             ..Default::default()
         };
         compile(&cfg, &ports, &opts).unwrap()
@@ -431,7 +450,10 @@ mod tests {
         let mut ports = ports_from_config(&cfg);
         ports.pop();
         let e = compile(&cfg, &ports, &CompileOptions::default()).err().unwrap().to_string();
-        assert!(e.contains("networks[2].interface.ifname: ge2 is not a port of this appliance (ports: ge0, ge1)"), "{e}");
+        assert!(
+            e.contains("networks[2].interface.ifname: ge2 is not a port of this appliance (ports: ge0, ge1)"),
+            "{e}"
+        );
         let doc = DOC.replace("\"10.20.0.0/16\"", "\"192.168.1.0/24\"");
         let cfg = AstaraConfig::from_json(doc.as_bytes()).unwrap();
         let c = compile(&cfg, &ports_from_config(&cfg), &CompileOptions::default()).unwrap();

@@ -151,11 +151,15 @@ fn opt_ip<'de, D: Deserializer<'de>>(d: D) -> Result<Option<IpAddr>, D::Error> {
 fn opt_u32_lenient<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     match Option::<serde_json::Value>::deserialize(d)? {
         None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::Number(n)) => {
-            n.as_u64().and_then(|v| u32::try_from(v).ok()).map(Some).ok_or_else(|| de::Error::custom(format!("{n} is not a valid number here")))
-        }
+        Some(serde_json::Value::Number(n)) => n
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .map(Some)
+            .ok_or_else(|| de::Error::custom(format!("{n} is not a valid number here"))),
         Some(serde_json::Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(serde_json::Value::String(s)) => s.trim().parse().map(Some).map_err(|_| de::Error::custom(format!("'{s}' is not a number"))),
+        Some(serde_json::Value::String(s)) => {
+            s.trim().parse().map(Some).map_err(|_| de::Error::custom(format!("'{s}' is not a number")))
+        }
         Some(v) => Err(de::Error::custom(format!("{v} is not a number"))),
     }
 }
@@ -373,7 +377,11 @@ pub struct PortRange {
 
 impl Serialize for PortRange {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.lo == self.hi { s.serialize_u16(self.lo) } else { s.collect_str(&format_args!("{}:{}", self.lo, self.hi)) }
+        if self.lo == self.hi {
+            s.serialize_u16(self.lo)
+        } else {
+            s.collect_str(&format_args!("{}:{}", self.lo, self.hi))
+        }
     }
 }
 
@@ -384,7 +392,10 @@ fn opt_port_range<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PortRange>, 
     match Option::<serde_json::Value>::deserialize(d)? {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::Number(n)) => {
-            let p = n.as_u64().filter(|&p| p <= 65535).ok_or_else(|| de::Error::custom(format!("{n} is not a port (0-65535)")))?;
+            let p = n
+                .as_u64()
+                .filter(|&p| p <= 65535)
+                .ok_or_else(|| de::Error::custom(format!("{n} is not a port (0-65535)")))?;
             Ok(Some(PortRange { lo: p as u16, hi: p as u16 }))
         }
         Some(serde_json::Value::String(s)) if s.trim().is_empty() => Ok(None),
@@ -873,7 +884,10 @@ mod tests {
         c.anchors = vec![Anchor {
             name: "a".into(),
             rules: vec![
-                serde_json::from_str(r#"{"action": "block", "interface": "ge9", "source": "blocked", "destination_port": "22"}"#).unwrap(),
+                serde_json::from_str(
+                    r#"{"action": "block", "interface": "ge9", "source": "blocked", "destination_port": "22"}"#,
+                )
+                .unwrap(),
             ],
         }];
         c.networks[2].interface.addresses.push("172.16.77.99/25".parse().unwrap());
@@ -905,7 +919,12 @@ mod tests {
         assert_eq!(r.source_port, Some(PortRange { lo: 53, hi: 53 }));
         assert_eq!(protocol_number(r.protocol.as_deref().unwrap()), Some(1));
         assert!(AstaraConfig::from_json(br#"{"static_routes": [["10.0.0.0/8"]]}"#).is_err());
-        assert!(AstaraConfig::from_json(br#"{"anchors": [{"name": "x", "rules": [{"action": "pass", "destination_port": "90:80"}]}]}"#).is_err());
+        assert!(
+            AstaraConfig::from_json(
+                br#"{"anchors": [{"name": "x", "rules": [{"action": "pass", "destination_port": "90:80"}]}]}"#
+            )
+            .is_err()
+        );
     }
 
     #[test]

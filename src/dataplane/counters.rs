@@ -84,7 +84,11 @@ impl Counters {
 
     /// Drop reasons with a non-zero count, by name.
     pub fn drop_list(&self) -> Vec<(&'static str, u64)> {
-        DropReason::ALL.iter().filter(|r| self.drops[**r as usize] > 0).map(|r| (r.name(), self.drops[*r as usize])).collect()
+        DropReason::ALL
+            .iter()
+            .filter(|r| self.drops[**r as usize] > 0)
+            .map(|r| (r.name(), self.drops[*r as usize]))
+            .collect()
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::counters::{Counters, WorkerStats};
 use super::pipeline::{Pipeline, dispatch, transmit};
-use super::{cycles, Snapshots};
+use super::{Snapshots, cycles};
 use crate::packet::{Burst, Pkt, Pool};
 use crate::port::{RxQueue, TxQueue};
 use std::sync::Arc;
@@ -71,7 +71,7 @@ impl Worker {
             if got > 0 {
                 c.busy_cycles += dt;
                 c.bursts += 1;
-                if c.bursts % PUBLISH_EVERY == 0 {
+                if c.bursts.is_multiple_of(PUBLISH_EVERY) {
                     c.stage = pipeline.stage_counters();
                     self.stats.publish(&c);
                     self.stats.generation.store(snap.generation, Ordering::Relaxed);

@@ -79,7 +79,8 @@ impl Topology {
             }
         }
         for v4 in [false, true] {
-            let mut lens: Vec<u8> = t.index.keys().filter(|k| k.0 == v4).map(|k| k.1).collect::<HashSet<_>>().into_iter().collect();
+            let mut lens: Vec<u8> =
+                t.index.keys().filter(|k| k.0 == v4).map(|k| k.1).collect::<HashSet<_>>().into_iter().collect();
             lens.sort_unstable_by(|a, b| b.cmp(a));
             t.lens[v4 as usize] = lens;
         }
@@ -98,9 +99,10 @@ impl Topology {
         } else if dst >> 120 == 0xff || dst >> 118 == 0x3fa {
             return true;
         }
-        self.ports.iter().flat_map(|p| &p.addrs).any(|&(f, a, l)| {
-            f == v4 && (a == dst || (v4 && l < 31 && dst == (a | !mask(true, l)) & u32::MAX as u128))
-        })
+        self.ports
+            .iter()
+            .flat_map(|p| &p.addrs)
+            .any(|&(f, a, l)| f == v4 && (a == dst || (v4 && l < 31 && dst == (a | !mask(true, l)) & u32::MAX as u128)))
     }
 
     fn lookup(&self, v4: bool, dst: u128) -> Option<&Target> {
@@ -169,9 +171,27 @@ mod tests {
 
     fn topo() -> Topology {
         let ports = vec![
-            RefPort { name: "ge0".into(), mac: [2; 6], mtu: 1280, management: true, addrs: vec![(false, 0xfdca << 112 | 2, 64)] },
-            RefPort { name: "ge1".into(), mac: [3; 6], mtu: 1500, management: false, addrs: vec![(true, 0xcb00_710a, 24)] },
-            RefPort { name: "ge2".into(), mac: [4; 6], mtu: 1450, management: false, addrs: vec![(true, 0xc0a8_0101, 24)] },
+            RefPort {
+                name: "ge0".into(),
+                mac: [2; 6],
+                mtu: 1280,
+                management: true,
+                addrs: vec![(false, 0xfdca << 112 | 2, 64)],
+            },
+            RefPort {
+                name: "ge1".into(),
+                mac: [3; 6],
+                mtu: 1500,
+                management: false,
+                addrs: vec![(true, 0xcb00_710a, 24)],
+            },
+            RefPort {
+                name: "ge2".into(),
+                mac: [4; 6],
+                mtu: 1450,
+                management: false,
+                addrs: vec![(true, 0xc0a8_0101, 24)],
+            },
         ];
         let routes = vec![RefRoute { v4: true, net: 0, len: 0, next_hops: vec![0xcb00_7101] }];
         let neighbors = [(1, true, 0xcb00_7101u128), (2, true, 0xc0a8_0105)].into_iter().collect();
@@ -189,7 +209,10 @@ mod tests {
         assert_eq!(t.expect(2, true, 0x0808_0808, 100, 1, true), Expect::Drop("route: ipv4 ttl expired"));
         assert_eq!(t.expect(2, true, 0xc0a8_0101, 100, 1, true), Expect::Local);
         assert_eq!(t.expect(2, true, 0xc0a8_01ff, 100, 64, true), Expect::Local);
-        assert_eq!(t.expect(2, false, 0xfdca << 112 | 9, 100, 64, true), Expect::Drop("route: forwarding into management network"));
+        assert_eq!(
+            t.expect(2, false, 0xfdca << 112 | 9, 100, 64, true),
+            Expect::Drop("route: forwarding into management network")
+        );
         assert_eq!(t.expect(2, false, 0x2001 << 112, 100, 64, true), Expect::Drop("route: no route"));
         assert_eq!(t.expect(2, true, 0x0808_0808, 1460, 64, true), Expect::Drop("parse: larger than ingress mtu"));
     }

@@ -1,9 +1,9 @@
 //! Builds a scenario's route table and packets (with `etherparse`, not with
 //! the data plane's own writers) and the expected outcome of each packet.
 
+use super::Rng;
 use super::reference::{Expect, Topology};
 use super::scenario::{LengthDist, Protocol, RouteSpec, Scenario};
-use super::Rng;
 use etherparse::{IpHeaders, IpNumber, Ipv4Extensions, Ipv4Header, Ipv6Extensions, Ipv6Header, PacketBuilder};
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -115,7 +115,7 @@ struct Flow {
 /// Builds the packets of a scenario against the modelled router.
 pub fn generate_traffic(s: &Scenario, topo: &Topology, routes: &[GeneratedRoute]) -> Result<Traffic, String> {
     let t = &s.traffic;
-    let mut rng = Rng::new(s.seed ^ 0x7472_6166_6669_63);
+    let mut rng = Rng::new(s.seed ^ 0x0074_7261_6666_6963);
     let ingress = topo.port_index(&t.ingress).ok_or_else(|| format!("traffic.ingress: no interface {}", t.ingress))?;
     let (src_net, src_len) = parse_cidr(&t.src).map_err(|e| format!("traffic.src: {e}"))?;
     let v4 = src_net.is_ipv4();
@@ -164,7 +164,14 @@ pub fn generate_traffic(s: &Scenario, topo: &Topology, routes: &[GeneratedRoute]
     Ok(Traffic { ingress, frames, expect })
 }
 
-fn build_frame(f: &Flow, proto: Protocol, ttl: u8, k: usize, dst_mac: [u8; 6], frame_len: usize) -> Result<Vec<u8>, String> {
+fn build_frame(
+    f: &Flow,
+    proto: Protocol,
+    ttl: u8,
+    k: usize,
+    dst_mac: [u8; 6],
+    frame_len: usize,
+) -> Result<Vec<u8>, String> {
     let ip = if f.v4 {
         let p = match proto {
             Protocol::Udp => IpNumber::UDP,
@@ -230,7 +237,8 @@ mod tests {
 
     #[test]
     fn routes_are_distinct_and_avoid_connected_space() {
-        let spec = RouteSpec { count: 5000, next_hops: vec!["203.0.113.1".parse().unwrap()], lengths: LengthDist::Internet };
+        let spec =
+            RouteSpec { count: 5000, next_hops: vec!["203.0.113.1".parse().unwrap()], lengths: LengthDist::Internet };
         let avoid = [(0xc0a8_0100, 24), (0xcb00_7100, 24)];
         let r = generate_routes(&spec, &avoid, &mut Rng::new(7));
         assert_eq!(r.len(), 5000);
@@ -252,8 +260,20 @@ mod tests {
     #[test]
     fn frames_have_the_requested_sizes_and_parse() {
         let ports = vec![
-            RefPort { name: "ge1".into(), mac: [2, 0, 0, 0, 0, 1], mtu: 1500, management: false, addrs: vec![(true, 0xcb00_710a, 24)] },
-            RefPort { name: "ge2".into(), mac: [2, 0, 0, 0, 0, 2], mtu: 1500, management: false, addrs: vec![(true, 0xc0a8_0101, 24)] },
+            RefPort {
+                name: "ge1".into(),
+                mac: [2, 0, 0, 0, 0, 1],
+                mtu: 1500,
+                management: false,
+                addrs: vec![(true, 0xcb00_710a, 24)],
+            },
+            RefPort {
+                name: "ge2".into(),
+                mac: [2, 0, 0, 0, 0, 2],
+                mtu: 1500,
+                management: false,
+                addrs: vec![(true, 0xc0a8_0101, 24)],
+            },
         ];
         let topo = Topology::new(
             ports,

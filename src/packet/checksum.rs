@@ -66,16 +66,13 @@ pub fn update32(check: u16, old: u32, new: u32) -> u16 {
 /// Sum of the IPv4 pseudo-header used by TCP, UDP (RFC 768/793).
 #[inline]
 pub fn pseudo_v4(src: u32, dst: u32, proto: u8, len: u16) -> u64 {
-    (src >> 16) as u64 + (src & 0xffff) as u64 + (dst >> 16) as u64 + (dst & 0xffff) as u64
-        + proto as u64
-        + len as u64
+    (src >> 16) as u64 + (src & 0xffff) as u64 + (dst >> 16) as u64 + (dst & 0xffff) as u64 + proto as u64 + len as u64
 }
 
 /// Sum of the IPv6 pseudo-header (RFC 8200 section 8.1).
 #[inline]
 pub fn pseudo_v6(src: u128, dst: u128, next_header: u8, len: u32) -> u64 {
-    sum(&src.to_be_bytes()) + sum(&dst.to_be_bytes()) + (len >> 16) as u64 + (len & 0xffff) as u64
-        + next_header as u64
+    sum(&src.to_be_bytes()) + sum(&dst.to_be_bytes()) + (len >> 16) as u64 + (len & 0xffff) as u64 + next_header as u64
 }
 
 #[cfg(test)]
@@ -94,8 +91,8 @@ mod tests {
     #[test]
     fn ipv4_header_vector() {
         let mut h = [
-            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
-            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8, 0x00, 0x01, 0xc0, 0xa8,
+            0x00, 0xc7,
         ];
         assert_eq!(checksum(&h), 0xb861);
         h[10] = 0xb8;
@@ -111,8 +108,8 @@ mod tests {
     #[test]
     fn incremental_matches_full_recompute() {
         let mut h = [
-            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0xb8, 0x61, 0xc0, 0xa8,
-            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0xb8, 0x61, 0xc0, 0xa8, 0x00, 0x01, 0xc0, 0xa8,
+            0x00, 0xc7,
         ];
         // TTL 64 -> 63 changes the word (ttl, proto).
         let old = u16::from_be_bytes([h[8], h[9]]);

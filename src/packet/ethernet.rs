@@ -37,11 +37,7 @@ impl Mac {
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
     }
 }
 
@@ -234,8 +230,8 @@ mod tests {
     fn arp_request_vector() {
         // Who has 192.168.1.1? Tell 192.168.1.10 (from aa:bb:cc:dd:ee:ff).
         let arp = [
-            0, 1, 8, 0, 6, 4, 0, 1, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff, 192, 168, 1, 10, 0, 0, 0,
-            0, 0, 0, 192, 168, 1, 1,
+            0, 1, 8, 0, 6, 4, 0, 1, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff, 192, 168, 1, 10, 0, 0, 0, 0, 0, 0, 192, 168, 1,
+            1,
         ];
         let p = ArpPacket::new_checked(&arp[..]).unwrap();
         assert_eq!(p.operation(), ARP_OP_REQUEST);

@@ -208,7 +208,8 @@ mod tests {
     use super::*;
 
     fn etherparse_ipv4(options: &[u8]) -> Vec<u8> {
-        let mut h = etherparse::Ipv4Header::new(8, 64, etherparse::IpNumber::UDP, [10, 0, 0, 1], [192, 168, 7, 9]).unwrap();
+        let mut h =
+            etherparse::Ipv4Header::new(8, 64, etherparse::IpNumber::UDP, [10, 0, 0, 1], [192, 168, 7, 9]).unwrap();
         h.identification = 0x1234;
         h.dont_fragment = true;
         h.options = options.try_into().unwrap();

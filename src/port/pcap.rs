@@ -65,7 +65,10 @@ pub fn read_capture(path: &Path) -> Result<Vec<Frame>, CaptureError> {
     } else {
         let mut r = PcapReader::new(f).map_err(fmt)?;
         if r.header().datalink != DataLink::ETHERNET {
-            return Err(CaptureError::LinkType { path: path.to_path_buf(), linktype: format!("{:?}", r.header().datalink) });
+            return Err(CaptureError::LinkType {
+                path: path.to_path_buf(),
+                linktype: format!("{:?}", r.header().datalink),
+            });
         }
         while let Some(p) = r.next_packet() {
             let p = p.map_err(fmt)?;

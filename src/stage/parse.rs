@@ -228,7 +228,8 @@ fn parse_l4(l4: &[u8], m: &mut Meta, first_fragment: bool) -> Result<(), D> {
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
             let c = IcmpPacket::new_checked(l4).map_err(|_| short)?;
-            let echo = if m.proto == PROTO_ICMP { icmp_is_echo(c.msg_type()) } else { matches!(c.msg_type(), 128 | 129) };
+            let echo =
+                if m.proto == PROTO_ICMP { icmp_is_echo(c.msg_type()) } else { matches!(c.msg_type(), 128 | 129) };
             if echo {
                 m.sport = c.echo_ident();
                 m.dport = c.echo_ident();

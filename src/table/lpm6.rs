@@ -98,7 +98,11 @@ impl Lpm6Builder {
                         }
                         groups.resize(groups.len() + 256, e);
                         let ext = VALID | EXT | g as u32;
-                        if slot.0 { root[slot.1] = ext } else { groups[slot.1] = ext }
+                        if slot.0 {
+                            root[slot.1] = ext
+                        } else {
+                            groups[slot.1] = ext
+                        }
                         g
                     };
                     let byte = ((p >> (120 - consumed)) & 0xff) as usize;

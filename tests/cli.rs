@@ -1,0 +1,116 @@
+//! The `astara-dp` binary as a newcomer runs it: bench, gen and replay, and
+//! the errors a person gets for bad arguments and bad documents.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_astara-dp"))
+}
+
+fn repo(p: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(p)
+}
+
+#[test]
+fn bench_runs_and_checks_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let o = bin()
+        .args(["bench", "--seconds", "0.5", "--quiet", "--json"])
+        .arg(&json)
+        .arg(repo("pktgen-scenarios/route-64b-1k.toml"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}\n{}", String::from_utf8_lossy(&o.stderr));
+    for want in ["worker", "Mpps", "ns/pkt", "cycles/pkt", "check: PASS", "drops: none"] {
+        assert!(out.contains(want), "missing '{want}' in:\n{out}");
+    }
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert!(r["total_packets"].as_u64().unwrap() > 0);
+    assert_eq!(r["total_packets"], r["forwarded"]);
+    assert_eq!(r["check_passed"], true);
+}
+
+#[test]
+fn bench_with_two_workers_spreads_flows() {
+    let o = bin()
+        .args(["bench", "--seconds", "0.5", "--quiet", "--cores", "2", "--burst", "64"])
+        .arg(repo("pktgen-scenarios/route-64b-1k.toml"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}");
+    let rows: Vec<&str> = out.lines().filter(|l| l.trim_start().starts_with(['0', '1'])).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    assert!(out.contains("check: PASS"));
+}
+
+#[test]
+fn gen_writes_a_capture_etherparse_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("g.pcap");
+    let o = bin()
+        .arg("gen")
+        .arg(repo("pktgen-scenarios/route-imix.toml"))
+        .arg("-o")
+        .arg(&out)
+        .args(["--count", "100"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut r = pcap_file::pcap::PcapReader::new(std::fs::File::open(&out).unwrap()).unwrap();
+    let mut sizes = Vec::new();
+    while let Some(p) = r.next_packet() {
+        let p = p.unwrap();
+        etherparse::SlicedPacket::from_ethernet(&p.data).unwrap();
+        sizes.push(p.data.len() + 4);
+    }
+    assert_eq!(sizes.len(), 100);
+    // 8 whole 7:4:1 cycles of 12 (56 x 64 B) plus 64, 570, 64, 64.
+    assert_eq!(sizes.iter().filter(|&&s| s == 64).count(), 59);
+    assert_eq!(sizes.iter().filter(|&&s| s == 570).count(), 33);
+    assert_eq!(sizes.iter().filter(|&&s| s == 1518).count(), 8);
+}
+
+#[test]
+fn clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"tenant_id": "t", "hostname": "h", "networks": [{"network_id": "n", "interface": {"ifname": "ge1", "addresses": ["10.0.0.300/24"]}}]}"#).unwrap();
+    let o = bin()
+        .arg("replay")
+        .arg("--config")
+        .arg(&bad)
+        .args(["--in", "ge1=/dev/null", "--out-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("networks[0].interface.addresses[0]"), "{err}");
+
+    let o = bin()
+        .args(["replay", "--config"])
+        .arg(repo("configs/router.json"))
+        .args(["--in", "ge9=/dev/null", "--out-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("ge9: no such interface"));
+
+    let o = bin()
+        .args(["replay", "--config"])
+        .arg(repo("configs/router.json"))
+        .args(["--in", "nonsense", "--out-dir", "/tmp"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("IFNAME=FILE"));
+
+    let o = bin().args(["bench", "/nonexistent.toml"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent.toml"));
+}
