@@ -35,7 +35,7 @@ pub fn read_capture(path: &Path) -> Result<Vec<Frame>, CaptureError> {
     let fmt = |err: pcap_file::PcapError| CaptureError::Format { path: path.to_path_buf(), err: err.to_string() };
     let mut f = BufReader::new(File::open(path).map_err(io)?);
     let mut magic = [0u8; 4];
-    f.read_exact(&mut magic).map_err(io)?;
+    f.read_exact(&mut magic).map_err(|e| CaptureError::Format { path: path.to_path_buf(), err: e.to_string() })?;
     let f = BufReader::new(File::open(path).map_err(io)?);
     let mut out = Vec::new();
     if magic == [0x0a, 0x0d, 0x0d, 0x0a] {

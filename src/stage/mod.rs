@@ -93,8 +93,6 @@ drop_reasons! {
     NoNeighbor = "neighbor: no neighbour entry",
     /// Transmit queue full after a retry.
     TxFull = "tx: queue full",
-    /// Local traffic with no exception path to take it.
-    PuntDropped = "punt: no exception path",
     /// Should never happen: an impossible state caught instead of a panic.
     Internal = "internal: inconsistent state",
 }
