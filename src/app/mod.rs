@@ -10,7 +10,7 @@ use crate::packet::Mac;
 use crate::pktgen::{
     GeneratedRoute, RefPort, RefRoute, Rng, Scenario, Topology, Traffic, generate_routes, generate_traffic,
 };
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::Instant;
@@ -39,15 +39,11 @@ pub fn topology(cfg: &AstaraConfig, ports: &[PortSpec], neighbors: &[StaticNeigh
         .iter()
         .map(|p| RefPort { name: p.name.clone(), mac: p.mac.0, mtu: p.mtu, management: false, addrs: Vec::new() })
         .collect();
-    let mut groups: BTreeMap<(bool, u128, u8), Vec<u128>> = BTreeMap::new();
+    // (is IPv4, network, length, order, next hop), grouped after sorting.
+    let mut flat: Vec<(bool, u128, u8, usize, u128)> = Vec::new();
     let mut nbrs = HashSet::new();
     let port_of = |name: &str| ports.iter().position(|p| p.name == name);
-    let mut add = |v4: bool, net: u128, len: u8, nh: IpAddr| {
-        let hops = groups.entry((v4, net, len)).or_default();
-        if !hops.contains(&ip_bits(nh)) {
-            hops.push(ip_bits(nh));
-        }
-    };
+    let mut add = |v4: bool, net: u128, len: u8, nh: IpAddr| flat.push((v4, net, len, flat.len(), ip_bits(nh)));
     if let Some(gw) = cfg.default_v4_gateway {
         add(true, 0, 0, gw);
     }
@@ -87,7 +83,19 @@ pub fn topology(cfg: &AstaraConfig, ports: &[PortSpec], neighbors: &[StaticNeigh
             nbrs.insert((p, sn.ip.is_ipv4(), ip_bits(sn.ip)));
         }
     }
-    let routes = groups.into_iter().map(|((v4, net, len), next_hops)| RefRoute { v4, net, len, next_hops }).collect();
+    flat.sort_unstable_by_key(|r| (r.0, r.1, r.2, r.3));
+    let routes = flat
+        .chunk_by(|a, b| (a.0, a.1, a.2) == (b.0, b.1, b.2))
+        .map(|g| {
+            let mut next_hops: Vec<u128> = Vec::with_capacity(g.len());
+            for r in g {
+                if !next_hops.contains(&r.4) {
+                    next_hops.push(r.4);
+                }
+            }
+            RefRoute { v4: g[0].0, net: g[0].1, len: g[0].2, next_hops }
+        })
+        .collect();
     Topology::new(ref_ports, routes, nbrs)
 }
 

@@ -10,7 +10,7 @@ use crate::stage::{AdjKind, Adjacency, PortInfo, PortRole, Snapshot};
 use crate::table::lpm4::DEFAULT_TBL8_GROUPS;
 use crate::table::lpm6::DEFAULT_GROUPS6;
 use crate::table::{Lpm4Builder, Lpm6Builder, NeighborSource, NeighborTable};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 /// A port of the appliance as the runtime knows it.
@@ -108,7 +108,8 @@ struct Builder<'a> {
     adj: Vec<Adjacency>,
     ecmp: Vec<u32>,
     connected_adj: HashMap<u16, u32>,
-    gateway_adj: HashMap<(u16, u128, bool), u32>,
+    /// Gateway address → its adjacency (one per gateway).
+    gateway_adj: HashMap<IpAddr, u32, ahash::RandomState>,
     /// (prefix, port) of every interface address.
     connected: Vec<(Cidr, u16)>,
     warnings: Vec<String>,
@@ -138,15 +139,14 @@ impl Builder<'_> {
     }
 
     fn gateway_adj(&mut self, gw: IpAddr, at: RouteSource) -> Result<u32, ConfigError> {
+        if let Some(&a) = self.gateway_adj.get(&gw) {
+            return Ok(a);
+        }
         if self.is_own_address(gw) {
             return Err(invalid(format!("{at}: next hop {gw} is an address of this router")));
         }
         let port =
             self.on_link(gw).ok_or_else(|| invalid(format!("{at}: next hop {gw} is not on any connected network")))?;
-        let key = (port, ip_bits(gw), gw.is_ipv4());
-        if let Some(&a) = self.gateway_adj.get(&key) {
-            return Ok(a);
-        }
         self.adj.push(Adjacency {
             kind: AdjKind::Gateway,
             port,
@@ -157,7 +157,7 @@ impl Builder<'_> {
             ecmp_len: 0,
         });
         let a = (self.adj.len() - 1) as u32;
-        self.gateway_adj.insert(key, a);
+        self.gateway_adj.insert(gw, a);
         Ok(a)
     }
 }
@@ -173,7 +173,7 @@ pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) ->
         adj: vec![Adjacency::local(), Adjacency::blackhole()],
         ecmp: Vec::new(),
         connected_adj: HashMap::new(),
-        gateway_adj: HashMap::new(),
+        gateway_adj: HashMap::default(),
         connected: Vec::new(),
         warnings: Vec::new(),
     };
@@ -229,13 +229,12 @@ pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) ->
     fib6.add(0xff00 << 112, 8, ADJ_LOCAL).map_err(table_err)?;
     fib6.add(0xfe80 << 112, 10, ADJ_LOCAL).map_err(table_err)?;
 
-    // Routes through gateways, grouped by destination (ECMP).
-    let mut groups: BTreeMap<(bool, u128, u8), (Vec<IpAddr>, RouteSource)> = BTreeMap::new();
+    // Routes through gateways, grouped by destination (ECMP): one vector,
+    // sorted by destination then by where each route came from, so groups
+    // are contiguous and their next hops keep document order.
+    let mut routes: Vec<(bool, u128, u8, usize, IpAddr, RouteSource)> = Vec::new();
     let mut add_route = |dst: Cidr, nh: IpAddr, at: RouteSource| {
-        let e = groups.entry((dst.is_v4(), dst.network(), dst.len)).or_insert_with(|| (Vec::new(), at));
-        if !e.0.contains(&nh) {
-            e.0.push(nh);
-        }
+        routes.push((dst.is_v4(), dst.network(), dst.len, routes.len(), nh, at));
     };
     if let Some(gw) = cfg.default_v4_gateway {
         if !gw.is_ipv4() {
@@ -268,7 +267,10 @@ pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) ->
             }
         }
     }
-    for ((v4, net, len), (hops, at)) in groups {
+    routes.sort_unstable_by_key(|r| (r.0, r.1, r.2, r.3));
+    let mut members: Vec<u32> = Vec::new();
+    for group in routes.chunk_by(|a, b| (a.0, a.1, a.2) == (b.0, b.1, b.2)) {
+        let (v4, net, len, _, _, at) = group[0];
         let existing = if v4 { fib4.get(net as u32, len) } else { fib6.get(net, len) };
         if existing.is_some() {
             b.warnings.push(format!(
@@ -277,9 +279,12 @@ pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) ->
             ));
             continue;
         }
-        let mut members = Vec::with_capacity(hops.len());
-        for h in &hops {
-            members.push(b.gateway_adj(*h, at)?);
+        members.clear();
+        for r in group {
+            let a = b.gateway_adj(r.4, r.5)?;
+            if !members.contains(&a) {
+                members.push(a);
+            }
         }
         let a = if members.len() == 1 {
             members[0]
