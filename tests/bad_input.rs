@@ -314,7 +314,7 @@ fn burst_accounting(snap: &Snapshot, frames: &[Vec<u8>]) -> Counters {
     }
     let mut staging: Vec<Vec<Pkt>> = (0..snap.ports.len()).map(|_| Vec::new()).collect();
     let mut tx: Vec<Option<Box<dyn TxQueue>>> =
-        (0..snap.ports.len()).map(|_| Some(Box::new(NullTx) as Box<dyn TxQueue>)).collect();
+        (0..snap.ports.len()).map(|_| Some(Box::new(NullTx::default()) as Box<dyn TxQueue>)).collect();
     dispatch(&mut b, &mut staging, &mut pool, &mut c);
     transmit(&mut staging, &mut tx, &mut pool, &mut c);
     assert_eq!(c.rx, c.tx + c.local + c.dropped(), "rx = tx + local + drops");

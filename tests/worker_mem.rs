@@ -6,7 +6,7 @@ use astara_dp::control::{AstaraConfig, CompileOptions, StaticNeighbor, compile, 
 use astara_dp::dataplane::{Worker, WorkerConfig, WorkerStats, snapshots};
 use astara_dp::packet::{PacketBuf, Pkt};
 use astara_dp::port::mem::{MemPeer, mem_port};
-use astara_dp::port::{RxQueue, TxQueue};
+use astara_dp::port::{Port, PortSpec, RxQueue, TxQueue};
 use astara_dp::stage::Snapshot;
 use etherparse::PacketBuilder;
 use std::sync::Arc;
@@ -47,11 +47,15 @@ fn frame(i: u32) -> Pkt {
 fn worker_forwards_over_mem_ports_across_a_snapshot_swap() {
     let ports = 4;
     let mut peers: Vec<MemPeer> = Vec::new();
+    let mut objects = Vec::new();
     let mut rx: Vec<(u16, Box<dyn RxQueue>)> = Vec::new();
     let mut tx: Vec<Option<Box<dyn TxQueue>>> = Vec::new();
     for p in 0..ports {
         // Rings that hold the whole run: this test is about the swap, not backpressure.
-        let (mut port, peer) = mem_port(1, 32768);
+        let spec =
+            PortSpec { name: format!("ge{p}"), mac: astara_dp::packet::Mac([2, 0, 0, 0, 0, p as u8]), mtu: 1500 };
+        let (mut port, peer) = mem_port(spec, 1, 32768);
+        objects.push(port.port.clone());
         if p == 2 {
             rx.push((2, Box::new(port.rx.remove(0))));
         }
@@ -111,5 +115,9 @@ fn worker_forwards_over_mem_ports_across_a_snapshot_swap() {
     assert!(got_ge1[..first_new].iter().all(|(m, _)| *m == old));
     assert!(got_ge1[first_new..].iter().all(|(m, _)| *m == new));
     assert_eq!(stats.read().rx, total as u64);
+    // The port objects saw the same traffic as the worker counted.
+    assert_eq!(objects[2].stats().rx_packets, total as u64);
+    assert_eq!(objects[1].stats().tx_packets + objects[3].stats().tx_packets, total as u64);
+    assert_eq!(objects[3].stats().tx_packets, got_ge3 as u64);
     assert_eq!(stats.generation.load(Ordering::Relaxed), 2);
 }

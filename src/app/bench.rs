@@ -10,7 +10,7 @@ use crate::packet::{DEFAULT_BURST, MAX_BURST, rss_hash};
 use crate::pktgen::Expect;
 use crate::port::null::NullTx;
 use crate::port::pcap::{Frames, ReplayRx};
-use crate::port::{RxQueue, TxQueue};
+use crate::port::{Port, PortStats, QueueCounters, RxQueue, SoftPort, TxQueue};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -65,6 +65,8 @@ pub struct BenchReport {
     pub local: u64,
     pub dropped: u64,
     pub port_tx: BTreeMap<String, u64>,
+    /// Counters of each port object (summed over its queues).
+    pub ports: BTreeMap<String, PortStats>,
     pub drops: BTreeMap<String, u64>,
     pub stages: BTreeMap<String, u64>,
     pub check_passed: bool,
@@ -207,6 +209,8 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
     let mut stats = Vec::new();
     let mut expects = Vec::new();
     let mut cores_used = Vec::new();
+    let mut port_rx: Vec<Vec<Arc<QueueCounters>>> = vec![Vec::new(); p.ports.len()];
+    let mut port_tx: Vec<Vec<Arc<QueueCounters>>> = vec![Vec::new(); p.ports.len()];
     for (w, (frames, exp)) in parts.into_iter().enumerate() {
         let (packed, too_big) = Frames::pack(frames);
         if too_big > 0 {
@@ -216,9 +220,15 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
         let core = (!core_ids.is_empty()).then(|| core_ids[(w + 1) % core_ids.len()]);
         cores_used.push(core);
         let st = Arc::new(WorkerStats::new(p.ports.len()));
-        let rx: Vec<(u16, Box<dyn RxQueue>)> = vec![(p.traffic.ingress as u16, Box::new(ReplayRx::new(packed, true)))];
-        let tx: Vec<Option<Box<dyn TxQueue>>> =
-            (0..p.ports.len()).map(|_| Some(Box::new(NullTx) as Box<dyn TxQueue>)).collect();
+        let replay = ReplayRx::new(packed, true);
+        port_rx[p.traffic.ingress].push(replay.counters().clone());
+        let rx: Vec<(u16, Box<dyn RxQueue>)> = vec![(p.traffic.ingress as u16, Box::new(replay))];
+        let mut tx: Vec<Option<Box<dyn TxQueue>>> = Vec::new();
+        for q in port_tx.iter_mut() {
+            let null = NullTx::default();
+            q.push(null.counters().clone());
+            tx.push(Some(Box::new(null)));
+        }
         let worker = Worker {
             cfg: WorkerConfig { id: w, core, burst, pool_size: o.pool.max(burst * 2) },
             rx,
@@ -232,6 +242,12 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
         expects.push(exp);
     }
 
+    let ports: Vec<SoftPort> = p
+        .ports
+        .iter()
+        .zip(port_rx.into_iter().zip(port_tx))
+        .map(|(spec, (rx, tx))| SoftPort::new(spec.clone(), rx, tx))
+        .collect();
     let start = Instant::now();
     let tsc0 = cycles();
     let deadline = Duration::from_secs_f64(o.seconds.max(0.1));
@@ -299,6 +315,7 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
         local: total.local,
         dropped: total.dropped(),
         port_tx: p.ports.iter().enumerate().map(|(i, port)| (port.name.clone(), total.port_tx[i])).collect(),
+        ports: ports.iter().map(|port| (port.spec().name.clone(), port.stats())).collect(),
         drops: total.drop_list().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         stages: STAGE_COUNTERS.iter().zip(total.stage).map(|(k, v)| (k.to_string(), v)).collect(),
         check_passed,
@@ -326,9 +343,16 @@ fn print_report(r: &BenchReport) {
     println!("  {:<14}{:>16}{:>10.2}", "total", r.total_packets, r.total_mpps);
     println!();
     println!(
-        "  transmitted per port: {}",
-        r.port_tx.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
+        "  {:<8}{:>16}{:>16}{:>12}{:>16}{:>16}",
+        "port", "rx packets", "rx bytes", "rx dropped", "tx packets", "tx bytes"
     );
+    for (name, s) in &r.ports {
+        println!(
+            "  {:<8}{:>16}{:>16}{:>12}{:>16}{:>16}",
+            name, s.rx_packets, s.rx_bytes, s.rx_dropped, s.tx_packets, s.tx_bytes
+        );
+    }
+    println!();
     println!(
         "  stages: {}",
         r.stages.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")

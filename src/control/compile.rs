@@ -6,22 +6,13 @@
 
 use super::model::{AstaraConfig, Cidr, ConfigError, NetworkType, ip_bits};
 use crate::packet::Mac;
+pub use crate::port::PortSpec;
 use crate::stage::{AdjKind, Adjacency, PortInfo, PortRole, Snapshot};
 use crate::table::lpm4::DEFAULT_TBL8_GROUPS;
 use crate::table::lpm6::DEFAULT_GROUPS6;
 use crate::table::{Lpm4Builder, Lpm6Builder, NeighborSource, NeighborTable};
 use std::collections::HashMap;
 use std::net::IpAddr;
-
-/// A port of the appliance as the runtime knows it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PortSpec {
-    /// Logical name the orchestrator uses (`ge0`, `ge1`, ...).
-    pub name: String,
-    pub mac: Mac,
-    /// IP MTU the link supports.
-    pub mtu: u16,
-}
 
 /// A neighbour entry the operator pins (a gateway with no allocation).
 #[derive(Debug, Clone, PartialEq)]

@@ -2,7 +2,7 @@
 //! (once or looping, as DPDK's net_pcap `infinite_rx` does), and write
 //! transmitted frames to a pcap file.
 
-use super::{RxQueue, TxQueue};
+use super::{QueueCounters, RxQueue, TxQueue};
 use crate::packet::{Burst, MAX_FRAME, PacketBuf, Pkt, Pool};
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};
 use pcap_file::pcapng::{Block, PcapNgReader};
@@ -10,6 +10,7 @@ use pcap_file::{DataLink, Endianness, TsResolution};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, thiserror::Error)]
@@ -176,11 +177,12 @@ pub struct ReplayRx {
     pub laps: u64,
     /// Receive attempts that found the pool empty.
     pub no_buffer: u64,
+    counters: Arc<QueueCounters>,
 }
 
 impl ReplayRx {
     pub fn new(frames: Frames, looping: bool) -> ReplayRx {
-        ReplayRx { frames, pos: 0, looping, laps: 0, no_buffer: 0 }
+        ReplayRx { frames, pos: 0, looping, laps: 0, no_buffer: 0, counters: Arc::default() }
     }
 
     /// True when a non-looping replay has delivered everything.
@@ -193,7 +195,7 @@ impl RxQueue for ReplayRx {
     #[inline]
     fn rx_burst(&mut self, pool: &mut Pool, burst: &mut Burst, port: u16) -> usize {
         let n = self.frames.len();
-        let mut got = 0;
+        let (mut got, mut bytes) = (0, 0);
         while burst.room() > 0 {
             if self.pos == n {
                 if !self.looping || n == 0 {
@@ -204,6 +206,7 @@ impl RxQueue for ReplayRx {
             }
             let Some(mut p) = pool.alloc() else {
                 self.no_buffer += 1;
+                self.counters.add_dropped(1);
                 break;
             };
             let (padded, len) = self.frames.get_padded(self.pos);
@@ -211,8 +214,16 @@ impl RxQueue for ReplayRx {
             let _ = burst.push(p, port);
             self.pos += 1;
             got += 1;
+            bytes += len;
+        }
+        if got > 0 {
+            self.counters.add(got as u64, bytes as u64);
         }
         got
+    }
+
+    fn counters(&self) -> &Arc<QueueCounters> {
+        &self.counters
     }
 }
 
@@ -220,12 +231,12 @@ impl RxQueue for ReplayRx {
 /// A debugging and test port: file I/O is buffered but not free.
 pub struct PcapTx {
     w: CaptureWriter,
-    pub errors: u64,
+    counters: Arc<QueueCounters>,
 }
 
 impl PcapTx {
     pub fn create(path: &Path) -> Result<PcapTx, CaptureError> {
-        Ok(PcapTx { w: CaptureWriter::create(path)?, errors: 0 })
+        Ok(PcapTx { w: CaptureWriter::create(path)?, counters: Arc::default() })
     }
 
     pub fn finish(self) -> Result<(), CaptureError> {
@@ -236,14 +247,22 @@ impl PcapTx {
 impl TxQueue for PcapTx {
     fn tx_burst(&mut self, pool: &mut Pool, pkts: &mut Vec<Pkt>) -> usize {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-        let n = pkts.len();
+        let (mut n, mut bytes) = (0, 0);
         for p in pkts.drain(..) {
-            if self.w.write(now, p.data()).is_err() {
-                self.errors += 1;
+            if self.w.write(now, p.data()).is_ok() {
+                n += 1;
+                bytes += p.len();
+            } else {
+                self.counters.add_dropped(1);
             }
             p.release(pool);
         }
+        self.counters.add(n as u64, bytes as u64);
         n
+    }
+
+    fn counters(&self) -> &Arc<QueueCounters> {
+        &self.counters
     }
 }
 
