@@ -46,6 +46,23 @@ enum Cmd {
     },
     /// Run captures through the appliance, one packet at a time, and write
     /// one capture per egress interface plus summary.json.
+    /// Run the appliance: ports from the runtime file, the orchestrator's API,
+    /// the workers. Stops on SIGINT or SIGTERM.
+    Run {
+        #[arg(long)]
+        runtime: PathBuf,
+        /// Apply this Astara document at start (else the last one kept).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Talk to a running appliance: status | interfaces | routes | stats |
+    /// metrics | config get | config put FILE.
+    Ctl {
+        #[arg(long, default_value = "http://127.0.0.1:5000")]
+        api: String,
+        #[arg(required = true, num_args = 1..)]
+        command: Vec<String>,
+    },
     Replay {
         /// Astara configuration document (JSON).
         #[arg(long)]
@@ -62,8 +79,16 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    // The appliance logs at its runtime file's level; tools only warn.
+    let level = match &cli.cmd {
+        Cmd::Run { runtime, .. } => {
+            astara_dp::control::runtime::Runtime::load(runtime).map_or("info".into(), |r| r.log_level)
+        }
+        _ => "warn".to_string(),
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("astara-dp: {e}");
@@ -85,6 +110,14 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let frames: Vec<Vec<u8>> = p.traffic.frames.iter().cycle().take(n).cloned().collect();
             replay::write_capture(&out, &frames)?;
             eprintln!("wrote {} packets to {}", frames.len(), out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Run { runtime, config } => {
+            app::run::run(&runtime, config.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Ctl { api, command } => {
+            app::ctl::run(&api, &command)?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Replay { config, inputs, out_dir, neighbors } => {

@@ -2,7 +2,9 @@
 //! tests can drive them directly as well as through the binary.
 
 pub mod bench;
+pub mod ctl;
 pub mod replay;
+pub mod run;
 
 use crate::control::model::{NetworkType, StaticRoute, ip_bits};
 use crate::control::{AstaraConfig, CompileOptions, PortSpec, StaticNeighbor, ports_from_config};

@@ -41,10 +41,64 @@ impl Default for CompileOptions {
     }
 }
 
-/// The result: the snapshot, and what was accepted but not applied.
+/// The result: the snapshot, the routes installed (is IPv4, network,
+/// length, adjacency) for listing, and what was accepted but not applied.
 pub struct Compiled {
     pub snapshot: Snapshot,
+    pub routes: Vec<(bool, u128, u8, u32)>,
     pub warnings: Vec<String>,
+}
+
+/// The snapshot in force before any document: every port down, nothing
+/// routed, only the host-stack scopes (IPv6 multicast, link-local) local.
+pub fn empty_snapshot(ports: &[PortSpec], generation: u64) -> Result<Snapshot, ConfigError> {
+    let fib4 = Lpm4Builder::with_tbl8_groups(1);
+    let mut fib6 = Lpm6Builder::with_groups(1);
+    let _ = fib6.add(0xff00 << 112, 8, ADJ_LOCAL);
+    let _ = fib6.add(0xfe80 << 112, 10, ADJ_LOCAL);
+    let table_err = |e: crate::table::LpmError| invalid(format!("route table: {e}"));
+    Ok(Snapshot {
+        generation,
+        ports: ports
+            .iter()
+            .map(|p| PortInfo { name: p.name.clone(), mac: p.mac, mtu: p.mtu, role: PortRole::Other, up: false })
+            .collect(),
+        fib4: fib4.build().map_err(table_err)?,
+        fib6: fib6.build().map_err(table_err)?,
+        adj: vec![Adjacency::local(), Adjacency::blackhole()],
+        ecmp: Vec::new(),
+        neighbors: NeighborTable::new(),
+    })
+}
+
+/// Human-readable routes: (destination, kind, interface, gateways).
+pub fn describe_routes(
+    snap: &Snapshot,
+    routes: &[(bool, u128, u8, u32)],
+) -> Vec<(String, &'static str, String, Vec<String>)> {
+    let ip = |v4: bool, a: u128| {
+        if v4 { std::net::Ipv4Addr::from(a as u32).to_string() } else { std::net::Ipv6Addr::from(a).to_string() }
+    };
+    let port = |p: u16| snap.port(p).map_or(String::new(), |i| i.name.clone());
+    routes
+        .iter()
+        .map(|&(v4, net, len, a)| {
+            let dst = cidr_text(v4, net, len);
+            let adj = snap.adj.get(a as usize).copied().unwrap_or_else(Adjacency::blackhole);
+            match adj.kind {
+                AdjKind::Local => (dst, "local", String::new(), Vec::new()),
+                AdjKind::Blackhole => (dst, "blackhole", String::new(), Vec::new()),
+                AdjKind::Connected => (dst, "connected", port(adj.port), Vec::new()),
+                AdjKind::Gateway => (dst, "gateway", port(adj.port), vec![ip(adj.gw_v4, adj.gw)]),
+                AdjKind::Ecmp => {
+                    let members = snap.ecmp.iter().skip(adj.ecmp_start as usize).take(adj.ecmp_len as usize);
+                    let m: Vec<Adjacency> = members.filter_map(|&i| snap.adj.get(i as usize).copied()).collect();
+                    let ifs: Vec<String> = m.iter().map(|a| port(a.port)).collect();
+                    (dst, "ecmp", ifs.join(","), m.iter().map(|a| ip(a.gw_v4, a.gw)).collect())
+                }
+            }
+        })
+        .collect()
 }
 
 /// `ge2` sorts before `ge10`.
@@ -177,15 +231,26 @@ pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) ->
     let table_err = |e: crate::table::LpmError| invalid(format!("route table: {e}"));
 
     // Interfaces: ports, connected and local routes.
+    // The port of each network: by the interface's MAC when it names one
+    // of ours (the orchestrator binds names to MACs), else by name.
+    let mut net_port: Vec<u16> = Vec::with_capacity(cfg.networks.len());
     for (i, n) in cfg.networks.iter().enumerate() {
         let ifn = &n.interface.ifname;
-        let port = b.port_index(ifn).ok_or_else(|| {
+        let by_mac = n.interface.lladdr.and_then(|m| ports.iter().position(|p| p.mac == m)).map(|i| i as u16);
+        let port = by_mac.or_else(|| b.port_index(ifn)).ok_or_else(|| {
             let names: Vec<_> = ports.iter().map(|p| p.name.as_str()).collect();
             invalid(format!(
                 "networks[{i}].interface.ifname: {ifn} is not a port of this appliance (ports: {})",
                 names.join(", ")
             ))
         })?;
+        if net_port.contains(&port) {
+            return Err(invalid(format!(
+                "networks[{i}].interface: port {} is bound to two networks",
+                ports[port as usize].name
+            )));
+        }
+        net_port.push(port);
         let info = &mut port_info[port as usize];
         info.up = true;
         info.role = match n.network_type {
@@ -201,6 +266,7 @@ pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) ->
             b.connected.push((*a, port));
         }
     }
+    let mut installed: Vec<(bool, u128, u8, u32)> = Vec::new();
     for &(c, port) in &b.connected.clone() {
         let conn = b.connected_adj(port);
         if c.is_v4() {
@@ -208,15 +274,19 @@ pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) ->
             fib4.add(c.bits() as u32, 32, ADJ_LOCAL).map_err(table_err)?;
             if let Some(bc) = c.broadcast_v4() {
                 fib4.add(bc, 32, ADJ_LOCAL).map_err(table_err)?;
+                installed.push((true, bc as u128, 32, ADJ_LOCAL));
             }
+            installed.push((true, c.network(), c.len, conn));
+            installed.push((true, c.bits(), 32, ADJ_LOCAL));
         } else {
             fib6.add(c.network(), c.len, conn).map_err(table_err)?;
             fib6.add(c.bits(), 128, ADJ_LOCAL).map_err(table_err)?;
+            installed.push((false, c.network(), c.len, conn));
+            installed.push((false, c.bits(), 128, ADJ_LOCAL));
         }
     }
-    // Multicast, limited broadcast and link-local scope go to the host stack.
-    fib4.add(0xe000_0000, 4, ADJ_LOCAL).map_err(table_err)?;
-    fib4.add(u32::MAX, 32, ADJ_LOCAL).map_err(table_err)?;
+    // IPv6 multicast and link-local scope go to the host stack (IPv4
+    // multicast and broadcast are recognised by class in the parse stage).
     fib6.add(0xff00 << 112, 8, ADJ_LOCAL).map_err(table_err)?;
     fib6.add(0xfe80 << 112, 10, ADJ_LOCAL).map_err(table_err)?;
 
@@ -295,12 +365,12 @@ pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) ->
         } else {
             fib6.add(net, len, a).map_err(table_err)?;
         }
+        installed.push((v4, net, len, a));
     }
 
     // Neighbours: tenant ports from allocations, then pinned entries.
     let mut neighbors = NeighborTable::new();
-    for n in &cfg.networks {
-        let Some(port) = b.port_index(&n.interface.ifname) else { continue };
+    for (n, &port) in cfg.networks.iter().zip(&net_port) {
         for a in &n.allocations {
             for ip in a.ip_addresses.keys() {
                 if b.on_link(*ip) == Some(port) && !b.is_own_address(*ip) {
@@ -329,6 +399,7 @@ pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) ->
             ecmp: b.ecmp,
             neighbors,
         },
+        routes: installed,
         warnings,
     })
 }

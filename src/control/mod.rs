@@ -1,8 +1,13 @@
 //! The control side: the Astara configuration model and its compiler into
 //! the snapshot the workers read.
 
+pub mod api;
 pub mod compile;
 pub mod model;
+pub mod runtime;
+pub mod state;
 
-pub use compile::{CompileOptions, Compiled, PortSpec, StaticNeighbor, compile, ports_from_config};
+pub use compile::{
+    CompileOptions, Compiled, PortSpec, StaticNeighbor, compile, describe_routes, empty_snapshot, ports_from_config,
+};
 pub use model::{AstaraConfig, ConfigError};

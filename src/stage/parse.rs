@@ -124,6 +124,11 @@ impl Parse {
         m.l3 = L3::Ipv4;
         m.src = src as u128;
         m.dst = dst as u128;
+        // Multicast and the limited broadcast are link-scope: for the host
+        // stack, whatever the route table says (no multicast routing).
+        if dst >> 28 == 0xe || dst == u32::MAX {
+            m.verdict = Verdict::Local;
+        }
         m.proto = ip.protocol();
         let l4 = off + hl;
         m.l4_off = l4 as u16;

@@ -22,6 +22,8 @@ pub const MAX_NEXT_HOP: u32 = VALUE;
 pub const NO_ROUTE: u32 = u32::MAX;
 /// Default number of tbl8 groups (1 KiB each).
 pub const DEFAULT_TBL8_GROUPS: usize = 1 << 16;
+/// From this many routes on, the first level is backed by huge pages.
+pub const HUGE_PAGE_ROUTES: usize = 16 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LpmError {
@@ -101,7 +103,7 @@ impl Lpm4Builder {
 
     /// Builds the frozen table.
     pub fn build(&self) -> Result<Lpm4, LpmError> {
-        let mut tbl24 = LargeTable::zeroed(TBL24_LEN).ok_or(LpmError::NoMemory)?;
+        let mut tbl24 = LargeTable::zeroed(TBL24_LEN, self.len() >= HUGE_PAGE_ROUTES).ok_or(LpmError::NoMemory)?;
         let mut tbl8: Vec<u32> = Vec::new();
         let default = self.rules[0].get(&0).map_or(NO_ROUTE, |&nh| nh);
         for len in 1..=24u8 {

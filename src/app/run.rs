@@ -1,0 +1,211 @@
+//! `astara-dp run`: the appliance. Builds the ports of the runtime file,
+//! restores (or loads) the document, starts the pinned workers, and serves
+//! the orchestrator's API on the control thread until SIGINT or SIGTERM.
+
+use crate::control::CompileOptions;
+use crate::control::api::router;
+use crate::control::runtime::{Backend, Runtime};
+use crate::control::state::Control;
+use crate::dataplane::{Worker, WorkerConfig, WorkerStats};
+use crate::packet::{Mac, rss_hash};
+use crate::port::null::NullTx;
+use crate::port::pcap::{Frames, PcapTx, ReplayRx, read_capture};
+use crate::port::{Port, QueueCounters, RxQueue, SoftPort, TxQueue};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// The management prefix Astara uses by default (ASTARA.md).
+const DEFAULT_MGMT_PREFIX: u128 = 0xfdca_3ba5_a17a_acda << 64;
+
+/// The SLAAC address of `mac` on the default management prefix (RFC 4291
+/// modified EUI-64): what the appliance holds before any document arrives.
+pub fn default_management_address(mac: Mac) -> IpAddr {
+    let m = mac.0;
+    let iid = u64::from_be_bytes([m[0] ^ 0x02, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]]);
+    IpAddr::V6(Ipv6Addr::from(DEFAULT_MGMT_PREFIX | iid as u128))
+}
+
+type WorkerQueues = (Vec<(u16, Box<dyn RxQueue>)>, Vec<Option<Box<dyn TxQueue>>>);
+
+/// `out.pcap` for worker 0, `out-w1.pcap` for worker 1, ...
+fn per_worker_path(p: &Path, w: usize) -> PathBuf {
+    if w == 0 {
+        return p.to_path_buf();
+    }
+    let stem = p.file_stem().and_then(|s| s.to_str()).unwrap_or("out");
+    let ext = p.extension().and_then(|s| s.to_str()).unwrap_or("pcap");
+    p.with_file_name(format!("{stem}-w{w}.{ext}"))
+}
+
+/// Every worker's queues, and one port object per port.
+struct BuiltPorts {
+    queues: Vec<WorkerQueues>,
+    objs: Vec<Arc<dyn Port>>,
+}
+
+fn build_ports(rt: &Runtime, workers: usize) -> Result<BuiltPorts, String> {
+    let mut queues: Vec<WorkerQueues> = (0..workers).map(|_| (Vec::new(), Vec::new())).collect();
+    let mut objs: Vec<Arc<dyn Port>> = Vec::new();
+    for (pi, (pc, spec)) in rt.ports.iter().zip(rt.port_specs()).enumerate() {
+        let (mut rxc, mut txc): (Vec<Arc<QueueCounters>>, Vec<Arc<QueueCounters>>) = (Vec::new(), Vec::new());
+        let (rx, looping, tx) = match &pc.backend {
+            Backend::Null => (None, false, None),
+            Backend::Pcap { rx, looping, tx } => (rx.as_ref(), *looping, tx.as_ref()),
+        };
+        if let Some(f) = rx {
+            let frames = read_capture(&rt.path(f)).map_err(|e| format!("ports[{pi}].rx: {e}"))?;
+            // Software RSS: each worker replays the flows that hash to it.
+            let mut parts: Vec<Vec<&[u8]>> = vec![Vec::new(); workers];
+            for f in &frames {
+                parts[rss_hash(&f.data) as usize % workers].push(&f.data);
+            }
+            for (w, part) in parts.into_iter().enumerate() {
+                let (packed, too_big) = Frames::pack(part);
+                if too_big > 0 {
+                    log::warn!("{}: {too_big} frames larger than a buffer are skipped", pc.name);
+                }
+                let q = ReplayRx::new(packed, looping);
+                rxc.push(q.counters().clone());
+                queues[w].0.push((pi as u16, Box::new(q)));
+            }
+        }
+        for (w, wq) in queues.iter_mut().enumerate() {
+            let q: Box<dyn TxQueue> = match tx {
+                Some(f) => {
+                    let path = per_worker_path(&rt.path(f), w);
+                    Box::new(PcapTx::create(&path).map_err(|e| format!("ports[{pi}].tx: {e}"))?)
+                }
+                None => Box::new(NullTx::default()),
+            };
+            txc.push(q.counters().clone());
+            wq.1.push(Some(q));
+        }
+        objs.push(Arc::new(SoftPort::new(spec, rxc, txc)));
+    }
+    Ok(BuiltPorts { queues, objs })
+}
+
+pub fn run(runtime: &Path, config: Option<&Path>) -> Result<(), String> {
+    let rt = Runtime::load(runtime)?;
+    let cores = rt.workers.cores.clone();
+    let n = cores.len().max(1);
+    let BuiltPorts { queues, objs: port_objs } = build_ports(&rt, n)?;
+    let base = CompileOptions {
+        tbl8_groups: rt.tables.tbl8_groups,
+        lpm6_groups: rt.tables.lpm6_groups,
+        neighbors: rt.static_neighbors(),
+        generation: 1,
+    };
+    let control = Control::new(rt.port_specs(), port_objs, base, Some(rt.path(&rt.state_dir)))?;
+    match config {
+        Some(f) => {
+            let text = std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
+            control.apply_json(&text).map_err(|e| format!("{}: {}", f.display(), e.message))?;
+            log::info!("applied {}", f.display());
+        }
+        None => match control.restore() {
+            Some(Ok(_)) => log::info!("restored the last accepted configuration"),
+            Some(Err(e)) => log::warn!("kept configuration not applied: {e}"),
+            None => log::info!("no configuration yet: waiting for the orchestrator"),
+        },
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut handles = Vec::new();
+    let mut stats = Vec::new();
+    for (w, (rx, tx)) in queues.into_iter().enumerate() {
+        let st = Arc::new(WorkerStats::new(rt.ports.len()));
+        let worker = Worker {
+            cfg: WorkerConfig { id: w, core: cores.get(w).copied(), burst: rt.burst, pool_size: rt.pool_size },
+            rx,
+            tx,
+            snapshots: control.snapshots(),
+            stats: st.clone(),
+            stop: stop.clone(),
+        };
+        handles.push(worker.spawn().map_err(|e| format!("cannot start worker {w}: {e}"))?);
+        stats.push(st);
+    }
+    control.set_workers(stats);
+
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("control")
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the control runtime: {e}"))?;
+    let served = tokio.block_on(serve(control.clone(), &rt));
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        let _ = h.join();
+    }
+    served
+}
+
+async fn shutdown() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    log::info!("stopping");
+}
+
+async fn serve(control: Arc<Control>, rt: &Runtime) -> Result<(), String> {
+    let mut stop = Box::pin(shutdown());
+    let listener = loop {
+        let ip = match rt.api.listen.as_str() {
+            "management" => control.management_address().unwrap_or_else(|| {
+                let mgmt = control.ports().iter().find(|p| p.name == "ge0").or(control.ports().first());
+                default_management_address(mgmt.map_or(Mac::ZERO, |p| p.mac))
+            }),
+            a => a.parse().map_err(|_| format!("api.listen: bad address {a}"))?,
+        };
+        let addr = SocketAddr::new(ip, rt.api.port);
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            // The management address may not be configured yet: keep trying.
+            Err(e) => log::warn!("cannot listen on {addr}: {e}; retrying in 2 s"),
+        }
+        tokio::select! {
+            _ = &mut stop => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    };
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    eprintln!("astara-dp: API listening on http://{}", fmt_addr(addr));
+    axum::serve(listener, router(control)).with_graceful_shutdown(stop).await.map_err(|e| format!("API server: {e}"))
+}
+
+fn fmt_addr(a: SocketAddr) -> String {
+    match a {
+        SocketAddr::V6(v) => format!("[{}]:{}", v.ip(), v.port()),
+        SocketAddr::V4(v) => v.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slaac_address_of_the_management_port() {
+        // configs/router.json's ge0: fa:16:3e:e0:e1:b0 -> ...:f816:3eff:fee0:e1b0
+        let mac: Mac = "fa:16:3e:e0:e1:b0".parse().unwrap();
+        assert_eq!(
+            default_management_address(mac),
+            "fdca:3ba5:a17a:acda:f816:3eff:fee0:e1b0".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(per_worker_path(Path::new("/x/out.pcap"), 2), Path::new("/x/out-w2.pcap"));
+    }
+}

@@ -1,0 +1,104 @@
+//! The appliance's REST API, as the Astara orchestrator calls it (ASTARA.md),
+//! plus operator endpoints (`/metrics`, `/v1/stats`, `/v1/routes`).
+//!
+//! Every request is its own task: a slow or stuck client holds only its own
+//! connection, and a config apply runs on the blocking pool so liveness
+//! probes are answered while a large document compiles.
+
+use super::state::Control;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+use std::sync::Arc;
+
+/// Largest document accepted (larger: 413).
+pub const MAX_BODY: usize = 16 << 20;
+
+pub fn router(control: Arc<Control>) -> Router {
+    Router::new()
+        .route("/v1/firewall/rules", get(rules))
+        .route("/v1/firewall/labels", post(labels))
+        .route("/v1/system/interfaces", get(interfaces))
+        .route("/v1/system/interface/{ifname}", get(interface))
+        .route("/v1/system/config", get(get_config).put(put_config))
+        .route("/v1/status", get(status))
+        .route("/v1/status/", get(status))
+        .route("/v1/stats", get(stats))
+        .route("/v1/routes", get(routes))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(control)
+}
+
+type Ctl = State<Arc<Control>>;
+
+fn text(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+async fn rules(State(c): Ctl) -> Response {
+    text(StatusCode::OK, c.rules_text())
+}
+
+async fn labels() -> Json<serde_json::Value> {
+    Json(json!({"labels": []}))
+}
+
+async fn interfaces(State(c): Ctl) -> Json<serde_json::Value> {
+    Json(json!({"interfaces": c.interfaces()}))
+}
+
+async fn interface(State(c): Ctl, Path(ifname): Path<String>) -> Response {
+    match c.interface(&ifname) {
+        Some(i) => Json(json!({"interface": i})).into_response(),
+        None => text(StatusCode::NOT_FOUND, format!("no interface named {ifname}\n")),
+    }
+}
+
+async fn get_config(State(c): Ctl) -> Json<serde_json::Value> {
+    match c.current() {
+        Some(cfg) => Json(json!({"configuration": *cfg})),
+        None => Json(json!({"configuration": {}})),
+    }
+}
+
+fn is_json(h: &HeaderMap) -> bool {
+    h.get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+async fn put_config(State(c): Ctl, headers: HeaderMap, body: Bytes) -> Response {
+    if !is_json(&headers) {
+        return text(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Content-Type must be application/json\n".into());
+    }
+    let applied = tokio::task::spawn_blocking(move || c.apply_json(&body)).await;
+    match applied {
+        Ok(Ok(cfg)) => Json(json!({"configuration": *cfg})).into_response(),
+        Ok(Err(e)) => {
+            text(StatusCode::from_u16(e.status).unwrap_or(StatusCode::UNPROCESSABLE_ENTITY), e.message + "\n")
+        }
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("apply task failed: {e}\n")),
+    }
+}
+
+async fn status(State(c): Ctl) -> Json<serde_json::Value> {
+    Json(c.status())
+}
+
+async fn stats(State(c): Ctl) -> Json<serde_json::Value> {
+    Json(c.stats())
+}
+
+async fn routes(State(c): Ctl) -> Json<serde_json::Value> {
+    Json(json!({"routes": c.routes()}))
+}
+
+async fn metrics(State(c): Ctl) -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], c.metrics()).into_response()
+}

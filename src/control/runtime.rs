@@ -1,0 +1,241 @@
+//! The runtime file (`configs/runtime.toml`): what this appliance is made of
+//! (ports and their backends, worker cores, table sizes, where the API
+//! listens, where state is kept), as opposed to the orchestrator's document,
+//! which says what it should do.
+
+use crate::packet::{DEFAULT_BURST, MAX_BURST, Mac};
+use crate::port::PortSpec;
+use crate::table::lpm4::DEFAULT_TBL8_GROUPS;
+use crate::table::lpm6::DEFAULT_GROUPS6;
+use serde::Deserialize;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+/// How a port moves packets.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "backend", rename_all = "snake_case")]
+pub enum Backend {
+    /// Receives nothing, transmits into the void (DPDK's net_null).
+    Null,
+    /// Replays a capture (once or looping) and/or writes transmitted frames.
+    Pcap {
+        #[serde(default)]
+        rx: Option<PathBuf>,
+        #[serde(default, rename = "loop")]
+        looping: bool,
+        #[serde(default)]
+        tx: Option<PathBuf>,
+    },
+}
+
+// No deny_unknown_fields here: serde does not support it with `flatten`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PortConfig {
+    /// Logical name the orchestrator sees (`ge0`, `ge1`, ...).
+    pub name: String,
+    pub mac: String,
+    #[serde(default = "default_mtu")]
+    pub mtu: u16,
+    #[serde(flatten)]
+    pub backend: Backend,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// An address, or "management": the first address of the management
+    /// network of the document in force (the appliance's contract).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default = "default_api_port")]
+    pub port: u16,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { listen: default_listen(), port: default_api_port() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct WorkersConfig {
+    /// CPUs to pin workers to, one worker each (empty: one unpinned worker).
+    #[serde(default)]
+    pub cores: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TablesConfig {
+    #[serde(default = "default_tbl8")]
+    pub tbl8_groups: usize,
+    #[serde(default = "default_groups6")]
+    pub lpm6_groups: usize,
+}
+
+impl Default for TablesConfig {
+    fn default() -> Self {
+        TablesConfig { tbl8_groups: default_tbl8(), lpm6_groups: default_groups6() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NeighborConfig {
+    pub port: String,
+    pub ip: IpAddr,
+    pub mac: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Runtime {
+    #[serde(default = "default_log")]
+    pub log_level: String,
+    /// Where the last accepted document is kept (re-applied at start).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default = "default_burst")]
+    pub burst: usize,
+    /// Packet buffers per worker.
+    #[serde(default = "default_pool")]
+    pub pool_size: usize,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub workers: WorkersConfig,
+    #[serde(default)]
+    pub tables: TablesConfig,
+    pub ports: Vec<PortConfig>,
+    #[serde(default)]
+    pub neighbors: Vec<NeighborConfig>,
+    /// Directory of the runtime file (relative paths are resolved from it).
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+fn default_mtu() -> u16 {
+    1500
+}
+fn default_listen() -> String {
+    "management".into()
+}
+fn default_api_port() -> u16 {
+    5000
+}
+fn default_tbl8() -> usize {
+    DEFAULT_TBL8_GROUPS
+}
+fn default_groups6() -> usize {
+    DEFAULT_GROUPS6
+}
+fn default_log() -> String {
+    "info".into()
+}
+fn default_state_dir() -> PathBuf {
+    "/var/lib/astara-dp".into()
+}
+fn default_burst() -> usize {
+    DEFAULT_BURST
+}
+fn default_pool() -> usize {
+    8192
+}
+
+impl Runtime {
+    pub fn load(path: &Path) -> Result<Runtime, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut r = Self::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        r.dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        Ok(r)
+    }
+
+    pub fn parse(text: &str) -> Result<Runtime, String> {
+        let r: Runtime = toml::from_str(text).map_err(|e| e.to_string())?;
+        if r.ports.is_empty() {
+            return Err("at least one [[ports]] entry is needed".into());
+        }
+        if !(1..=MAX_BURST).contains(&r.burst) {
+            return Err(format!("burst must be 1..={MAX_BURST}"));
+        }
+        if r.pool_size < 2 * r.burst {
+            return Err("pool_size must hold at least two bursts".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut macs = std::collections::HashSet::new();
+        for (i, p) in r.ports.iter().enumerate() {
+            let mac: Mac = p.mac.parse().map_err(|e| format!("ports[{i}].mac: {e}"))?;
+            if !names.insert(p.name.clone()) {
+                return Err(format!("ports[{i}].name: {} is used twice", p.name));
+            }
+            if !macs.insert(mac) {
+                return Err(format!("ports[{i}].mac: {mac} is used twice"));
+            }
+            if !(68..=9000).contains(&p.mtu) {
+                return Err(format!("ports[{i}].mtu: {} is outside 68..=9000", p.mtu));
+            }
+        }
+        for (i, n) in r.neighbors.iter().enumerate() {
+            n.mac.parse::<Mac>().map_err(|e| format!("neighbors[{i}].mac: {e}"))?;
+            if !names.contains(&n.port) {
+                return Err(format!("neighbors[{i}].port: no port named {}", n.port));
+            }
+        }
+        if r.api.listen != "management" && r.api.listen.parse::<IpAddr>().is_err() {
+            return Err(format!("api.listen: '{}' is neither an address nor \"management\"", r.api.listen));
+        }
+        Ok(r)
+    }
+
+    /// Resolves a path given in the runtime file.
+    pub fn path(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() { p.to_path_buf() } else { self.dir.join(p) }
+    }
+
+    pub fn port_specs(&self) -> Vec<PortSpec> {
+        self.ports
+            .iter()
+            .map(|p| PortSpec {
+                name: p.name.clone(),
+                mac: p.mac.parse().unwrap_or(Mac::ZERO),
+                mtu: p.mtu.min(crate::packet::MAX_FRAME as u16 - 22),
+            })
+            .collect()
+    }
+
+    pub fn static_neighbors(&self) -> Vec<super::StaticNeighbor> {
+        self.neighbors
+            .iter()
+            .map(|n| super::StaticNeighbor { port: n.port.clone(), ip: n.ip, mac: n.mac.parse().unwrap_or(Mac::ZERO) })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_runtime_parses() {
+        let r = Runtime::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/runtime.toml"))).unwrap();
+        assert_eq!(r.ports.len(), 4);
+        assert_eq!(r.api.port, 5000);
+        assert!(matches!(r.ports[0].backend, Backend::Null));
+        assert_eq!(r.port_specs()[1].mac.to_string(), "fa:16:3e:a0:80:82");
+    }
+
+    #[test]
+    fn rejects_mistakes_with_the_field() {
+        let base = "[[ports]]\nname = \"ge0\"\nmac = \"02:00:00:00:00:01\"\nbackend = \"null\"\n";
+        assert!(Runtime::parse(base).is_ok());
+        let e = Runtime::parse(&base.replace("02:00:00:00:00:01", "zz")).unwrap_err();
+        assert!(e.contains("ports[0].mac"), "{e}");
+        let twice = format!("{base}{base}");
+        assert!(Runtime::parse(&twice).unwrap_err().contains("used twice"));
+        assert!(Runtime::parse(&format!("burst = 0\n{base}")).unwrap_err().contains("burst"));
+        assert!(Runtime::parse(&base.replace("null", "carrier-pigeon")).is_err());
+        assert!(Runtime::parse(&format!("[api]\nlisten = \"nowhere\"\n{base}")).unwrap_err().contains("api.listen"));
+        assert!(Runtime::parse("").unwrap_err().contains("ports"));
+    }
+}

@@ -1,0 +1,457 @@
+//! The control side's state: the document in force, applying a new one
+//! (validate, compile, publish with one pointer swap, persist), and what the
+//! API reports (interfaces, routes, status, statistics, metrics).
+
+use super::model::{AstaraConfig, ConfigError, NetworkType};
+use super::{CompileOptions, PortSpec, compile, describe_routes, empty_snapshot};
+use crate::dataplane::{Counters, STAGE_COUNTERS, Snapshots, WorkerStats, snapshots};
+use crate::port::{Port, PortStats};
+use crate::stage::AdjKind;
+use arc_swap::ArcSwapOption;
+use serde_json::{Value, json};
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// A refused document: the HTTP status and a reason a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl std::fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.status)
+    }
+}
+
+impl From<ConfigError> for ApplyError {
+    fn from(e: ConfigError) -> ApplyError {
+        let status = if matches!(e, ConfigError::Unsupported(_)) { 400 } else { 422 };
+        ApplyError { status, message: e.to_string() }
+    }
+}
+
+/// The document in force and what was compiled from it.
+pub struct Applied {
+    pub config: Arc<AstaraConfig>,
+    pub routes: Vec<(bool, u128, u8, u32)>,
+    pub warnings: Vec<String>,
+    pub generation: u64,
+}
+
+pub struct Control {
+    ports: Vec<PortSpec>,
+    port_objs: Vec<Arc<dyn Port>>,
+    base: CompileOptions,
+    snapshots: Snapshots,
+    workers: Mutex<Vec<Arc<WorkerStats>>>,
+    /// Read without locking (liveness must never wait for an apply).
+    applied: ArcSwapOption<Applied>,
+    /// One apply at a time.
+    apply_lock: Mutex<()>,
+    state_file: Option<PathBuf>,
+    generation: AtomicU64,
+    n_applied: AtomicU64,
+    n_rejected: AtomicU64,
+    n_unchanged: AtomicU64,
+    n_persist_errors: AtomicU64,
+    last_apply_ns: AtomicU64,
+}
+
+impl Control {
+    /// `state_dir`: where the accepted document is kept (None: not kept).
+    pub fn new(
+        ports: Vec<PortSpec>,
+        port_objs: Vec<Arc<dyn Port>>,
+        base: CompileOptions,
+        state_dir: Option<PathBuf>,
+    ) -> Result<Arc<Control>, String> {
+        let snap = empty_snapshot(&ports, 1).map_err(|e| e.to_string())?;
+        Ok(Arc::new(Control {
+            ports,
+            port_objs,
+            base,
+            snapshots: snapshots(snap),
+            workers: Mutex::new(Vec::new()),
+            applied: ArcSwapOption::empty(),
+            apply_lock: Mutex::new(()),
+            state_file: state_dir.map(|d| d.join("config.json")),
+            generation: AtomicU64::new(1),
+            n_applied: AtomicU64::new(0),
+            n_rejected: AtomicU64::new(0),
+            n_unchanged: AtomicU64::new(0),
+            n_persist_errors: AtomicU64::new(0),
+            last_apply_ns: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn snapshots(&self) -> Snapshots {
+        self.snapshots.clone()
+    }
+
+    pub fn ports(&self) -> &[PortSpec] {
+        &self.ports
+    }
+
+    pub fn set_workers(&self, w: Vec<Arc<WorkerStats>>) {
+        *self.workers.lock().unwrap_or_else(|e| e.into_inner()) = w;
+    }
+
+    pub fn applied(&self) -> Option<Arc<Applied>> {
+        self.applied.load_full()
+    }
+
+    pub fn current(&self) -> Option<Arc<AstaraConfig>> {
+        self.applied().map(|a| a.config.clone())
+    }
+
+    /// Parses, validates, compiles and publishes a JSON document.
+    pub fn apply_json(&self, body: &[u8]) -> Result<Arc<AstaraConfig>, ApplyError> {
+        let t0 = Instant::now();
+        let r = AstaraConfig::from_json(body).map_err(ApplyError::from).and_then(|c| self.apply_timed(c, t0));
+        if r.is_err() {
+            self.n_rejected.fetch_add(1, Relaxed);
+        }
+        r
+    }
+
+    /// Validates, compiles and publishes a document. A refused document
+    /// changes nothing; the same document again is accepted at once.
+    pub fn apply(&self, cfg: AstaraConfig) -> Result<Arc<AstaraConfig>, ApplyError> {
+        let r = self.apply_timed(cfg, Instant::now());
+        if r.is_err() {
+            self.n_rejected.fetch_add(1, Relaxed);
+        }
+        r
+    }
+
+    fn apply_timed(&self, cfg: AstaraConfig, t0: Instant) -> Result<Arc<AstaraConfig>, ApplyError> {
+        let _one_at_a_time = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(cur) = self.applied()
+            && *cur.config == cfg
+        {
+            self.n_unchanged.fetch_add(1, Relaxed);
+            return Ok(cur.config.clone());
+        }
+        let generation = self.generation.load(Relaxed) + 1;
+        let opts = CompileOptions { generation, ..self.base.clone() };
+        let compiled = compile(&cfg, &self.ports, &opts)?;
+        for w in &compiled.warnings {
+            log::warn!("config: {w}");
+        }
+        let config = Arc::new(cfg);
+        self.snapshots.store(Arc::new(compiled.snapshot));
+        self.generation.store(generation, Relaxed);
+        self.last_apply_ns.store(t0.elapsed().as_nanos() as u64, Relaxed);
+        self.applied.store(Some(Arc::new(Applied {
+            config: config.clone(),
+            routes: compiled.routes,
+            warnings: compiled.warnings,
+            generation,
+        })));
+        self.n_applied.fetch_add(1, Relaxed);
+        // The document is live: failing to keep a copy must not fail the push
+        // (the orchestrator would reboot the appliance); it is logged and counted.
+        if let Some(f) = &self.state_file
+            && let Err(e) = persist(f, &config)
+        {
+            self.n_persist_errors.fetch_add(1, Relaxed);
+            log::error!("could not keep the configuration in {}: {e}", f.display());
+        }
+        Ok(config)
+    }
+
+    /// Applies the kept document, if any (at start).
+    pub fn restore(&self) -> Option<Result<Arc<AstaraConfig>, String>> {
+        let f = self.state_file.as_ref()?;
+        let text = std::fs::read(f).ok()?;
+        Some(self.apply_json(&text).map_err(|e| format!("{}: {e}", f.display())))
+    }
+
+    /// The first address of the management network (lowest, as the original).
+    pub fn management_address(&self) -> Option<IpAddr> {
+        let cfg = self.current()?;
+        let mut addrs: Vec<IpAddr> = cfg
+            .networks
+            .iter()
+            .filter(|n| n.network_type == NetworkType::Management)
+            .flat_map(|n| n.interface.addresses.iter().map(|a| a.addr))
+            .collect();
+        addrs.sort();
+        addrs.first().copied()
+    }
+
+    /// One interface as `GET /v1/system/interface(s)` shows it.
+    pub fn interface(&self, name: &str) -> Option<Value> {
+        let i = self.ports.iter().position(|p| p.name == name)?;
+        let spec = &self.ports[i];
+        let cfg = self.current();
+        let net = cfg.as_ref().and_then(|c| {
+            c.networks.iter().find(|n| n.interface.lladdr == Some(spec.mac) || n.interface.ifname == spec.name)
+        });
+        let up = self.port_objs.get(i).is_none_or(|p| p.link_up());
+        let addresses: Vec<String> =
+            net.map(|n| n.interface.addresses.iter().map(|a| a.to_string()).collect()).unwrap_or_default();
+        let mtu = net.and_then(|n| n.interface.mtu).map_or(spec.mtu as u32, |m| m.min(spec.mtu as u32));
+        let mut flags = vec!["BROADCAST", "MULTICAST"];
+        if up {
+            flags.insert(0, "UP");
+            flags.push("RUNNING");
+        }
+        Some(json!({
+            "ifname": spec.name,
+            "lladdr": spec.mac.to_string(),
+            "addresses": addresses,
+            "mtu": mtu,
+            "state": if up { "up" } else { "down" },
+            "flags": flags,
+            "groups": net.map(|n| n.interface.groups.clone()).unwrap_or_default(),
+            "media": net.and_then(|n| n.interface.media.clone()).unwrap_or_default(),
+            "description": net.and_then(|n| n.interface.description.clone()).unwrap_or_default(),
+        }))
+    }
+
+    pub fn interfaces(&self) -> Vec<Value> {
+        self.ports.iter().filter_map(|p| self.interface(&p.name)).collect()
+    }
+
+    /// Installed routes, for operators.
+    pub fn routes(&self) -> Vec<Value> {
+        let Some(a) = self.applied() else { return Vec::new() };
+        let snap = self.snapshots.load();
+        describe_routes(&snap, &a.routes)
+            .into_iter()
+            .map(|(dst, kind, ifname, via)| json!({"destination": dst, "type": kind, "interface": ifname, "via": via}))
+            .collect()
+    }
+
+    /// `{"v4": .., "v6": ..}`: whether a default route of that family leads
+    /// to a gateway whose MAC is known.
+    pub fn status(&self) -> Value {
+        let snap = self.snapshots.load();
+        let reachable = |nh: u32| {
+            snap.adj.get(nh as usize).is_some_and(|a| match a.kind {
+                AdjKind::Gateway => a.mac.is_some(),
+                AdjKind::Ecmp => true,
+                _ => false,
+            })
+        };
+        let v4 = self.applied().is_some() && reachable(snap.fib4.lookup(0x0101_0101));
+        let v6 = self.applied().is_some() && reachable(snap.fib6.lookup(0x2001_4860_4860_u128 << 80 | 0x8888));
+        json!({"v4": v4, "v6": v6})
+    }
+
+    /// The text `GET /v1/firewall/rules` answers (the liveness probe reads
+    /// only the status): the policy the data plane enforces.
+    pub fn rules_text(&self) -> String {
+        let mut t = String::new();
+        let generation = self.generation.load(Relaxed);
+        let Some(a) = self.applied() else {
+            let _ = writeln!(
+                t,
+                "# astara-dp: no configuration yet (snapshot {generation}); all ports down, nothing forwarded"
+            );
+            return t;
+        };
+        let c = &a.config;
+        let _ =
+            writeln!(t, "# astara-dp policy, snapshot {generation}, tenant {}", c.tenant_id.as_deref().unwrap_or(""));
+        let _ = writeln!(t, "forward: routed between tenant networks; into the management network: drop");
+        for an in &c.anchors {
+            let _ = writeln!(t, "anchor {}:", an.name);
+            for r in &an.rules {
+                let _ = writeln!(t, "  {}", serde_json::to_string(r).unwrap_or_default());
+            }
+        }
+        t
+    }
+
+    fn worker_counters(&self) -> Vec<Counters> {
+        self.workers.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|w| w.read()).collect()
+    }
+
+    fn port_stats(&self) -> Vec<(String, PortStats)> {
+        self.port_objs.iter().map(|p| (p.spec().name.clone(), p.stats())).collect()
+    }
+
+    /// `GET /v1/stats`.
+    pub fn stats(&self) -> Value {
+        let workers = self.worker_counters();
+        let mut total = Counters::new(self.ports.len());
+        for w in &workers {
+            total.add(w);
+        }
+        json!({
+            "generation": self.generation.load(Relaxed),
+            "config": {
+                "applied": self.n_applied.load(Relaxed),
+                "rejected": self.n_rejected.load(Relaxed),
+                "unchanged": self.n_unchanged.load(Relaxed),
+                "persist_errors": self.n_persist_errors.load(Relaxed),
+                "last_apply_seconds": self.last_apply_ns.load(Relaxed) as f64 / 1e9,
+            },
+            "ports": self.port_stats().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+            "workers": workers.iter().enumerate().map(|(i, c)| json!({
+                "worker": i, "rx": c.rx, "tx": c.tx, "local": c.local, "dropped": c.dropped(),
+                "bursts": c.bursts, "busy_cycles": c.busy_cycles, "idle_cycles": c.idle_cycles,
+            })).collect::<Vec<_>>(),
+            "totals": {"rx": total.rx, "tx": total.tx, "local": total.local, "dropped": total.dropped()},
+            "drops": total.drop_list().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+            "stages": STAGE_COUNTERS.iter().zip(total.stage).collect::<std::collections::BTreeMap<_, _>>(),
+        })
+    }
+
+    /// `GET /metrics`, Prometheus text format 0.0.4.
+    pub fn metrics(&self) -> String {
+        let mut m = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, f64)>| {
+            let _ = writeln!(m, "# HELP astara_dp_{name} {help}\n# TYPE astara_dp_{name} {kind}");
+            for (labels, v) in rows {
+                let _ = writeln!(m, "astara_dp_{name}{labels} {v}");
+            }
+        };
+        let ports = self.port_stats();
+        let per_port = |f: fn(&PortStats) -> u64| -> Vec<(String, f64)> {
+            ports.iter().map(|(n, s)| (format!("{{port=\"{}\"}}", escape(n)), f(s) as f64)).collect()
+        };
+        family("port_rx_packets_total", "counter", "Packets received per port.", per_port(|s| s.rx_packets));
+        family("port_rx_bytes_total", "counter", "Bytes received per port.", per_port(|s| s.rx_bytes));
+        family(
+            "port_rx_dropped_total",
+            "counter",
+            "Packets a port backend lost on receive.",
+            per_port(|s| s.rx_dropped),
+        );
+        family("port_tx_packets_total", "counter", "Packets transmitted per port.", per_port(|s| s.tx_packets));
+        family("port_tx_bytes_total", "counter", "Bytes transmitted per port.", per_port(|s| s.tx_bytes));
+        family(
+            "port_tx_dropped_total",
+            "counter",
+            "Packets a port backend lost on transmit.",
+            per_port(|s| s.tx_dropped),
+        );
+        let workers = self.worker_counters();
+        let per_worker = |f: fn(&Counters) -> u64| -> Vec<(String, f64)> {
+            workers.iter().enumerate().map(|(i, c)| (format!("{{worker=\"{i}\"}}"), f(c) as f64)).collect()
+        };
+        family("worker_rx_packets_total", "counter", "Packets received per worker.", per_worker(|c| c.rx));
+        family("worker_tx_packets_total", "counter", "Packets transmitted per worker.", per_worker(|c| c.tx));
+        family("worker_local_packets_total", "counter", "Packets for the appliance itself.", per_worker(|c| c.local));
+        family("worker_busy_cycles_total", "counter", "Cycles spent on bursts.", per_worker(|c| c.busy_cycles));
+        family(
+            "worker_idle_cycles_total",
+            "counter",
+            "Cycles spent polling empty queues.",
+            per_worker(|c| c.idle_cycles),
+        );
+        let mut total = Counters::new(self.ports.len());
+        for w in &workers {
+            total.add(w);
+        }
+        let drops = crate::stage::DropReason::ALL
+            .iter()
+            .map(|r| (format!("{{reason=\"{}\"}}", escape(r.name())), total.drops[*r as usize] as f64))
+            .collect();
+        family("drops_total", "counter", "Packets dropped, by reason.", drops);
+        let stages = STAGE_COUNTERS
+            .iter()
+            .zip(total.stage)
+            .map(|(k, v)| (format!("{{counter=\"{}\"}}", escape(k)), v as f64))
+            .collect();
+        family("stage_packets_total", "counter", "Per-stage packet counters.", stages);
+        family(
+            "snapshot_generation",
+            "gauge",
+            "Generation of the configuration snapshot in force.",
+            vec![(String::new(), self.generation.load(Relaxed) as f64)],
+        );
+        family(
+            "config_apply_seconds",
+            "gauge",
+            "Time the last accepted push took, received to live.",
+            vec![(String::new(), self.last_apply_ns.load(Relaxed) as f64 / 1e9)],
+        );
+        family(
+            "config_pushes_total",
+            "counter",
+            "Configuration pushes by result.",
+            vec![
+                ("{result=\"applied\"}".into(), self.n_applied.load(Relaxed) as f64),
+                ("{result=\"unchanged\"}".into(), self.n_unchanged.load(Relaxed) as f64),
+                ("{result=\"rejected\"}".into(), self.n_rejected.load(Relaxed) as f64),
+            ],
+        );
+        m
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Writes the document atomically: temp file, fsync, rename, fsync the
+/// directory, so a crash leaves either the old or the new copy.
+fn persist(path: &Path, cfg: &AstaraConfig) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(cfg).map_err(std::io::Error::other)?)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::ports_from_config;
+
+    fn router() -> (Vec<u8>, Vec<PortSpec>) {
+        let text = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/router.json")).unwrap();
+        let cfg = AstaraConfig::from_json(&text).unwrap();
+        (text, ports_from_config(&cfg))
+    }
+
+    #[test]
+    fn apply_reject_repush_and_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        let (text, ports) = router();
+        let c = Control::new(ports.clone(), Vec::new(), CompileOptions::default(), Some(dir.path().into())).unwrap();
+        assert!(c.current().is_none());
+        assert_eq!(c.status(), json!({"v4": false, "v6": false}));
+        c.apply_json(&text).unwrap();
+        assert_eq!(c.snapshots().load().generation, 2);
+        // Same document again: accepted, nothing recompiled.
+        c.apply_json(&text).unwrap();
+        assert_eq!(c.snapshots().load().generation, 2);
+        // Bad documents change nothing.
+        let e = c.apply_json(b"{not json").unwrap_err();
+        assert_eq!(e.status, 422);
+        let e = c.apply_json(br#"{"tenant_id": "t", "hostname": "h", "services": {"vpnaas": {}}}"#).unwrap_err();
+        assert_eq!(e.status, 400);
+        let bad = String::from_utf8(text.clone()).unwrap().replace("\"192.168.2.254\"]", "\"172.31.1.1\"]");
+        assert_eq!(c.apply_json(bad.as_bytes()).unwrap_err().status, 422);
+        assert_eq!(c.snapshots().load().generation, 2);
+        assert_eq!(c.management_address(), Some("fdca:3ba5:a17a:acda:f816:3eff:fee0:e1b0".parse().unwrap()));
+        let s = c.stats();
+        assert_eq!((s["config"]["applied"].as_u64(), s["config"]["unchanged"].as_u64()), (Some(1), Some(1)));
+        assert_eq!(s["config"]["rejected"], 3);
+        assert!(c.metrics().contains("astara_dp_config_pushes_total{result=\"rejected\"} 3"));
+        assert!(c.routes().iter().any(|r| r["destination"] == "10.30.0.0/16" && r["type"] == "ecmp"));
+        assert_eq!(c.interface("ge1").unwrap()["addresses"], json!(["203.0.113.10/24", "2001:db8:ff::10/64"]));
+        assert!(c.interface("ge9").is_none());
+        // A new control restores the kept document.
+        let c2 = Control::new(ports, Vec::new(), CompileOptions::default(), Some(dir.path().into())).unwrap();
+        c2.restore().unwrap().unwrap();
+        assert_eq!(c2.current().unwrap(), c.current().unwrap());
+        assert!(!dir.path().join("config.json.tmp").exists());
+    }
+}
