@@ -53,8 +53,10 @@ pub struct Control {
     workers: Mutex<Vec<Arc<WorkerStats>>>,
     /// Read without locking (liveness must never wait for an apply).
     applied: ArcSwapOption<Applied>,
-    /// One apply at a time.
-    apply_lock: Mutex<()>,
+    /// One apply at a time; holds the snapshots replaced but perhaps still
+    /// in a worker's hands, so that freeing them (unmapping tables) happens
+    /// here and never on a worker.
+    apply_lock: Mutex<Vec<Arc<crate::stage::Snapshot>>>,
     state_file: Option<PathBuf>,
     generation: AtomicU64,
     n_applied: AtomicU64,
@@ -80,7 +82,7 @@ impl Control {
             snapshots: snapshots(snap),
             workers: Mutex::new(Vec::new()),
             applied: ArcSwapOption::empty(),
-            apply_lock: Mutex::new(()),
+            apply_lock: Mutex::new(Vec::new()),
             state_file: state_dir.map(|d| d.join("config.json")),
             generation: AtomicU64::new(1),
             n_applied: AtomicU64::new(0),
@@ -132,7 +134,10 @@ impl Control {
     }
 
     fn apply_timed(&self, cfg: AstaraConfig, t0: Instant) -> Result<Arc<AstaraConfig>, ApplyError> {
-        let _one_at_a_time = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut graveyard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        // Free what no worker holds any more (each worker drops its reference
+        // at its next burst).
+        graveyard.retain(|s| Arc::strong_count(s) > 1);
         if let Some(cur) = self.applied()
             && *cur.config == cfg
         {
@@ -146,7 +151,7 @@ impl Control {
             log::warn!("config: {w}");
         }
         let config = Arc::new(cfg);
-        self.snapshots.store(Arc::new(compiled.snapshot));
+        graveyard.push(self.snapshots.swap(Arc::new(compiled.snapshot)));
         self.generation.store(generation, Relaxed);
         self.last_apply_ns.store(t0.elapsed().as_nanos() as u64, Relaxed);
         self.applied.store(Some(Arc::new(Applied {

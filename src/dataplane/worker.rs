@@ -49,6 +49,7 @@ impl Worker {
         let mut pipeline = Pipeline::default();
         let mut c = Counters::new(ports);
         let mut cache = arc_swap::Cache::new(Arc::clone(&self.snapshots));
+        let mut unpublished = false;
         while !self.stop.load(Ordering::Relaxed) {
             let t0 = cycles();
             let snap = cache.load();
@@ -71,14 +72,18 @@ impl Worker {
             if got > 0 {
                 c.busy_cycles += dt;
                 c.bursts += 1;
-                if c.bursts.is_multiple_of(PUBLISH_EVERY) {
-                    c.stage = pipeline.stage_counters();
-                    self.stats.publish(&c);
-                    self.stats.generation.store(snap.generation, Ordering::Relaxed);
-                }
+                unpublished = true;
             } else {
                 c.idle_cycles += dt;
                 std::hint::spin_loop();
+            }
+            // Publish every few bursts, and as soon as the queues run dry so
+            // the counters are exact whenever the worker is idle.
+            if unpublished && (got == 0 || c.bursts.is_multiple_of(PUBLISH_EVERY)) {
+                c.stage = pipeline.stage_counters();
+                self.stats.publish(&c);
+                self.stats.generation.store(snap.generation, Ordering::Relaxed);
+                unpublished = false;
             }
         }
         c.stage = pipeline.stage_counters();
