@@ -8,11 +8,19 @@ fn agent() -> ureq::Agent {
     ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(3)).timeout(Duration::from_secs(90)).build()
 }
 
+/// The whole body (route listings of large tables exceed ureq's 10 MB
+/// `into_string` limit, so it is read as a stream).
+fn read_all(resp: ureq::Response) -> std::io::Result<String> {
+    let mut s = String::new();
+    std::io::Read::read_to_string(&mut resp.into_reader(), &mut s)?;
+    Ok(s)
+}
+
 fn body(r: Result<ureq::Response, ureq::Error>, url: &str) -> Result<String, String> {
     match r {
-        Ok(resp) => resp.into_string().map_err(|e| format!("{url}: {e}")),
+        Ok(resp) => read_all(resp).map_err(|e| format!("{url}: {e}")),
         Err(ureq::Error::Status(code, resp)) => {
-            Err(format!("{url}: HTTP {code}: {}", resp.into_string().unwrap_or_default().trim_end()))
+            Err(format!("{url}: HTTP {code}: {}", read_all(resp).unwrap_or_default().trim_end()))
         }
         Err(e) => Err(format!("{url}: {e}")),
     }
