@@ -34,6 +34,10 @@ enum Cmd {
         /// No progress line.
         #[arg(long)]
         quiet: bool,
+        /// Push the configuration again every SECS seconds during the run
+        /// (alternating with a variant, so each push recompiles).
+        #[arg(long, value_name = "SECS")]
+        push_every: Option<f64>,
     },
     /// Write a scenario's traffic to a pcap file.
     Gen {
@@ -99,8 +103,9 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.cmd {
-        Cmd::Bench { scenario, cores, seconds, burst, json, quiet } => {
-            let o = bench::BenchOptions { cores, seconds, burst, json, progress: !quiet, ..Default::default() };
+        Cmd::Bench { scenario, cores, seconds, burst, json, quiet, push_every } => {
+            let o =
+                bench::BenchOptions { cores, seconds, burst, json, progress: !quiet, push_every, ..Default::default() };
             let r = bench::run(&scenario, &o)?;
             Ok(if r.check_passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }

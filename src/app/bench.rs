@@ -4,8 +4,8 @@
 //! every counter against the reference model's expectations.
 
 use super::{Prepared, prepare};
-use crate::control::compile;
-use crate::dataplane::{Counters, STAGE_COUNTERS, Worker, WorkerConfig, WorkerStats, cycles, snapshots};
+use crate::control::state::Control;
+use crate::dataplane::{Counters, STAGE_COUNTERS, Worker, WorkerConfig, WorkerStats, cycles};
 use crate::packet::{DEFAULT_BURST, MAX_BURST, rss_hash};
 use crate::pktgen::Expect;
 use crate::port::null::NullTx;
@@ -29,11 +29,22 @@ pub struct BenchOptions {
     /// Print the progress line (to stderr) every second.
     pub progress: bool,
     pub json: Option<PathBuf>,
+    /// Re-apply the configuration (alternating with a variant that has one
+    /// more route, so every push recompiles) every this many seconds.
+    pub push_every: Option<f64>,
 }
 
 impl Default for BenchOptions {
     fn default() -> Self {
-        BenchOptions { cores: 1, seconds: 5.0, burst: DEFAULT_BURST, pool: 4096, progress: true, json: None }
+        BenchOptions {
+            cores: 1,
+            seconds: 5.0,
+            burst: DEFAULT_BURST,
+            pool: 4096,
+            progress: true,
+            json: None,
+            push_every: None,
+        }
     }
 }
 
@@ -54,6 +65,9 @@ pub struct BenchReport {
     pub fib4_bytes: usize,
     pub tbl8_groups: usize,
     pub compile_secs: f64,
+    /// Configuration pushes applied during the run, and their mean time.
+    pub pushes: u64,
+    pub push_mean_secs: f64,
     pub pattern_packets: usize,
     pub seconds: f64,
     pub burst: usize,
@@ -165,13 +179,14 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
     let p = prepare(path)?;
     let s = &p.scenario;
     println!("astara-dp bench: {} — {}", s.name, s.description);
+    let control = Control::new(p.ports.clone(), Vec::new(), p.options.clone(), None)?;
     let t0 = Instant::now();
-    let compiled = compile(&p.config, &p.ports, &p.options).map_err(|e| e.to_string())?;
+    control.apply(p.config.clone()).map_err(|e| e.message)?;
     let compile_secs = t0.elapsed().as_secs_f64();
-    for w in &compiled.warnings {
+    for w in control.applied().map(|a| a.warnings.clone()).unwrap_or_default() {
         println!("  warning: {w}");
     }
-    let snap = compiled.snapshot;
+    let snap = control.snapshots().load_full();
     let (routes, fib4_bytes, tbl8_groups) = (snap.fib4.routes(), snap.fib4.memory_bytes(), snap.fib4.tbl8_groups());
     println!(
         "  setup: {} random prefixes in {:.2} s; compiled in {:.3} s: {} IPv4 routes, {:.1} MiB ({} tbl8 groups), {} IPv6 routes",
@@ -203,7 +218,8 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
         burst
     );
     let core_ids: Vec<usize> = core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
-    let shared = snapshots(snap);
+    let shared = control.snapshots();
+    drop(snap);
     let stop = Arc::new(AtomicBool::new(false));
     let mut handles = Vec::new();
     let mut stats = Vec::new();
@@ -248,6 +264,35 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
         .zip(port_rx.into_iter().zip(port_tx))
         .map(|(spec, (rx, tx))| SoftPort::new(spec.clone(), rx, tx))
         .collect();
+    // Config churn on this (control) thread's sibling, as an orchestrator would.
+    let pushing = Arc::new(AtomicBool::new(true));
+    let pusher = o.push_every.map(|every| {
+        let (control, pushing, base) = (control.clone(), pushing.clone(), p.config.clone());
+        let mut variant = base.clone();
+        if let Some(gw) = p.scenario.routes.as_ref().and_then(|r| r.next_hops.first()) {
+            variant.static_routes.push(crate::control::model::StaticRoute {
+                destination: "198.18.0.0/15".parse().expect("a CIDR"),
+                next_hop: *gw,
+            });
+        }
+        std::thread::spawn(move || {
+            let (mut n, mut total) = (0u64, 0f64);
+            while pushing.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs_f64(every));
+                if !pushing.load(Ordering::Relaxed) {
+                    break;
+                }
+                let t = Instant::now();
+                let doc = if n % 2 == 0 { variant.clone() } else { base.clone() };
+                if let Err(e) = control.apply(doc) {
+                    log::error!("push failed: {e}");
+                }
+                total += t.elapsed().as_secs_f64();
+                n += 1;
+            }
+            (n, total)
+        })
+    });
     let start = Instant::now();
     let tsc0 = cycles();
     let deadline = Duration::from_secs_f64(o.seconds.max(0.1));
@@ -272,12 +317,14 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
         }
     }
     stop.store(true, Ordering::Relaxed);
+    pushing.store(false, Ordering::Relaxed);
     let mut per_worker = Vec::new();
     for (h, exp) in handles.into_iter().zip(expects) {
         let c = h.join().map_err(|_| "a worker panicked".to_string())?;
         per_worker.push((exp, c));
     }
     let elapsed = start.elapsed().as_secs_f64();
+    let (pushes, push_secs) = pusher.map_or((0, 0.0), |h| h.join().unwrap_or((0, 0.0)));
     let tsc_ghz = cycles().wrapping_sub(tsc0) as f64 / elapsed / 1e9;
     if o.progress {
         eprintln!();
@@ -304,6 +351,8 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
         fib4_bytes,
         tbl8_groups,
         compile_secs,
+        pushes,
+        push_mean_secs: if pushes > 0 { push_secs / pushes as f64 } else { 0.0 },
         pattern_packets: p.traffic.frames.len(),
         seconds: elapsed,
         burst,
@@ -331,6 +380,9 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
 
 fn print_report(r: &BenchReport) {
     println!("  run: {:.2} s, TSC {:.2} GHz (cycles are TSC ticks while a burst was in hand)", r.seconds, r.tsc_ghz);
+    if r.pushes > 0 {
+        println!("  config pushes during the run: {} (each recompiled, mean {:.3} s)", r.pushes, r.push_mean_secs);
+    }
     println!();
     println!("  {:<8}{:<6}{:>16}{:>10}{:>10}{:>13}", "worker", "core", "packets", "Mpps", "ns/pkt", "cycles/pkt");
     for w in &r.workers {

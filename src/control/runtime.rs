@@ -239,3 +239,24 @@ mod tests {
         assert!(Runtime::parse("").unwrap_err().contains("ports"));
     }
 }
+
+#[cfg(test)]
+mod shipped {
+    use super::*;
+    use crate::control::{AstaraConfig, CompileOptions, compile};
+
+    #[test]
+    fn shipped_documents_compile_on_the_shipped_ports() {
+        let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/configs"));
+        let rt = Runtime::load(&dir.join("runtime.toml")).unwrap();
+        for doc in ["router.json", "loadbalancer.json"] {
+            let cfg = AstaraConfig::from_json(&std::fs::read(dir.join(doc)).unwrap()).unwrap();
+            let opts = CompileOptions { neighbors: rt.static_neighbors(), ..Default::default() };
+            let c = compile(&cfg, &rt.port_specs(), &opts).unwrap_or_else(|e| panic!("{doc}: {e}"));
+            assert!(c.warnings.is_empty(), "{doc}: {:?}", c.warnings);
+        }
+        let lb = AstaraConfig::from_json(&std::fs::read(dir.join("loadbalancer.json")).unwrap()).unwrap();
+        let lb = lb.loadbalancer().unwrap().unwrap();
+        assert_eq!(lb.listeners[0].default_pool.as_ref().unwrap().members.len(), 2);
+    }
+}
