@@ -8,8 +8,9 @@
 //! a longer prefix simply overwrites, no per-entry depth bookkeeping needed.
 
 use super::mem::{LargeTable, prefetch};
-use ahash::RandomState;
-use std::collections::HashMap;
+#[cfg(test)]
+use super::rules::Addr;
+use super::rules::PrefixRules;
 
 const VALID: u32 = 1 << 31;
 const EXT: u32 = 1 << 30;
@@ -40,7 +41,7 @@ pub enum LpmError {
 /// The mutable, slow side of `Lpm4`: add and delete rules, then `build`.
 #[derive(Clone)]
 pub struct Lpm4Builder {
-    rules: Vec<HashMap<u32, u32, RandomState>>,
+    rules: PrefixRules<u32>,
     max_tbl8_groups: usize,
 }
 
@@ -50,9 +51,9 @@ impl Default for Lpm4Builder {
     }
 }
 
-#[inline]
+#[cfg(test)]
 fn mask4(len: u8) -> u32 {
-    if len == 0 { 0 } else { u32::MAX << (32 - len as u32) }
+    u32::MAX.masked(len)
 }
 
 impl Lpm4Builder {
@@ -61,61 +62,54 @@ impl Lpm4Builder {
     }
 
     pub fn with_tbl8_groups(max_tbl8_groups: usize) -> Self {
-        Lpm4Builder { rules: (0..=32).map(|_| HashMap::default()).collect(), max_tbl8_groups }
+        Lpm4Builder { rules: PrefixRules::default(), max_tbl8_groups }
     }
 
     /// Adds or replaces a route; host bits of `prefix` are ignored. Returns
     /// the next hop it replaced.
     pub fn add(&mut self, prefix: u32, len: u8, nh: u32) -> Result<Option<u32>, LpmError> {
-        if len > 32 {
-            return Err(LpmError::BadPrefixLen(len));
-        }
-        if nh > MAX_NEXT_HOP {
-            return Err(LpmError::NextHopTooLarge(nh));
-        }
-        Ok(self.rules[len as usize].insert(prefix & mask4(len), nh))
+        self.rules.insert(prefix, len, nh)
     }
 
     /// Removes a route; returns its next hop if it existed.
     pub fn delete(&mut self, prefix: u32, len: u8) -> Option<u32> {
-        self.rules.get_mut(len as usize)?.remove(&(prefix & mask4(len)))
+        self.rules.remove(prefix, len)
     }
 
     pub fn get(&self, prefix: u32, len: u8) -> Option<u32> {
-        self.rules.get(len as usize)?.get(&(prefix & mask4(len))).copied()
+        self.rules.get(prefix, len)
     }
 
     /// Number of routes.
     pub fn len(&self) -> usize {
-        self.rules.iter().map(|m| m.len()).sum()
+        self.rules.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.rules.is_empty()
     }
 
-    /// Longest match by probing the rule maps from /32 down: slow, but an
-    /// algorithm independent of the frozen table (a reference for tests and
-    /// for the traffic generator's expectations).
+    /// Longest match over the rule set, by another algorithm than the frozen
+    /// table's (a reference for tests and the traffic generator).
     pub fn lookup_slow(&self, ip: u32) -> Option<u32> {
-        (0..=32u8).rev().find_map(|l| self.rules[l as usize].get(&(ip & mask4(l))).copied())
+        self.rules.lookup_slow(ip)
     }
 
     /// Builds the frozen table.
     pub fn build(&self) -> Result<Lpm4, LpmError> {
         let mut tbl24 = LargeTable::zeroed(TBL24_LEN, self.len() >= HUGE_PAGE_ROUTES).ok_or(LpmError::NoMemory)?;
         let mut tbl8: Vec<u32> = Vec::new();
-        let default = self.rules[0].get(&0).map_or(NO_ROUTE, |&nh| nh);
+        let default = self.rules.get(0, 0).unwrap_or(NO_ROUTE);
         for len in 1..=24u8 {
             let span = 1usize << (24 - len);
-            for (&p, &nh) in &self.rules[len as usize] {
+            for (p, nh) in self.rules.of_len(len) {
                 let start = (p >> 8) as usize;
                 tbl24[start..start + span].fill(VALID | nh);
             }
         }
         for len in 25..=32u8 {
             let span = 1usize << (32 - len);
-            for (&p, &nh) in &self.rules[len as usize] {
+            for (p, nh) in self.rules.of_len(len) {
                 let i = (p >> 8) as usize;
                 let e = tbl24[i];
                 let group = if e & EXT != 0 {

@@ -3,10 +3,11 @@
 //! DPDK's rte_lpm6 (which uses 24 then 8). A /48 costs 5 accesses, a /64 7.
 //! Same builder/frozen split and shortest-first build as [`super::lpm4`].
 
-use super::lpm4::{LpmError, MAX_NEXT_HOP, NO_ROUTE};
+use super::lpm4::{LpmError, NO_ROUTE};
 use super::mem::prefetch;
-use ahash::RandomState;
-use std::collections::HashMap;
+#[cfg(test)]
+use super::rules::Addr;
+use super::rules::PrefixRules;
 
 const VALID: u32 = 1 << 31;
 const EXT: u32 = 1 << 30;
@@ -14,15 +15,15 @@ const VALUE: u32 = (1 << 30) - 1;
 const ROOT_BITS: u32 = 16;
 pub const DEFAULT_GROUPS6: usize = 1 << 16;
 
-#[inline]
+#[cfg(test)]
 fn mask6(len: u8) -> u128 {
-    if len == 0 { 0 } else { u128::MAX << (128 - len as u32) }
+    u128::MAX.masked(len)
 }
 
 /// The mutable side of `Lpm6`.
 #[derive(Clone)]
 pub struct Lpm6Builder {
-    rules: Vec<HashMap<u128, u32, RandomState>>,
+    rules: PrefixRules<u128>,
     max_groups: usize,
 }
 
@@ -38,46 +39,40 @@ impl Lpm6Builder {
     }
 
     pub fn with_groups(max_groups: usize) -> Self {
-        Lpm6Builder { rules: (0..=128).map(|_| HashMap::default()).collect(), max_groups }
+        Lpm6Builder { rules: PrefixRules::default(), max_groups }
     }
 
     pub fn add(&mut self, prefix: u128, len: u8, nh: u32) -> Result<Option<u32>, LpmError> {
-        if len > 128 {
-            return Err(LpmError::BadPrefixLen(len));
-        }
-        if nh > MAX_NEXT_HOP {
-            return Err(LpmError::NextHopTooLarge(nh));
-        }
-        Ok(self.rules[len as usize].insert(prefix & mask6(len), nh))
+        self.rules.insert(prefix, len, nh)
     }
 
     pub fn delete(&mut self, prefix: u128, len: u8) -> Option<u32> {
-        self.rules.get_mut(len as usize)?.remove(&(prefix & mask6(len)))
+        self.rules.remove(prefix, len)
     }
 
     pub fn get(&self, prefix: u128, len: u8) -> Option<u32> {
-        self.rules.get(len as usize)?.get(&(prefix & mask6(len))).copied()
+        self.rules.get(prefix, len)
     }
 
     pub fn len(&self) -> usize {
-        self.rules.iter().map(|m| m.len()).sum()
+        self.rules.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.rules.is_empty()
     }
 
-    /// Reference longest match over the rule maps (independent of the trie).
+    /// Reference longest match over the rule set (independent of the trie).
     pub fn lookup_slow(&self, ip: u128) -> Option<u32> {
-        (0..=128u8).rev().find_map(|l| self.rules[l as usize].get(&(ip & mask6(l))).copied())
+        self.rules.lookup_slow(ip)
     }
 
     pub fn build(&self) -> Result<Lpm6, LpmError> {
         let mut root = vec![0u32; 1 << ROOT_BITS];
         let mut groups: Vec<u32> = Vec::new();
-        let default = self.rules[0].get(&0).map_or(NO_ROUTE, |&nh| nh);
+        let default = self.rules.get(0, 0).unwrap_or(NO_ROUTE);
         for len in 1..=128u8 {
-            for (&p, &nh) in &self.rules[len as usize] {
+            for (p, nh) in self.rules.of_len(len) {
                 let leaf = VALID | nh;
                 if len as u32 <= ROOT_BITS {
                     let start = (p >> 112) as usize;
