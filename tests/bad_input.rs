@@ -2,7 +2,7 @@
 //! forwarded, local or dropped with its named reason; nothing panics; the
 //! counters add up (rx = tx + local + drops).
 
-use astara_dp::control::{AstaraConfig, CompileOptions, StaticNeighbor, compile, ports_from_config};
+use astara_dp::control::{AstaraConfig, compile, ports_from_config};
 use astara_dp::dataplane::{Counters, Pipeline, dispatch, transmit};
 use astara_dp::packet::{Burst, PacketBuf, Pkt, Pool, Verdict};
 use astara_dp::port::TxQueue;
@@ -11,24 +11,17 @@ use astara_dp::stage::{DropReason, Snapshot};
 use etherparse::PacketBuilder;
 use proptest::prelude::*;
 
+mod common;
+
 const GE2: [u8; 6] = [0xfa, 0x16, 0x3e, 0x11, 0x22, 0x01];
 const PEER: [u8; 6] = [0xfa, 0x16, 0x3e, 0x00, 0x01, 0x05];
 const GE2_PORT: u16 = 2;
 
 fn snapshot(mutate: impl FnOnce(&mut serde_json::Value)) -> Snapshot {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/router.json");
-    let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let mut doc = common::router_json();
     mutate(&mut doc);
     let cfg = AstaraConfig::from_json(doc.to_string().as_bytes()).unwrap();
-    let opts = CompileOptions {
-        neighbors: vec![StaticNeighbor {
-            port: "ge1".into(),
-            ip: "203.0.113.1".parse().unwrap(),
-            mac: "02:00:5e:00:00:01".parse().unwrap(),
-        }],
-        ..Default::default()
-    };
-    compile(&cfg, &ports_from_config(&cfg), &opts).unwrap().snapshot
+    compile(&cfg, &ports_from_config(&cfg), &common::options()).unwrap().snapshot
 }
 
 /// Runs one frame through the pipeline; returns its verdict, drop reason
@@ -273,14 +266,10 @@ fn oversize_frames_are_dropped_at_receive() {
     };
     astara_dp::app::replay::write_capture(&input, &[jumbo, udp4([8, 8, 8, 8], 64)]).unwrap();
     let s = astara_dp::app::replay::run(&astara_dp::app::replay::ReplayOptions {
-        config: concat!(env!("CARGO_MANIFEST_DIR"), "/configs/router.json").into(),
+        config: common::ROUTER_JSON.into(),
         inputs: vec![("ge2".into(), input)],
         out_dir: dir.path().join("out"),
-        neighbors: vec![StaticNeighbor {
-            port: "ge1".into(),
-            ip: "203.0.113.1".parse().unwrap(),
-            mac: "02:00:5e:00:00:01".parse().unwrap(),
-        }],
+        neighbors: common::options().neighbors,
     })
     .unwrap();
     assert_eq!(s.drops.get("rx: frame larger than buffer"), Some(&1));

@@ -5,7 +5,7 @@
 //! the two next hops, none may be lost or dropped.
 
 use astara_dp::control::state::Control;
-use astara_dp::control::{AstaraConfig, CompileOptions, StaticNeighbor, ports_from_config};
+use astara_dp::control::{AstaraConfig, ports_from_config};
 use astara_dp::dataplane::{Worker, WorkerConfig, WorkerStats};
 use astara_dp::packet::{PacketBuf, Pkt};
 use astara_dp::port::mem::mem_port;
@@ -15,12 +15,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+
 const ROUTER_A: [u8; 6] = [0xfa, 0x16, 0x3e, 0x00, 0x02, 0xfe]; // 192.168.2.254
 const ROUTER_B: [u8; 6] = [0xfa, 0x16, 0x3e, 0x00, 0x02, 0xfd]; // 192.168.2.253
 
 fn documents() -> (AstaraConfig, AstaraConfig) {
-    let text = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/router.json")).unwrap();
-    let mut a: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    let mut a = common::router_json();
     // 10.40.0.0/16 is the route the traffic uses; A sends it to .254 ...
     a["static_routes"] = serde_json::json!([["10.40.0.0/16", "192.168.2.254"]]);
     let mut b = a.clone();
@@ -46,15 +47,7 @@ fn frame(i: u64) -> Vec<u8> {
 fn thousand_config_swaps_under_load_lose_nothing() {
     let (doc_a, doc_b) = documents();
     let ports = ports_from_config(&doc_a);
-    let opts = CompileOptions {
-        neighbors: vec![StaticNeighbor {
-            port: "ge1".into(),
-            ip: "203.0.113.1".parse().unwrap(),
-            mac: "02:00:5e:00:00:01".parse().unwrap(),
-        }],
-        ..Default::default()
-    };
-    let control = Control::new(ports.clone(), Vec::new(), opts, None).unwrap();
+    let control = Control::new(ports.clone(), Vec::new(), common::options(), None).unwrap();
     control.apply(doc_a.clone()).unwrap();
 
     let mut rx: Vec<(u16, Box<dyn RxQueue>)> = Vec::new();

@@ -8,13 +8,10 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use std::sync::Arc;
 
-fn router() -> Value {
-    serde_json::from_slice(&std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/router.json")).unwrap())
-        .unwrap()
-}
+mod common;
 
 fn control() -> Arc<Control> {
-    let cfg = AstaraConfig::from_json(router().to_string().as_bytes()).unwrap();
+    let cfg = AstaraConfig::from_json(common::router_json().to_string().as_bytes()).unwrap();
     let c = Control::new(ports_from_config(&cfg), Vec::new(), CompileOptions::default(), None).unwrap();
     c.apply(cfg).unwrap();
     c
@@ -97,7 +94,7 @@ proptest! {
     fn mutated_documents(seed in any::<u64>(), edits in 1usize..5) {
         let c = control();
         let mut rng = Rng::new(seed);
-        let mut doc = router();
+        let mut doc = common::router_json();
         for _ in 0..edits {
             mutate(&mut doc, &mut rng);
         }

@@ -2,7 +2,7 @@
 //! through the egress rings; a new snapshot published mid-stream is picked up
 //! without losing a packet.
 
-use astara_dp::control::{AstaraConfig, CompileOptions, StaticNeighbor, compile, ports_from_config};
+use astara_dp::control::{CompileOptions, compile, ports_from_config};
 use astara_dp::dataplane::{Worker, WorkerConfig, WorkerStats, snapshots};
 use astara_dp::packet::{PacketBuf, Pkt};
 use astara_dp::port::mem::{MemPeer, mem_port};
@@ -13,22 +13,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+mod common;
+
 const GE2: [u8; 6] = [0xfa, 0x16, 0x3e, 0x11, 0x22, 0x01];
 const OLD_GW: &str = "02:00:5e:00:00:01";
 const NEW_GW: &str = "02:00:5e:00:00:02";
 
 fn snap(gw_mac: &str, generation: u64) -> Snapshot {
-    let text = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/router.json")).unwrap();
-    let cfg = AstaraConfig::from_json(&text).unwrap();
-    let opts = CompileOptions {
-        neighbors: vec![StaticNeighbor {
-            port: "ge1".into(),
-            ip: "203.0.113.1".parse().unwrap(),
-            mac: gw_mac.parse().unwrap(),
-        }],
-        generation,
-        ..Default::default()
-    };
+    let cfg = common::router_config();
+    let opts = CompileOptions { neighbors: vec![common::upstream(gw_mac)], generation, ..Default::default() };
     compile(&cfg, &ports_from_config(&cfg), &opts).unwrap().snapshot
 }
 
