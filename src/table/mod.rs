@@ -6,6 +6,7 @@ pub mod lpm6;
 pub mod mem;
 pub mod neighbor;
 pub mod rules;
+pub mod session;
 
 pub use lpm4::{Lpm4, Lpm4Builder, LpmError, NO_ROUTE};
 pub use lpm6::{Lpm6, Lpm6Builder};

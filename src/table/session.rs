@@ -1,0 +1,760 @@
+//! Per-worker session (connection-tracking) table.
+//!
+//! One record per flow holds the keys of both directions (original, and the
+//! reply as it will arrive, after any translation); both keys are indexed,
+//! so either direction is found with one lookup. The index is open
+//! addressing with linear probing over a randomly keyed hash (hostile
+//! traffic cannot aim collisions), and deletion shifts entries back instead
+//! of leaving tombstones, so a table under constant churn does not degrade.
+//!
+//! Expiry never stops the world: sessions sit on a timer wheel of one-second
+//! slots; a packet only moves a session's deadline (no relinking), and
+//! `expire` visits due slots a bounded number of entries at a time, freeing
+//! what is really idle and re-filing the rest under their new deadline.
+//!
+//! Capacity is fixed at creation; when it is reached new flows are refused
+//! (`SessionError::Full`, counted) while existing ones keep working.
+
+use super::mem::prefetch;
+use ahash::RandomState;
+
+/// A flow as seen in one direction. IPv4 addresses sit in `src[3]`/`dst[3]`
+/// with the other words zero (`[u32; 4]` keeps the record small: no 16-byte
+/// alignment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src: [u32; 4],
+    pub dst: [u32; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub v6: bool,
+}
+
+fn words(a: u128) -> [u32; 4] {
+    [(a >> 96) as u32, (a >> 64) as u32, (a >> 32) as u32, a as u32]
+}
+
+impl FlowKey {
+    /// A key from 128-bit addresses (IPv4 in the low 32 bits when `!v6`).
+    pub fn new(src: u128, dst: u128, sport: u16, dport: u16, proto: u8, v6: bool) -> FlowKey {
+        FlowKey { src: words(src), dst: words(dst), sport, dport, proto, v6 }
+    }
+
+    pub fn v4(src: u32, dst: u32, sport: u16, dport: u16, proto: u8) -> FlowKey {
+        FlowKey::new(src as u128, dst as u128, sport, dport, proto, false)
+    }
+
+    /// The same flow seen from the other end.
+    pub fn reversed(&self) -> FlowKey {
+        FlowKey { src: self.dst, dst: self.src, sport: self.dport, dport: self.sport, ..*self }
+    }
+}
+
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+const PROTO_ICMP: u8 = 1;
+const PROTO_ICMPV6: u8 = 58;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// Where a flow is in its life. Non-TCP flows are `Open` (one direction
+/// seen) or `Established` (replies seen).
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    Open = 0,
+    SynSent,
+    SynReceived,
+    Established,
+    /// One side has sent FIN.
+    FinWait,
+    /// Both sides have sent FIN.
+    Closing,
+    /// Both FINs acknowledged.
+    TimeWait,
+    /// Reset.
+    Closed,
+    /// A free record (not a session).
+    Free,
+}
+
+/// Idle timeouts in seconds, by protocol and state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// RFC 5382 REQ-5: at least 2 h 4 min.
+    pub tcp_established: u32,
+    /// RFC 5382: 4 min for partially open or closing connections.
+    pub tcp_transitory: u32,
+    /// After both FINs are acknowledged (2 MSL).
+    pub tcp_time_wait: u32,
+    /// After a reset.
+    pub tcp_closed: u32,
+    /// RFC 4787 REQ-5: at least 2 min.
+    pub udp: u32,
+    /// RFC 5508 REQ-1 / RFC 4787: ICMP query mappings, 60 s.
+    pub icmp: u32,
+    pub other: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_established: 7440,
+            tcp_transitory: 240,
+            tcp_time_wait: 120,
+            tcp_closed: 10,
+            udp: 120,
+            icmp: 60,
+            other: 600,
+        }
+    }
+}
+
+/// The longest timeout the wheel can hold (one lap).
+pub const MAX_TIMEOUT: u32 = WHEEL_SLOTS as u32 - 1;
+const WHEEL_SLOTS: usize = 8192;
+const NIL: u32 = u32::MAX;
+
+/// One tracked flow.
+#[derive(Debug, Clone, Copy)]
+pub struct Session {
+    /// [original direction, reply direction].
+    pub key: [FlowKey; 2],
+    /// When it expires unless another packet arrives (caller's seconds).
+    pub deadline: u32,
+    /// The deadline it is filed under on the wheel (may be earlier than
+    /// `deadline`: packets move the deadline without re-filing).
+    filed: u32,
+    pub state: SessionState,
+    /// Free for the stages (NAT kind, firewall verdict, ...).
+    pub flags: u8,
+    /// Free for the stages (an LB member, a NAT pool index, ...).
+    pub user: u16,
+    next: u32,
+    prev: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("session table full")]
+    Full,
+    #[error("a session with this key exists")]
+    Exists,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    pub inserted: u64,
+    pub refused_full: u64,
+    pub expired: u64,
+    pub removed: u64,
+}
+
+/// A fixed-capacity session table owned by one worker.
+pub struct SessionTable {
+    /// 0 = empty; else tag (hash high bits, never 0) << 32 | index << 1 | dir.
+    index: Vec<u64>,
+    mask: usize,
+    sessions: Vec<Session>,
+    free: u32,
+    live: usize,
+    capacity: usize,
+    hasher: RandomState,
+    wheel: Vec<u32>,
+    /// Next second of the wheel to visit, and the entries of a slot being
+    /// visited when the last call ran out of budget.
+    cursor: u32,
+    pending: u32,
+    started: bool,
+    pub timeouts: Timeouts,
+    pub stats: SessionStats,
+}
+
+impl SessionTable {
+    /// A table for `capacity` sessions (< 2^31). The index is sized for a
+    /// load of at most 5/8 with both directions in it.
+    pub fn new(capacity: usize, timeouts: Timeouts) -> SessionTable {
+        let capacity = capacity.clamp(1, (1 << 31) - 1);
+        let slots = (capacity * 2 * 8 / 5).next_power_of_two().max(16);
+        SessionTable {
+            index: vec![0; slots],
+            mask: slots - 1,
+            sessions: Vec::with_capacity(capacity),
+            free: NIL,
+            live: 0,
+            capacity,
+            hasher: RandomState::new(),
+            wheel: vec![NIL; WHEEL_SLOTS],
+            cursor: 0,
+            pending: NIL,
+            started: false,
+            timeouts,
+            stats: SessionStats::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Bytes the table takes when full (index + records).
+    pub fn memory_bytes(&self) -> usize {
+        self.index.len() * 8 + self.capacity * std::mem::size_of::<Session>() + WHEEL_SLOTS * 4
+    }
+
+    #[inline]
+    pub fn hash(&self, key: &FlowKey) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// Starts fetching the index line of a key hashed with `hash`.
+    #[inline]
+    pub fn prefetch(&self, hash: u64) {
+        prefetch(&self.index[hash as usize & self.mask]);
+    }
+
+    #[inline]
+    fn tag(hash: u64) -> u64 {
+        (hash >> 32) | 1
+    }
+
+    /// Finds the session of `key`: (session index, direction 0 or 1).
+    #[inline]
+    pub fn lookup(&self, key: &FlowKey) -> Option<(u32, u8)> {
+        self.lookup_hashed(key, self.hash(key))
+    }
+
+    #[inline]
+    pub fn lookup_hashed(&self, key: &FlowKey, hash: u64) -> Option<(u32, u8)> {
+        let tag = Self::tag(hash);
+        let mut pos = hash as usize & self.mask;
+        for _ in 0..=self.mask {
+            let e = self.index[pos];
+            if e == 0 {
+                return None;
+            }
+            if e >> 32 == tag {
+                let idx = ((e as u32) >> 1) as usize;
+                let dir = (e & 1) as u8;
+                if let Some(s) = self.sessions.get(idx)
+                    && s.key[dir as usize] == *key
+                {
+                    return Some((idx as u32, dir));
+                }
+            }
+            pos = (pos + 1) & self.mask;
+        }
+        None
+    }
+
+    /// Looks up to 64 keys at once in three passes (hash and fetch the index
+    /// lines; read them and fetch the session records; compare keys), so
+    /// the two cache misses of each lookup overlap across the burst.
+    pub fn lookup_bulk(&self, keys: &[FlowKey], out: &mut [Option<(u32, u8)>]) {
+        const N: usize = 64;
+        let n = keys.len().min(out.len()).min(N);
+        let mut hashes = [0u64; N];
+        let mut found = [u64::MAX; N];
+        for i in 0..n {
+            hashes[i] = self.hash(&keys[i]);
+            self.prefetch(hashes[i]);
+        }
+        for i in 0..n {
+            let (tag, mut pos) = (Self::tag(hashes[i]), hashes[i] as usize & self.mask);
+            // The first entry with a matching tag (nearly always the one).
+            loop {
+                let e = self.index[pos];
+                if e == 0 {
+                    break;
+                }
+                if e >> 32 == tag {
+                    found[i] = e;
+                    if let Some(s) = self.sessions.get(((e as u32) >> 1) as usize) {
+                        prefetch(s);
+                    }
+                    break;
+                }
+                pos = (pos + 1) & self.mask;
+            }
+        }
+        for i in 0..n {
+            let e = found[i];
+            out[i] = if e == u64::MAX {
+                None
+            } else {
+                let (idx, dir) = ((e as u32) >> 1, (e & 1) as u8);
+                match self.sessions.get(idx as usize) {
+                    Some(s) if s.key[dir as usize] == keys[i] => Some((idx, dir)),
+                    // A tag collision: walk the run properly.
+                    _ => self.lookup_hashed(&keys[i], hashes[i]),
+                }
+            };
+        }
+    }
+
+    pub fn get(&self, idx: u32) -> Option<&Session> {
+        self.sessions.get(idx as usize)
+    }
+
+    pub fn get_mut(&mut self, idx: u32) -> Option<&mut Session> {
+        self.sessions.get_mut(idx as usize)
+    }
+
+    fn index_insert(&mut self, key: &FlowKey, idx: u32, dir: u8) {
+        let hash = self.hash(key);
+        let entry = (Self::tag(hash) << 32) | ((idx as u64) << 1) | dir as u64;
+        let mut pos = hash as usize & self.mask;
+        while self.index[pos] != 0 {
+            pos = (pos + 1) & self.mask;
+        }
+        self.index[pos] = entry;
+    }
+
+    /// Removes the index entry of (idx, dir) and shifts later entries of the
+    /// probe run back so no tombstone is left.
+    fn index_remove(&mut self, key: &FlowKey, idx: u32, dir: u8) {
+        let hash = self.hash(key);
+        let want = ((idx as u64) << 1) | dir as u64;
+        let mut pos = hash as usize & self.mask;
+        loop {
+            let e = self.index[pos];
+            if e == 0 {
+                return; // not indexed (cannot happen for a live session)
+            }
+            if e & 0xffff_ffff == want {
+                break;
+            }
+            pos = (pos + 1) & self.mask;
+        }
+        let mut hole = pos;
+        let mut j = pos;
+        loop {
+            j = (j + 1) & self.mask;
+            let e = self.index[j];
+            if e == 0 {
+                break;
+            }
+            let s = &self.sessions[((e as u32) >> 1) as usize];
+            let home = self.hash(&s.key[(e & 1) as usize]) as usize & self.mask;
+            // Move e into the hole unless its home lies cyclically in (hole, j].
+            let stays = if hole <= j { hole < home && home <= j } else { hole < home || home <= j };
+            if !stays {
+                self.index[hole] = e;
+                hole = j;
+            }
+        }
+        self.index[hole] = 0;
+    }
+
+    fn timeout(&self, proto: u8, state: SessionState) -> u32 {
+        let t = &self.timeouts;
+        let secs = match proto {
+            PROTO_TCP => match state {
+                SessionState::Established => t.tcp_established,
+                SessionState::TimeWait => t.tcp_time_wait,
+                SessionState::Closed => t.tcp_closed,
+                _ => t.tcp_transitory,
+            },
+            PROTO_UDP => t.udp,
+            PROTO_ICMP | PROTO_ICMPV6 => t.icmp,
+            _ => t.other,
+        };
+        secs.clamp(1, MAX_TIMEOUT)
+    }
+
+    fn link(&mut self, idx: u32) {
+        let deadline = self.sessions[idx as usize].deadline;
+        let slot = deadline as usize % WHEEL_SLOTS;
+        let head = self.wheel[slot];
+        let s = &mut self.sessions[idx as usize];
+        s.filed = deadline;
+        s.prev = NIL;
+        s.next = head;
+        if head != NIL {
+            self.sessions[head as usize].prev = idx;
+        }
+        self.wheel[slot] = idx;
+    }
+
+    fn unlink(&mut self, idx: u32) {
+        let (prev, next, slot) = {
+            let s = &self.sessions[idx as usize];
+            (s.prev, s.next, s.filed as usize % WHEEL_SLOTS)
+        };
+        if prev != NIL {
+            self.sessions[prev as usize].next = next;
+        } else if self.pending == idx {
+            self.pending = next;
+        } else if self.wheel[slot] == idx {
+            self.wheel[slot] = next;
+        }
+        if next != NIL {
+            self.sessions[next as usize].prev = prev;
+        }
+    }
+
+    /// Creates a session from its first packet. `reply` is the key the
+    /// other direction will arrive with (the reverse of `orig`, translated).
+    pub fn insert(&mut self, orig: FlowKey, reply: FlowKey, now: u32, tcp_flags: u8) -> Result<u32, SessionError> {
+        if !self.started {
+            self.cursor = now;
+            self.started = true;
+        }
+        if self.lookup(&orig).is_some() || self.lookup(&reply).is_some() {
+            return Err(SessionError::Exists);
+        }
+        if self.live >= self.capacity {
+            self.stats.refused_full += 1;
+            return Err(SessionError::Full);
+        }
+        let state =
+            if orig.proto == PROTO_TCP { tcp_next(SessionState::Open, 0, tcp_flags) } else { SessionState::Open };
+        let deadline = now.wrapping_add(self.timeout(orig.proto, state));
+        let s =
+            Session { key: [orig, reply], deadline, filed: deadline, state, flags: 0, user: 0, next: NIL, prev: NIL };
+        let idx = if self.free != NIL {
+            let i = self.free;
+            self.free = self.sessions[i as usize].next;
+            self.sessions[i as usize] = s;
+            i
+        } else {
+            self.sessions.push(s);
+            (self.sessions.len() - 1) as u32
+        };
+        self.index_insert(&orig, idx, 0);
+        if reply != orig {
+            self.index_insert(&reply, idx, 1);
+        }
+        self.link(idx);
+        self.live += 1;
+        self.stats.inserted += 1;
+        Ok(idx)
+    }
+
+    /// Records a packet of session `idx` in direction `dir`: new state, new
+    /// deadline. O(1): a later deadline leaves the session in its wheel slot
+    /// (it is re-filed when the slot is visited); only a deadline moved
+    /// earlier (a close or reset) re-files it now.
+    #[inline]
+    pub fn touch(&mut self, idx: u32, dir: u8, now: u32, tcp_flags: u8) {
+        let Some(s) = self.sessions.get(idx as usize) else { return };
+        if s.state == SessionState::Free {
+            return;
+        }
+        let proto = s.key[0].proto;
+        let state = match proto {
+            PROTO_TCP => tcp_next(s.state, dir, tcp_flags),
+            _ if dir == 1 => SessionState::Established,
+            _ => s.state,
+        };
+        let deadline = now.wrapping_add(self.timeout(proto, state));
+        let filed = s.filed;
+        let s = &mut self.sessions[idx as usize];
+        s.state = state;
+        s.deadline = deadline;
+        if (filed.wrapping_sub(deadline) as i32) > 0 {
+            self.unlink(idx);
+            self.link(idx);
+        }
+    }
+
+    /// When the session last saw a packet (its deadline less its timeout).
+    pub fn last_seen(&self, idx: u32) -> Option<u32> {
+        let s = self.sessions.get(idx as usize).filter(|s| s.state != SessionState::Free)?;
+        Some(s.deadline.wrapping_sub(self.timeout(s.key[0].proto, s.state)))
+    }
+
+    /// Removes a session now (e.g. a flow the firewall refused).
+    pub fn remove(&mut self, idx: u32) -> bool {
+        if self.sessions.get(idx as usize).is_none_or(|s| s.state == SessionState::Free) {
+            return false;
+        }
+        self.unlink(idx);
+        self.release(idx);
+        self.stats.removed += 1;
+        true
+    }
+
+    fn release(&mut self, idx: u32) {
+        let s = self.sessions[idx as usize];
+        self.index_remove(&s.key[0], idx, 0);
+        if s.key[1] != s.key[0] {
+            self.index_remove(&s.key[1], idx, 1);
+        }
+        let f = &mut self.sessions[idx as usize];
+        f.key = [FlowKey::default(); 2];
+        f.state = SessionState::Free;
+        f.next = self.free;
+        f.prev = NIL;
+        self.free = idx;
+        self.live -= 1;
+    }
+
+    /// Frees sessions idle past their deadline, visiting at most `budget`
+    /// sessions; returns how many it freed. Call it every burst with a small
+    /// budget: the work is spread, never a scan of the whole table.
+    pub fn expire(&mut self, now: u32, budget: usize) -> usize {
+        let mut freed = 0;
+        let mut visited = 0;
+        while visited < budget {
+            if self.pending == NIL {
+                // Move to the next due slot, if any is due.
+                if !self.started || (now.wrapping_sub(self.cursor) as i32) < 0 {
+                    break;
+                }
+                let slot = self.cursor as usize % WHEEL_SLOTS;
+                self.pending = self.wheel[slot];
+                self.wheel[slot] = NIL;
+                if self.pending != NIL {
+                    self.sessions[self.pending as usize].prev = NIL;
+                }
+                self.cursor = self.cursor.wrapping_add(1);
+                // Empty slots count too, so a jump of the clock is caught
+                // up over several calls rather than in one.
+                visited += 1;
+                continue;
+            }
+            let idx = self.pending;
+            visited += 1;
+            self.pending = self.sessions[idx as usize].next;
+            if self.pending != NIL {
+                self.sessions[self.pending as usize].prev = NIL;
+            }
+            let deadline = self.sessions[idx as usize].deadline;
+            if (now.wrapping_sub(deadline) as i32) >= 0 {
+                self.release(idx);
+                self.stats.expired += 1;
+                freed += 1;
+            } else {
+                self.link(idx);
+            }
+        }
+        freed
+    }
+}
+
+/// TCP state after a segment with `flags` in direction `dir` (0: from the
+/// side that opened the connection). Simplified from the kernel's
+/// conntrack: enough to pick the right timeout.
+pub fn tcp_next(state: SessionState, dir: u8, flags: u8) -> SessionState {
+    use SessionState::*;
+    if flags & TCP_RST != 0 {
+        return Closed;
+    }
+    let syn = flags & TCP_SYN != 0;
+    let ack = flags & TCP_ACK != 0;
+    let fin = flags & TCP_FIN != 0;
+    match state {
+        Open | Closed if syn && !ack && dir == 0 => SynSent,
+        // A flow first seen mid-stream (after a restart): trust it.
+        Open if !syn => Established,
+        SynSent if syn && ack && dir == 1 => SynReceived,
+        SynReceived if ack && !syn && dir == 0 => Established,
+        Established if fin => FinWait,
+        FinWait if fin => Closing,
+        Closing if ack && !fin => TimeWait,
+        TimeWait if syn && !ack && dir == 0 => SynSent,
+        s => s,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn udp(i: u32) -> FlowKey {
+        FlowKey::v4(0x0a00_0000 | i, 0x0808_0808, 1024 + (i % 60000) as u16, 53, 17)
+    }
+
+    #[test]
+    fn both_directions_found_with_one_lookup_each() {
+        let mut t = SessionTable::new(100, Timeouts::default());
+        let orig = FlowKey::v4(0xc0a8_0105, 0x0808_0808, 40000, 53, 17);
+        // Masqueraded: replies come back to 203.0.113.10:61000.
+        let reply = FlowKey::v4(0x0808_0808, 0xcb00_710a, 53, 61000, 17);
+        let idx = t.insert(orig, reply, 100, 0).unwrap();
+        assert_eq!(t.lookup(&orig), Some((idx, 0)));
+        assert_eq!(t.lookup(&reply), Some((idx, 1)));
+        assert_eq!(t.lookup(&orig.reversed()), None);
+        assert_eq!(t.insert(orig, reply, 100, 0), Err(SessionError::Exists));
+        let v6 = FlowKey::new(0xfdd6 << 112 | 5, 0x2001 << 112 | 1, 1, 2, 6, true);
+        let i6 = t.insert(v6, v6.reversed(), 100, TCP_SYN).unwrap();
+        assert_eq!(t.lookup(&v6.reversed()), Some((i6, 1)));
+        assert_eq!(t.get(i6).unwrap().state, SessionState::SynSent);
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn full_table_refuses_new_flows_and_keeps_old_ones() {
+        let mut t = SessionTable::new(64, Timeouts::default());
+        for i in 0..64 {
+            t.insert(udp(i), udp(i).reversed(), 0, 0).unwrap();
+        }
+        assert_eq!(t.insert(udp(999), udp(999).reversed(), 0, 0), Err(SessionError::Full));
+        assert_eq!(t.stats.refused_full, 1);
+        for i in 0..64 {
+            assert!(t.lookup(&udp(i)).is_some());
+        }
+        let (idx, _) = t.lookup(&udp(7)).unwrap();
+        assert!(t.remove(idx));
+        assert!(!t.remove(idx));
+        assert!(t.insert(udp(999), udp(999).reversed(), 0, 0).is_ok());
+        assert!(t.lookup(&udp(7)).is_none());
+    }
+
+    #[test]
+    fn timeouts_per_protocol_and_state() {
+        let mut t = SessionTable::new(1000, Timeouts::default());
+        let u = t.insert(udp(1), udp(1).reversed(), 1000, 0).unwrap();
+        let icmp = FlowKey::v4(1, 2, 7, 7, 1);
+        t.insert(icmp, icmp.reversed(), 1000, 0).unwrap();
+        let tcp = FlowKey::v4(1, 2, 3, 4, 6);
+        let s = t.insert(tcp, tcp.reversed(), 1000, TCP_SYN).unwrap();
+        t.touch(s, 1, 1001, TCP_SYN | TCP_ACK);
+        t.touch(s, 0, 1001, TCP_ACK);
+        assert_eq!(t.get(s).unwrap().state, SessionState::Established);
+        // ICMP (60 s) goes first, UDP (120 s) next, TCP established stays.
+        t.expire(1059, 1 << 20);
+        assert_eq!(t.len(), 3);
+        t.expire(1060, 1 << 20);
+        assert!(t.lookup(&icmp).is_none());
+        // A reply keeps UDP alive another 120 s from then.
+        t.touch(u, 1, 1100, 0);
+        t.expire(1130, 1 << 20);
+        assert!(t.lookup(&udp(1)).is_some());
+        t.expire(1220, 1 << 20);
+        assert!(t.lookup(&udp(1)).is_none());
+        // RFC 5382: an idle established TCP connection survives 2 h 4 min.
+        t.expire(1001 + 7439, 1 << 20);
+        assert!(t.lookup(&tcp).is_some());
+        t.expire(1001 + 7440, 1 << 20);
+        assert!(t.lookup(&tcp).is_none());
+        assert_eq!(t.stats.expired, 3);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn tcp_close_and_reset_shorten_the_timeout() {
+        let mut t = SessionTable::new(10, Timeouts::default());
+        let k = FlowKey::v4(1, 2, 3, 4, 6);
+        let s = t.insert(k, k.reversed(), 0, TCP_SYN).unwrap();
+        for (dir, f) in
+            [(1, TCP_SYN | TCP_ACK), (0, TCP_ACK), (0, TCP_FIN | TCP_ACK), (1, TCP_FIN | TCP_ACK), (0, TCP_ACK)]
+        {
+            t.touch(s, dir, 10, f);
+        }
+        assert_eq!(t.get(s).unwrap().state, SessionState::TimeWait);
+        t.expire(129, 100);
+        assert!(t.lookup(&k).is_some());
+        t.expire(130, 100);
+        assert!(t.lookup(&k).is_none());
+        let s = t.insert(k, k.reversed(), 200, TCP_SYN).unwrap();
+        t.touch(s, 1, 201, TCP_RST);
+        assert_eq!(t.get(s).unwrap().state, SessionState::Closed);
+        t.expire(211, 100);
+        assert!(t.lookup(&k).is_none());
+    }
+
+    #[test]
+    fn expiry_is_spread_by_the_budget() {
+        let mut t = SessionTable::new(20_000, Timeouts::default());
+        for i in 0..10_000 {
+            t.insert(udp(i), udp(i).reversed(), 5, 0).unwrap();
+        }
+        let mut calls = 0;
+        let mut freed = 0;
+        while freed < 10_000 {
+            let n = t.expire(125, 64);
+            assert!(n <= 64, "never more than the budget at once");
+            freed += n;
+            calls += 1;
+            assert!(calls < 10_000);
+        }
+        assert!(t.is_empty());
+        assert!(calls >= 10_000 / 64);
+    }
+
+    #[test]
+    fn random_churn_matches_a_hashmap_model() {
+        let mut t = SessionTable::new(3000, Timeouts::default());
+        let mut model: HashMap<FlowKey, u32> = HashMap::new();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for step in 0..200_000u32 {
+            let k = udp((rnd() % 5000) as u32);
+            match rnd() % 3 {
+                0 | 1 => match t.insert(k, k.reversed(), 0, 0) {
+                    Ok(i) => {
+                        assert!(!model.contains_key(&k));
+                        model.insert(k, i);
+                    }
+                    Err(SessionError::Exists) => assert!(model.contains_key(&k)),
+                    Err(SessionError::Full) => assert_eq!(model.len(), 3000),
+                },
+                _ => {
+                    if let Some(i) = model.remove(&k) {
+                        assert!(t.remove(i));
+                    }
+                }
+            }
+            if step % 10_000 == 0 {
+                for (k, &i) in &model {
+                    assert_eq!(t.lookup(k), Some((i, 0)));
+                    assert_eq!(t.lookup(&k.reversed()), Some((i, 1)));
+                }
+                // The bulk lookup agrees, hits and misses alike.
+                let keys: Vec<FlowKey> = (0..64).map(|j| udp((rnd() % 5000) as u32 ^ (j & 1))).collect();
+                let mut out = [None; 64];
+                t.lookup_bulk(&keys, &mut out);
+                for (k, o) in keys.iter().zip(out) {
+                    assert_eq!(o, t.lookup(k));
+                }
+            }
+        }
+        assert_eq!(t.len(), model.len());
+    }
+
+    #[test]
+    fn last_seen_and_early_refiling() {
+        let mut t = SessionTable::new(10, Timeouts::default());
+        let k = FlowKey::v4(1, 2, 3, 4, 6);
+        let s = t.insert(k, k.reversed(), 50, 0).unwrap(); // mid-stream: established
+        assert_eq!(t.get(s).unwrap().state, SessionState::Established);
+        t.touch(s, 1, 60, TCP_ACK);
+        assert_eq!(t.last_seen(s), Some(60));
+        // A reset moves the deadline from 60 + 7440 to 70: found at 70.
+        t.touch(s, 0, 60, TCP_RST);
+        t.expire(69, 100_000);
+        assert!(t.lookup(&k).is_some());
+        t.expire(70, 100_000);
+        assert!(t.lookup(&k).is_none());
+        assert_eq!(t.last_seen(s), None);
+        t.touch(s, 0, 80, TCP_ACK); // a freed record is not revived
+        assert!(t.lookup(&k).is_none());
+    }
+
+    #[test]
+    fn at_most_128_bytes_per_session_at_ten_million() {
+        assert!(std::mem::size_of::<Session>() <= 100, "{}", std::mem::size_of::<Session>());
+        let t = SessionTable::new(10_000_000, Timeouts::default());
+        let per = t.memory_bytes() as f64 / t.capacity() as f64;
+        assert!(per <= 128.0, "{per} bytes per session");
+    }
+}
