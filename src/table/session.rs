@@ -16,6 +16,8 @@
 //! (`SessionError::Full`, counted) while existing ones keep working.
 
 use super::mem::prefetch;
+use crate::packet::ipv4::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use crate::packet::l4::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use ahash::RandomState;
 
 /// A flow as seen in one direction. IPv4 addresses sit in `src[3]`/`dst[3]`
@@ -50,15 +52,6 @@ impl FlowKey {
         FlowKey { src: self.dst, dst: self.src, sport: self.dport, dport: self.sport, ..*self }
     }
 }
-
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
-const PROTO_ICMP: u8 = 1;
-const PROTO_ICMPV6: u8 = 58;
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
 
 /// Where a flow is in its life. Non-TCP flows are `Open` (one direction
 /// seen) or `Established` (replies seen).
