@@ -66,7 +66,7 @@ fn thousand_config_swaps_under_load_lose_nothing() {
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(WorkerStats::new(ports.len()));
     let worker = Worker {
-        cfg: WorkerConfig { id: 0, core: None, burst: 32, pool_size: 512 },
+        cfg: WorkerConfig { id: 0, core: None, burst: 32, pool_size: 512, conntrack: Default::default() },
         rx,
         tx,
         snapshots: control.snapshots(),

@@ -70,7 +70,8 @@ fn run_replay(inputs: &[(&str, &Path)], out: &Path) -> serde_json::Value {
 /// or, for IPv6, by UDP source port).
 #[derive(Debug, Clone)]
 enum Want {
-    Out { ifname: &'static str, dst_macs: Vec<[u8; 6]>, src_mac: [u8; 6] },
+    /// `snat`: the source address and port it must leave with, when translated.
+    Out { ifname: &'static str, dst_macs: Vec<[u8; 6]>, src_mac: [u8; 6], snat: Option<([u8; 4], u16)> },
 }
 
 #[test]
@@ -80,21 +81,33 @@ fn golden_replay_router_config() {
     let peer = HOST5_MAC;
     let mut on_ge2 = Vec::new();
     let mut want: HashMap<u16, Want> = HashMap::new();
-    let fwd = |ifname, dst: [u8; 6], src| Want::Out { ifname, dst_macs: vec![dst], src_mac: src };
+    let fwd = |ifname, dst: [u8; 6], src| Want::Out { ifname, dst_macs: vec![dst], src_mac: src, snat: None };
 
-    // 1: default route via the pinned upstream gateway.
+    // 1: default route via the pinned upstream gateway; 192.168.1.5 has the
+    // floating IP 203.0.113.50, so it leaves as that (port kept).
     on_ge2.push(udp4(peer, ge2, [192, 168, 1, 5], [8, 8, 8, 8], 64, 1));
-    want.insert(1, fwd("ge1", UPSTREAM_MAC, GE1_MAC));
-    // 2: connected destination with an allocation on ge3.
+    want.insert(
+        1,
+        Want::Out {
+            ifname: "ge1",
+            dst_macs: vec![UPSTREAM_MAC],
+            src_mac: GE1_MAC,
+            snat: Some(([203, 0, 113, 50], 40001)),
+        },
+    );
+    // 2: connected destination on ge3 (db-servers): UDP there is blocked by
+    // the example's last anchor rule.
     on_ge2.push(udp4(peer, ge2, [192, 168, 1, 5], [192, 168, 2, 7], 64, 2));
-    want.insert(2, fwd("ge3", HOST7_MAC, GE3_MAC));
     // 3: subnet host route 10.20.0.0/16 via 192.168.2.254.
     on_ge2.push(udp4(peer, ge2, [192, 168, 1, 5], [10, 20, 5, 5], 64, 3));
     want.insert(3, fwd("ge3", ROUTER_A_MAC, GE3_MAC));
     // 4..=67: ECMP 10.30.0.0/16 over .253 and .254, per flow.
     for id in 4..68u16 {
         on_ge2.push(udp4(peer, ge2, [192, 168, 1, 5], [10, 30, (id >> 8) as u8, id as u8], 64, id));
-        want.insert(id, Want::Out { ifname: "ge3", dst_macs: vec![ROUTER_A_MAC, ROUTER_B_MAC], src_mac: GE3_MAC });
+        want.insert(
+            id,
+            Want::Out { ifname: "ge3", dst_macs: vec![ROUTER_A_MAC, ROUTER_B_MAC], src_mac: GE3_MAC, snat: None },
+        );
     }
     // 100: ping of the router's own address -> punt.
     let mut v = Vec::new();
@@ -106,7 +119,7 @@ fn golden_replay_router_config() {
     on_ge2.push(v);
     // 101: TTL 1 towards the Internet.
     on_ge2.push(udp4(peer, ge2, [192, 168, 1, 5], [8, 8, 4, 4], 1, 101));
-    // 102: connected but unknown host.
+    // 102: connected but unknown host (db-servers, UDP: blocked first).
     on_ge2.push(udp4(peer, ge2, [192, 168, 1, 5], [192, 168, 2, 99], 64, 102));
     // 103: static route whose gateway has no neighbour entry.
     on_ge2.push(udp4(peer, ge2, [192, 168, 1, 5], [172, 20, 1, 1], 64, 103));
@@ -123,7 +136,16 @@ fn golden_replay_router_config() {
         .write(&mut v, b"payload-105")
         .unwrap();
     on_ge2.push(v);
-    want.insert(105, fwd("ge1", UPSTREAM_MAC, GE1_MAC));
+    // Masqueraded to the external address, source port kept (free).
+    want.insert(
+        105,
+        Want::Out {
+            ifname: "ge1",
+            dst_macs: vec![UPSTREAM_MAC],
+            src_mac: GE1_MAC,
+            snat: Some(([203, 0, 113, 10], 40105)),
+        },
+    );
     // 106: VLAN 42 is not configured.
     let mut v = Vec::new();
     PacketBuilder::ethernet2(peer, ge2)
@@ -170,7 +192,8 @@ fn golden_replay_router_config() {
     let drops: BTreeMap<String, u64> = serde_json::from_value(summary["drops"].clone()).unwrap();
     let expect_drops: BTreeMap<String, u64> = [
         ("route: ipv4 ttl expired", 1),
-        ("neighbor: no neighbour entry", 2),
+        ("neighbor: no neighbour entry", 1),
+        ("firewall: blocked by rule", 2),
         ("parse: destination mac not ours", 1),
         ("parse: vlan not configured", 1),
         ("route: forwarding into management network", 1),
@@ -183,7 +206,7 @@ fn golden_replay_router_config() {
     assert_eq!(summary["local"], 2);
     assert_eq!(summary["forwarded"], want.len() as u64);
     assert_eq!(summary["interfaces"]["ge2"]["rx"], on_ge2.len() as u64);
-    assert_eq!(summary["interfaces"]["ge3"]["tx"], 66);
+    assert_eq!(summary["interfaces"]["ge3"]["tx"], 65);
 
     // Every forwarded frame, checked field by field.
     let inputs: HashMap<u16, Vec<u8>> =
@@ -194,7 +217,7 @@ fn golden_replay_router_config() {
         for (_, frame) in read_pcap(&out.join(format!("{ifname}.pcap"))) {
             let k = key(&frame).expect("forwarded frame without a key");
             assert!(seen.insert(k), "packet {k} forwarded twice");
-            let Want::Out { ifname: want_if, dst_macs, src_mac } =
+            let Want::Out { ifname: want_if, dst_macs, src_mac, snat } =
                 want.get(&k).unwrap_or_else(|| panic!("packet {k} should not be forwarded"));
             assert_eq!(ifname, *want_if, "packet {k}");
             assert!(dst_macs.contains(&frame[0..6].try_into().unwrap()), "packet {k} dst mac");
@@ -202,7 +225,7 @@ fn golden_replay_router_config() {
             if (4..68).contains(&k) {
                 ecmp_macs.insert(frame[0..6].to_vec());
             }
-            check_rewrite(k, &inputs[&k], &frame);
+            check_rewrite(k, &inputs[&k], &frame, *snat);
         }
     }
     assert_eq!(seen.len(), want.len(), "missing: {:?}", want.keys().filter(|k| !seen.contains(k)).collect::<Vec<_>>());
@@ -238,8 +261,10 @@ fn key(frame: &[u8]) -> Option<u16> {
 }
 
 /// The forwarded frame equals the input but for L2, TTL/hop limit (one
-/// less) and the IPv4 header checksum, which must verify.
-fn check_rewrite(k: u16, input: &[u8], out: &[u8]) {
+/// less) and the IPv4 header checksum, which must verify; and, when
+/// translated, the source address and UDP source port given (with a UDP
+/// checksum that verifies).
+fn check_rewrite(k: u16, input: &[u8], out: &[u8], snat: Option<([u8; 4], u16)>) {
     let a = SlicedPacket::from_ethernet(input).unwrap();
     let b = SlicedPacket::from_ethernet(out).unwrap();
     assert!(b.link_exts.is_empty(), "packet {k}: VLAN tag must be gone");
@@ -248,8 +273,20 @@ fn check_rewrite(k: u16, input: &[u8], out: &[u8]) {
             let (hx, hy) = (x.header().to_header(), y.header().to_header());
             assert_eq!(hy.time_to_live, hx.time_to_live - 1, "packet {k} ttl");
             assert_eq!(hy.header_checksum, hy.calc_header_checksum(), "packet {k} checksum");
-            assert_eq!((hy.source, hy.destination, hy.identification), (hx.source, hx.destination, hx.identification));
-            assert_eq!(x.payload().payload, y.payload().payload, "packet {k} payload");
+            let src = snat.map_or(hx.source, |(a, _)| a);
+            assert_eq!((hy.source, hy.destination, hy.identification), (src, hx.destination, hx.identification));
+            match snat {
+                None => assert_eq!(x.payload().payload, y.payload().payload, "packet {k} payload"),
+                Some((_, port)) => {
+                    let (Some(TransportSlice::Udp(ua)), Some(TransportSlice::Udp(ub))) = (&a.transport, &b.transport)
+                    else {
+                        panic!("packet {k}: udp expected")
+                    };
+                    assert_eq!(ub.source_port(), port, "packet {k} translated port");
+                    assert_eq!(ub.destination_port(), ua.destination_port());
+                    assert_eq!(ua.payload(), ub.payload(), "packet {k} udp payload");
+                }
+            }
             if let Some(TransportSlice::Udp(u)) = b.transport {
                 let h = u.to_header();
                 assert_eq!(h.checksum, h.calc_checksum_ipv4(&hy, u.payload()).unwrap(), "packet {k} udp checksum");

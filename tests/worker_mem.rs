@@ -25,14 +25,18 @@ fn snap(gw_mac: &str, generation: u64) -> Snapshot {
     compile(&cfg, &ports_from_config(&cfg), &opts).unwrap().snapshot
 }
 
+/// Every third frame is TCP to the database port on ge3 (which the
+/// example's anchors let through), the others UDP to the Internet.
 fn frame(i: u32) -> Pkt {
     let mut v = Vec::new();
-    let dst = if i.is_multiple_of(3) { [192, 168, 2, 7] } else { [8, 8, (i >> 8) as u8, i as u8] };
-    PacketBuilder::ethernet2([0xfa, 0x16, 0x3e, 0, 1, 5], GE2)
-        .ipv4([192, 168, 1, 5], dst, 64)
-        .udp(1024 + (i % 5000) as u16, 53)
-        .write(&mut v, &i.to_be_bytes())
-        .unwrap();
+    let b = PacketBuilder::ethernet2([0xfa, 0x16, 0x3e, 0, 1, 5], GE2);
+    let sport = 1024 + (i % 5000) as u16;
+    if i.is_multiple_of(3) {
+        b.ipv4([192, 168, 1, 5], [192, 168, 2, 7], 64).tcp(sport, 5432, i, 1024).write(&mut v, &i.to_be_bytes())
+    } else {
+        b.ipv4([192, 168, 1, 5], [8, 8, (i >> 8) as u8, i as u8], 64).udp(sport, 53).write(&mut v, &i.to_be_bytes())
+    }
+    .unwrap();
     Pkt::from_slice(&v).unwrap()
 }
 
@@ -59,7 +63,7 @@ fn worker_forwards_over_mem_ports_across_a_snapshot_swap() {
     let stop = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(WorkerStats::new(ports));
     let worker = Worker {
-        cfg: WorkerConfig { id: 0, core: None, burst: 32, pool_size: 256 },
+        cfg: WorkerConfig { id: 0, core: None, burst: 32, pool_size: 256, conntrack: Default::default() },
         rx,
         tx,
         snapshots: shared.clone(),

@@ -11,6 +11,7 @@ use crate::pktgen::Expect;
 use crate::port::null::NullTx;
 use crate::port::pcap::{Frames, ReplayRx};
 use crate::port::{Port, PortStats, QueueCounters, RxQueue, SoftPort, TxQueue};
+use crate::stage::ConntrackConfig;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -246,7 +247,19 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
             tx.push(Some(Box::new(null)));
         }
         let worker = Worker {
-            cfg: WorkerConfig { id: w, core, burst, pool_size: o.pool.max(burst * 2) },
+            cfg: WorkerConfig {
+                id: w,
+                core,
+                burst,
+                pool_size: o.pool.max(burst * 2),
+                // Room for every flow of the pattern, each in its own session.
+                conntrack: ConntrackConfig {
+                    capacity: (s.traffic.flows * 2).max(1 << 16),
+                    worker: w,
+                    workers: cores,
+                    ..Default::default()
+                },
+            },
             rx,
             tx,
             snapshots: shared.clone(),

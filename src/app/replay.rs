@@ -7,7 +7,7 @@
 
 use super::load_config;
 use crate::control::{CompileOptions, StaticNeighbor, compile, ports_from_config};
-use crate::dataplane::{Counters, Pipeline, dispatch};
+use crate::dataplane::{Counters, Pipeline, STAGE_COUNTERS, dispatch};
 use crate::packet::{Burst, MAX_FRAME, PacketBuf, Pkt, Pool, Verdict};
 use crate::port::pcap::{CaptureWriter, read_capture};
 use crate::stage::DropReason;
@@ -38,6 +38,8 @@ pub struct ReplaySummary {
     pub dropped: u64,
     pub drops: BTreeMap<String, u64>,
     pub interfaces: BTreeMap<String, InterfaceCounts>,
+    /// Stage counters that are not zero (sessions, translations, ...).
+    pub counters: BTreeMap<String, u64>,
     pub warnings: Vec<String>,
 }
 
@@ -92,6 +94,8 @@ pub fn run(o: &ReplayOptions) -> Result<ReplaySummary, String> {
         let mut pkt = pool.alloc().unwrap_or_default();
         pkt.fill(&data);
         let _ = burst.push(pkt, port);
+        // Session time follows the capture (whole seconds).
+        pipeline.set_now(ts.as_secs().min(u32::MAX as u64) as u32);
         pipeline.process(&snap, &mut burst);
         if burst.meta(0).verdict == Verdict::Local {
             punt.write(ts, burst.pkt(0).data()).map_err(|e| e.to_string())?;
@@ -121,6 +125,12 @@ pub fn run(o: &ReplayOptions) -> Result<ReplaySummary, String> {
             .iter()
             .enumerate()
             .map(|(i, p)| (p.name.clone(), InterfaceCounts { rx: c.port_rx[i], tx: c.port_tx[i] }))
+            .collect(),
+        counters: STAGE_COUNTERS
+            .iter()
+            .zip(pipeline.stage_counters())
+            .filter(|(_, v)| *v != 0)
+            .map(|(k, v)| (k.to_string(), v))
             .collect(),
         warnings: compiled.warnings,
     };

@@ -11,6 +11,7 @@ use crate::packet::{Mac, rss_hash};
 use crate::port::null::NullTx;
 use crate::port::pcap::{Frames, PcapTx, ReplayRx, read_capture};
 use crate::port::{Port, QueueCounters, RxQueue, SoftPort, TxQueue};
+use crate::stage::ConntrackConfig;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -98,6 +99,13 @@ pub fn run(runtime: &Path, config: Option<&Path>) -> Result<(), String> {
         lpm6_groups: rt.tables.lpm6_groups,
         neighbors: rt.static_neighbors(),
         generation: 1,
+        filtering: rt.conntrack.filtering()?,
+    };
+    let conntrack = ConntrackConfig {
+        capacity: rt.conntrack.sessions_per_worker,
+        timeouts: rt.conntrack.timeouts()?,
+        worker: 0,
+        workers: n,
     };
     let control = Control::new(rt.port_specs(), port_objs, base, Some(rt.path(&rt.state_dir)))?;
     match config {
@@ -119,7 +127,13 @@ pub fn run(runtime: &Path, config: Option<&Path>) -> Result<(), String> {
     for (w, (rx, tx)) in queues.into_iter().enumerate() {
         let st = Arc::new(WorkerStats::new(rt.ports.len()));
         let worker = Worker {
-            cfg: WorkerConfig { id: w, core: cores.get(w).copied(), burst: rt.burst, pool_size: rt.pool_size },
+            cfg: WorkerConfig {
+                id: w,
+                core: cores.get(w).copied(),
+                burst: rt.burst,
+                pool_size: rt.pool_size,
+                conntrack,
+            },
             rx,
             tx,
             snapshots: control.snapshots(),

@@ -5,9 +5,11 @@
 //! neighbours seeded from `allocations` and the runtime's static entries.
 
 use super::model::{AstaraConfig, Cidr, ConfigError, NetworkType, ip_bits};
+use super::policy::{compile_acl, compile_nat};
 use crate::packet::Mac;
 pub use crate::port::PortSpec;
-use crate::stage::{AdjKind, Adjacency, PortInfo, PortRole, Snapshot};
+use crate::stage::{AdjKind, Adjacency, Filtering, NatConfig, PortInfo, PortRole, Snapshot};
+use crate::table::Acl;
 use crate::table::lpm4::DEFAULT_TBL8_GROUPS;
 use crate::table::lpm6::DEFAULT_GROUPS6;
 use crate::table::{Lpm4Builder, Lpm6Builder, NeighborSource, NeighborTable};
@@ -28,6 +30,8 @@ pub struct CompileOptions {
     pub lpm6_groups: usize,
     pub neighbors: Vec<StaticNeighbor>,
     pub generation: u64,
+    /// RFC 4787 filtering of the masquerade (runtime `[nat] filtering`).
+    pub filtering: Filtering,
 }
 
 impl Default for CompileOptions {
@@ -37,6 +41,7 @@ impl Default for CompileOptions {
             lpm6_groups: DEFAULT_GROUPS6,
             neighbors: Vec::new(),
             generation: 1,
+            filtering: Filtering::default(),
         }
     }
 }
@@ -68,6 +73,9 @@ pub fn empty_snapshot(ports: &[PortSpec], generation: u64) -> Result<Snapshot, C
         adj: vec![Adjacency::local(), Adjacency::blackhole()],
         ecmp: Vec::new(),
         neighbors: NeighborTable::new(),
+        nat: NatConfig { metadata: vec![false; ports.len()], ..Default::default() },
+        acl: Acl::default(),
+        own: Vec::new(),
     })
 }
 
@@ -388,7 +396,14 @@ pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) ->
         a.mac = if a.gw_v4 { neighbors.get_v4(a.port, a.gw as u32) } else { neighbors.get_v6(a.port, a.gw) };
     }
 
-    let warnings = b.warnings;
+    // NAT and the forwarding policy.
+    let own: Vec<(u128, bool, u16)> = b.connected.iter().map(|(c, p)| (c.bits(), c.is_v4(), *p)).collect();
+    let mut warnings = b.warnings;
+    let nat = compile_nat(cfg, &net_port, ports.len(), &own, opts.filtering, &mut warnings)?;
+    let ifport: HashMap<String, u16> =
+        cfg.networks.iter().zip(&net_port).map(|(n, &p)| (n.interface.ifname.clone(), p)).collect();
+    let acl = compile_acl(cfg, &ifport, &mut warnings)?;
+    let nat = NatConfig { track_all: !acl.is_empty(), ..nat };
     Ok(Compiled {
         snapshot: Snapshot {
             generation: opts.generation,
@@ -398,6 +413,9 @@ pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) ->
             adj: b.adj,
             ecmp: b.ecmp,
             neighbors,
+            nat,
+            acl,
+            own,
         },
         routes: installed,
         warnings,

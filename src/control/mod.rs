@@ -4,6 +4,7 @@
 pub mod api;
 pub mod compile;
 pub mod model;
+pub mod policy;
 pub mod runtime;
 pub mod state;
 

@@ -5,8 +5,10 @@
 
 use crate::packet::{DEFAULT_BURST, MAX_BURST, Mac};
 use crate::port::PortSpec;
+use crate::stage::Filtering;
 use crate::table::lpm4::DEFAULT_TBL8_GROUPS;
 use crate::table::lpm6::DEFAULT_GROUPS6;
+use crate::table::session::{MAX_TIMEOUT, Timeouts};
 use serde::Deserialize;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -80,6 +82,82 @@ impl Default for TablesConfig {
     }
 }
 
+/// Connection tracking and NAT (`[conntrack]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConntrackRuntime {
+    /// Sessions per worker (fixed; about 127 bytes each when full).
+    #[serde(default = "default_sessions")]
+    pub sessions_per_worker: usize,
+    /// RFC 4787 filtering: "address-and-port-dependent" (default, as Linux
+    /// masquerade) or "endpoint-independent".
+    #[serde(default = "default_filtering")]
+    pub filtering: String,
+    /// Idle timeouts in seconds (RFC minimums are enforced).
+    #[serde(default)]
+    pub tcp_established: Option<u32>,
+    #[serde(default)]
+    pub tcp_transitory: Option<u32>,
+    #[serde(default)]
+    pub udp: Option<u32>,
+    #[serde(default)]
+    pub icmp: Option<u32>,
+}
+
+impl Default for ConntrackRuntime {
+    fn default() -> Self {
+        ConntrackRuntime {
+            sessions_per_worker: default_sessions(),
+            filtering: default_filtering(),
+            tcp_established: None,
+            tcp_transitory: None,
+            udp: None,
+            icmp: None,
+        }
+    }
+}
+
+fn default_sessions() -> usize {
+    1_000_000
+}
+fn default_filtering() -> String {
+    "address-and-port-dependent".into()
+}
+
+impl ConntrackRuntime {
+    pub fn filtering(&self) -> Result<Filtering, String> {
+        match self.filtering.as_str() {
+            "address-and-port-dependent" => Ok(Filtering::AddressAndPortDependent),
+            "endpoint-independent" => Ok(Filtering::EndpointIndependent),
+            f => Err(format!("conntrack.filtering: '{f}' is not address-and-port-dependent or endpoint-independent")),
+        }
+    }
+
+    /// Timeouts with the overrides, checked against the RFC minimums
+    /// (RFC 5382 REQ-5: 2 h 4 min established, 4 min transitory; RFC 4787
+    /// REQ-5: 2 min UDP; RFC 5508 REQ-1: 60 s ICMP queries) and the wheel.
+    pub fn timeouts(&self) -> Result<Timeouts, String> {
+        let mut t = Timeouts::default();
+        let check = |name: &str, v: Option<u32>, min: u32, into: &mut u32| -> Result<(), String> {
+            if let Some(v) = v {
+                if v < min || v > MAX_TIMEOUT {
+                    return Err(format!("conntrack.{name}: {v} s is outside {min}..={MAX_TIMEOUT} s"));
+                }
+                *into = v;
+            }
+            Ok(())
+        };
+        check("tcp_established", self.tcp_established, 7440, &mut t.tcp_established)?;
+        check("tcp_transitory", self.tcp_transitory, 240, &mut t.tcp_transitory)?;
+        check("udp", self.udp, 120, &mut t.udp)?;
+        check("icmp", self.icmp, 60, &mut t.icmp)?;
+        if self.sessions_per_worker == 0 || self.sessions_per_worker >= 1 << 31 {
+            return Err("conntrack.sessions_per_worker: must be 1..2^31".into());
+        }
+        Ok(t)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NeighborConfig {
@@ -107,6 +185,8 @@ pub struct Runtime {
     pub workers: WorkersConfig,
     #[serde(default)]
     pub tables: TablesConfig,
+    #[serde(default)]
+    pub conntrack: ConntrackRuntime,
     pub ports: Vec<PortConfig>,
     #[serde(default)]
     pub neighbors: Vec<NeighborConfig>,
@@ -159,6 +239,8 @@ impl Runtime {
         if !(1..=MAX_BURST).contains(&r.burst) {
             return Err(format!("burst must be 1..={MAX_BURST}"));
         }
+        r.conntrack.filtering()?;
+        r.conntrack.timeouts()?;
         if r.pool_size < 2 * r.burst {
             return Err("pool_size must hold at least two bursts".into());
         }

@@ -17,6 +17,23 @@ pub const STAGE_COUNTERS: &[&str] = &[
     "route: local",
     "route: ecmp",
     "neighbor: rewritten",
+    "conntrack: packets of known flows",
+    "conntrack: new flows",
+    "conntrack: sessions created",
+    "conntrack: sessions expired",
+    "conntrack: sessions in use",
+    "nat: masquerade sessions",
+    "nat: floating ip inbound sessions",
+    "nat: floating ip outbound sessions",
+    "nat: hairpin sessions",
+    "nat: inbound through mapping sessions",
+    "nat: icmp errors translated",
+    "nat: later fragments translated",
+    "nat: metadata redirects",
+    "firewall: flows blocked by rule",
+    "nat: port mappings in use",
+    "nat: source ports preserved",
+    "nat: port allocation failures",
 ];
 
 /// A worker's own, unsynchronised counters.

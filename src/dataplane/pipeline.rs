@@ -4,22 +4,36 @@
 use super::counters::{Counters, STAGE_COUNTERS};
 use crate::packet::{Burst, PacketBuf, Verdict};
 use crate::port::TxQueue;
-use crate::stage::{DropReason, Neighbor, Parse, Route, Snapshot};
+use crate::stage::{Conntrack, ConntrackConfig, DropReason, Neighbor, Parse, Route, Snapshot};
 
-/// parse → route → neighbour. Later stages (conntrack, NAT, firewall, LB)
-/// slot in between as they land.
+/// parse → conntrack (known flows translated, new flows' destination
+/// translated) → route → policy and source translation of new flows →
+/// neighbour.
 #[derive(Default)]
 pub struct Pipeline {
     pub parse: Parse,
+    pub conntrack: Conntrack,
     pub route: Route,
     pub neighbor: Neighbor,
 }
 
 impl Pipeline {
+    pub fn new(ct: ConntrackConfig) -> Pipeline {
+        Pipeline { conntrack: Conntrack::new(ct), ..Default::default() }
+    }
+
+    /// Sets the clock the session table runs on (seconds).
+    #[inline]
+    pub fn set_now(&mut self, secs: u32) {
+        self.conntrack.now = secs;
+    }
+
     #[inline]
     pub fn process<P: PacketBuf>(&mut self, snap: &Snapshot, burst: &mut Burst<P>) {
         self.parse.process(snap, burst);
+        self.conntrack.pre_route(snap, burst);
         self.route.process(snap, burst);
+        self.conntrack.post_route(snap, burst);
         self.neighbor.process(snap, burst);
     }
 
@@ -27,6 +41,9 @@ impl Pipeline {
     pub fn stage_counters(&self) -> [u64; STAGE_COUNTERS.len()] {
         let p = &self.parse.counters;
         let r = &self.route.counters;
+        let c = &self.conntrack.counters;
+        let t = &self.conntrack.sessions;
+        let m = &self.conntrack.ports;
         [
             p.ipv4,
             p.ipv6,
@@ -38,6 +55,23 @@ impl Pipeline {
             r.local,
             r.ecmp,
             self.neighbor.counters.rewritten,
+            c.hits,
+            c.new_flows,
+            t.stats.inserted,
+            t.stats.expired,
+            t.len() as u64,
+            c.masquerade,
+            c.floating_in,
+            c.floating_out,
+            c.hairpin,
+            c.inbound_mapping,
+            c.icmp_errors,
+            c.fragments,
+            c.metadata,
+            c.blocked,
+            m.len() as u64,
+            m.stats.preserved,
+            m.stats.exhausted,
         ]
     }
 }

@@ -6,6 +6,7 @@ use super::pipeline::{Pipeline, dispatch, transmit};
 use super::{Snapshots, cycles};
 use crate::packet::{Burst, Pkt, Pool};
 use crate::port::{RxQueue, TxQueue};
+use crate::stage::ConntrackConfig;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -19,6 +20,8 @@ pub struct WorkerConfig {
     pub core: Option<usize>,
     pub burst: usize,
     pub pool_size: usize,
+    /// Session table size, timeouts, and this worker's place among them.
+    pub conntrack: ConntrackConfig,
 }
 
 /// One worker and everything it owns.
@@ -46,13 +49,17 @@ impl Worker {
         let mut pool = Pool::new(self.cfg.pool_size);
         let mut burst: Burst<Pkt> = Burst::new(self.cfg.burst);
         let mut staging: Vec<Vec<Pkt>> = (0..ports).map(|_| Vec::with_capacity(self.cfg.burst)).collect();
-        let mut pipeline = Pipeline::default();
+        let mut pipeline = Pipeline::new(ConntrackConfig { worker: self.cfg.id, ..self.cfg.conntrack });
+        // Session time: whole seconds since the worker started, from 1.
+        let start = std::time::Instant::now();
+        let mut idle_loops = 0u32;
         let mut c = Counters::new(ports);
         let mut cache = arc_swap::Cache::new(Arc::clone(&self.snapshots));
         let mut unpublished = false;
         while !self.stop.load(Ordering::Relaxed) {
             let t0 = cycles();
             let snap = cache.load();
+            pipeline.set_now(start.elapsed().as_secs() as u32 + 1);
             let mut got = 0;
             for (port, q) in self.rx.iter_mut() {
                 let n = q.rx_burst(&mut pool, &mut burst, *port);
@@ -75,6 +82,11 @@ impl Worker {
                 unpublished = true;
             } else {
                 c.idle_cycles += dt;
+                // An idle worker still frees idle sessions and their ports.
+                idle_loops = idle_loops.wrapping_add(1);
+                if idle_loops.is_multiple_of(1024) {
+                    pipeline.conntrack.expire(256);
+                }
                 std::hint::spin_loop();
             }
             // Publish every few bursts, and as soon as the queues run dry so

@@ -53,6 +53,8 @@ pub struct Meta {
     pub hash: u32,
     /// Next-hop (adjacency) index chosen by the route stage.
     pub nh: u32,
+    /// IPv4 identification or IPv6 fragment identification of a fragment.
+    pub frag_id: u32,
     pub in_port: u16,
     pub out_port: u16,
     /// Offsets from the start of the frame.
@@ -69,6 +71,10 @@ pub struct Meta {
     /// Drop reason code (`stage::DropReason as u8`) when `verdict == Drop`.
     pub reason: u8,
     pub tcp_flags: u8,
+    /// ICMP or ICMPv6 message type (unfragmented packets and first fragments).
+    pub icmp_type: u8,
+    /// Why a `Local` packet goes to the exception path (`stage::Punt`).
+    pub punt: u8,
 }
 
 impl Meta {

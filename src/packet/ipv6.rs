@@ -27,6 +27,8 @@ pub struct Ipv6Ext {
     pub l4_off: usize,
     /// Fragment header present: (offset in bytes, more fragments).
     pub frag: Option<(usize, bool)>,
+    /// The fragment header's identification.
+    pub frag_id: u32,
     pub hop_by_hop: bool,
     pub ext_count: usize,
 }
@@ -123,6 +125,7 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
                     let fo = u16::from_be_bytes([b[off + 2], b[off + 3]]);
                     let offset = ((fo >> 3) as usize) * 8;
                     ext.frag = Some((offset, fo & 1 != 0));
+                    ext.frag_id = u32::from_be_bytes([b[off + 4], b[off + 5], b[off + 6], b[off + 7]]);
                     8
                 }
                 _ => return Ok(ext),

@@ -2,15 +2,29 @@
 //! verdict into the packet's metadata and never allocates, locks or blocks.
 //! A stage is `fn process(&mut self, snap: &Snapshot, burst: &mut Burst<P>)`.
 
+pub mod conntrack;
+pub mod firewall;
+pub mod nat;
 pub mod neighbor;
 pub mod parse;
 pub mod route;
 pub mod snapshot;
 
+pub use conntrack::{Conntrack, ConntrackConfig};
 pub use neighbor::Neighbor;
 pub use parse::Parse;
 pub use route::Route;
-pub use snapshot::{AdjKind, Adjacency, PortInfo, PortRole, Snapshot};
+pub use snapshot::{AdjKind, Adjacency, Filtering, NatConfig, PortInfo, PortRole, Snapshot};
+
+/// Why a packet goes to the exception path (`Meta::punt` of a `Local` packet).
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Punt {
+    /// For the host stack: ARP, ICMP, the API, routing protocols.
+    Host = 0,
+    /// TCP to 169.254.169.254:80 from an internal network: the metadata proxy.
+    Metadata = 1,
+}
 
 macro_rules! drop_reasons {
     ($($(#[$doc:meta])* $v:ident = $name:literal,)*) => {
@@ -91,6 +105,20 @@ drop_reasons! {
     /// Forwarding into the management network is refused (ASTARA.md).
     ToManagement = "route: forwarding into management network",
     NoNeighbor = "neighbor: no neighbour entry",
+    /// A later fragment whose first fragment was not seen (or expired).
+    FragmentWithoutFirst = "conntrack: fragment without its first fragment",
+    /// New flow refused: the worker's session table is full.
+    SessionTableFull = "conntrack: session table full",
+    /// New flow refused: no free external port for its protocol.
+    NatPortsExhausted = "nat: no free external port",
+    /// The translated flow would collide with an existing session.
+    NatCollision = "nat: translated flow already exists",
+    /// New forwarded flow refused by an `anchors` rule.
+    BlockedByRule = "firewall: blocked by rule",
+    /// New flow to the appliance not allowed by the INPUT policy.
+    InputPolicy = "firewall: not allowed to the appliance",
+    /// To the management address but arrived on another interface.
+    ManagementAddressElsewhere = "firewall: management address from another interface",
     /// Transmit queue full after a retry.
     TxFull = "tx: queue full",
     /// Should never happen: an impossible state caught instead of a panic.

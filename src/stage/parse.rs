@@ -136,6 +136,7 @@ impl Parse {
         if ip.is_fragment() {
             self.counters.fragments += 1;
             m.frag = if frag_off == 0 { 1 } else { 2 };
+            m.frag_id = ip.ident() as u32;
             // RFC 1858: a fragment at offset 8 can only exist to overwrite
             // the TCP flags of the first fragment.
             if frag_off == 8 && m.proto == PROTO_TCP {
@@ -185,6 +186,7 @@ impl Parse {
             Some((o, more)) => {
                 self.counters.fragments += 1;
                 m.frag = if o == 0 { 1 } else { 2 };
+                m.frag_id = ext.frag_id;
                 o == 0 && more
             }
             None => false,
@@ -233,6 +235,7 @@ fn parse_l4(l4: &[u8], m: &mut Meta, first_fragment: bool) -> Result<(), D> {
         }
         PROTO_ICMP | PROTO_ICMPV6 => {
             let c = IcmpPacket::new_checked(l4).map_err(|_| short)?;
+            m.icmp_type = c.msg_type();
             let echo =
                 if m.proto == PROTO_ICMP { icmp_is_echo(c.msg_type()) } else { matches!(c.msg_type(), 128 | 129) };
             if echo {

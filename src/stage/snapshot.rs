@@ -2,7 +2,9 @@
 //! thread, published with one pointer swap, read once per burst.
 
 use crate::packet::Mac;
-use crate::table::{Lpm4, Lpm6, NeighborTable};
+use crate::table::{Acl, Lpm4, Lpm6, NeighborTable};
+use ahash::RandomState;
+use std::collections::HashMap;
 
 /// What a port is for, from the network type bound to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -79,11 +81,51 @@ pub struct Snapshot {
     /// ECMP group members (adjacency indices).
     pub ecmp: Vec<u32>,
     pub neighbors: NeighborTable,
+    pub nat: NatConfig,
+    /// The forwarding policy (`anchors`), evaluated once per new flow.
+    pub acl: Acl,
+    /// The router's own addresses and the port each belongs to (INPUT policy).
+    pub own: Vec<(u128, bool, u16)>,
 }
 
 impl Snapshot {
     #[inline]
     pub fn port(&self, p: u16) -> Option<&PortInfo> {
         self.ports.get(p as usize)
+    }
+}
+
+/// RFC 4787 filtering of inbound packets to a masquerade mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Filtering {
+    /// Only replies from the exact remote address and port (Linux
+    /// masquerade's behaviour; the default).
+    #[default]
+    AddressAndPortDependent,
+    /// Any remote may reach an internal endpoint through its live mapping
+    /// (REQ-8's transparent mode; new inbound flows still pass the anchors).
+    EndpointIndependent,
+}
+
+/// IPv4 address translation, compiled from the document.
+#[derive(Debug, Clone, Default)]
+pub struct NatConfig {
+    /// The external port and its masquerade address (its first IPv4 address).
+    pub external: Option<(u16, u32)>,
+    /// Floating IP → fixed IP (DNAT).
+    pub dnat: HashMap<u32, u32, RandomState>,
+    /// Fixed IP → floating IP (SNAT leaving by the external port).
+    pub snat: HashMap<u32, u32, RandomState>,
+    pub filtering: Filtering,
+    /// Per port: TCP to 169.254.169.254:80 goes to the metadata proxy.
+    pub metadata: Vec<bool>,
+    /// Track flows that need no translation too (a forwarding policy exists).
+    pub track_all: bool,
+}
+
+impl NatConfig {
+    #[inline]
+    pub fn is_masquerade_addr(&self, a: u32) -> bool {
+        self.external.is_some_and(|(_, e)| e == a)
     }
 }

@@ -296,6 +296,11 @@ impl SessionTable {
         }
     }
 
+    /// Live sessions with their indices, in storage order.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Session)> {
+        self.sessions.iter().enumerate().filter(|(_, s)| s.state != SessionState::Free).map(|(i, s)| (i as u32, s))
+    }
+
     pub fn get(&self, idx: u32) -> Option<&Session> {
         self.sessions.get(idx as usize)
     }
@@ -498,6 +503,12 @@ impl SessionTable {
     /// sessions; returns how many it freed. Call it every burst with a small
     /// budget: the work is spread, never a scan of the whole table.
     pub fn expire(&mut self, now: u32, budget: usize) -> usize {
+        self.expire_with(now, budget, |_| {})
+    }
+
+    /// `expire`, handing each freed session to `freed_fn` first (to release
+    /// what it holds, such as a NAT port mapping).
+    pub fn expire_with(&mut self, now: u32, budget: usize, mut freed_fn: impl FnMut(&Session)) -> usize {
         let mut freed = 0;
         let mut visited = 0;
         while visited < budget {
@@ -526,6 +537,7 @@ impl SessionTable {
             }
             let deadline = self.sessions[idx as usize].deadline;
             if (now.wrapping_sub(deadline) as i32) >= 0 {
+                freed_fn(&self.sessions[idx as usize]);
                 self.release(idx);
                 self.stats.expired += 1;
                 freed += 1;

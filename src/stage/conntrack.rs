@@ -1,0 +1,594 @@
+//! Connection tracking, NAT and the firewall's per-flow decisions: the
+//! stateful part of the pipeline, one instance (one session table, one set
+//! of port mappings) per worker.
+//!
+//! It runs in two halves around the route stage:
+//! - [`Conntrack::pre_route`]: looks the whole burst up in the session table
+//!   (bulk, prefetched). Packets of known flows are translated both ways at
+//!   once (the session holds the key of each direction; a packet is
+//!   rewritten to the reverse of the other direction's key) and refresh the
+//!   session. ICMP errors are translated by the flow they quote (RFC 5508).
+//!   Later fragments take the translation their first fragment got. New
+//!   flows get their destination translation here, before routing:
+//!   metadata redirect, floating IP, and (in endpoint-independent filtering
+//!   mode) inbound packets to a live masquerade mapping.
+//! - [`Conntrack::post_route`]: new flows, now routed, meet the policy (the
+//!   INPUT policy for the appliance's own addresses, the `anchors`
+//!   classifier for forwarded traffic); accepted ones get their source
+//!   translation (floating IP, masquerade with an RFC 4787 port mapping,
+//!   hairpin) and a session, so replies pass and are translated back.
+//!
+//! No-NAT cases, as the original appliance: traffic that arrived on the
+//! external interface is never masqueraded, traffic to the router's own
+//! addresses is local (never translated), IPv6 is never translated.
+
+use super::firewall::{acl_key, input_policy};
+use super::nat::{Tuple4, quoted_v4, rewrite_v4, translate_icmp_error};
+use super::{DropReason as D, Filtering, Punt, Snapshot};
+use crate::packet::ipv4::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
+use crate::packet::l4::icmp_is_echo;
+use crate::packet::{Burst, L3, MAX_BURST, Meta, PacketBuf, Verdict};
+use crate::table::natmap::{NatMap, proto_slot, worker_ranges};
+use crate::table::session::{FlowKey, Session, SessionError, SessionTable, Timeouts};
+use ahash::RandomState;
+
+/// The metadata service address, 169.254.169.254.
+pub const METADATA_ADDR: u32 = 0xa9fe_a9fe;
+
+/// Session flag: holds a reference on the port mapping `Session::user`.
+pub const F_MAPPING: u8 = 1;
+/// What translation a session does (bits 1-3 of `Session::flags`).
+pub const NAT_SHIFT: u8 = 1;
+
+/// The kinds of translation, as listed by `ctl sessions`.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatKind {
+    None = 0,
+    Masquerade = 1,
+    FloatingOut = 2,
+    FloatingIn = 3,
+    Hairpin = 4,
+    /// Inbound through a mapping (endpoint-independent filtering).
+    Inbound = 5,
+}
+
+impl NatKind {
+    pub fn of(flags: u8) -> NatKind {
+        match (flags >> NAT_SHIFT) & 7 {
+            1 => NatKind::Masquerade,
+            2 => NatKind::FloatingOut,
+            3 => NatKind::FloatingIn,
+            4 => NatKind::Hairpin,
+            5 => NatKind::Inbound,
+            _ => NatKind::None,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            NatKind::None => "none",
+            NatKind::Masquerade => "masquerade",
+            NatKind::FloatingOut => "floating-out",
+            NatKind::FloatingIn => "floating-in",
+            NatKind::Hairpin => "hairpin",
+            NatKind::Inbound => "inbound-mapping",
+        }
+    }
+}
+
+/// How a worker's tracker is sized and where it sits among the workers.
+#[derive(Debug, Clone, Copy)]
+pub struct ConntrackConfig {
+    pub capacity: usize,
+    pub timeouts: Timeouts,
+    pub worker: usize,
+    pub workers: usize,
+}
+
+impl Default for ConntrackConfig {
+    fn default() -> Self {
+        ConntrackConfig { capacity: 65_536, timeouts: Timeouts::default(), worker: 0, workers: 1 }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ConntrackCounters {
+    pub hits: u64,
+    pub new_flows: u64,
+    pub masquerade: u64,
+    pub floating_in: u64,
+    pub floating_out: u64,
+    pub hairpin: u64,
+    pub inbound_mapping: u64,
+    pub icmp_errors: u64,
+    pub fragments: u64,
+    pub metadata: u64,
+    pub blocked: u64,
+}
+
+/// What pre-route found for a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum Kind {
+    /// Not for the tracker (ARP, dropped, or already decided).
+    #[default]
+    Skip,
+    /// A packet of a known flow, translated.
+    Hit,
+    /// The first packet of a flow.
+    New,
+    /// Related to a known flow (ICMP error, later fragment): passes.
+    Related,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Info {
+    kind: Kind,
+    /// Destination translated before routing (floating IP).
+    dnat: bool,
+    /// Inbound through an endpoint-independent mapping.
+    inbound: bool,
+    /// The flow key as the packet arrived.
+    orig: FlowKey,
+}
+
+/// A first fragment's translation, for the rest of its datagram.
+#[derive(Debug, Clone, Copy, Default)]
+struct Frag {
+    src: u128,
+    dst: u128,
+    id: u32,
+    proto: u8,
+    deadline: u32,
+    new_src: u128,
+    new_dst: u128,
+    used: bool,
+}
+
+const FRAG_SLOTS: usize = 1024;
+/// How long a datagram's later fragments are accepted after its first (s).
+const FRAG_TIMEOUT: u32 = 30;
+
+pub struct Conntrack {
+    pub sessions: SessionTable,
+    pub ports: NatMap,
+    frags: Vec<Frag>,
+    frag_hasher: RandomState,
+    info: Vec<Info>,
+    keys: Vec<FlowKey>,
+    found: Vec<Option<(u32, u8)>>,
+    /// Seconds, from the worker's clock or the capture's timestamps.
+    pub now: u32,
+    pub counters: ConntrackCounters,
+}
+
+impl Default for Conntrack {
+    fn default() -> Self {
+        Conntrack::new(ConntrackConfig::default())
+    }
+}
+
+#[inline]
+fn key_of(m: &Meta) -> FlowKey {
+    FlowKey::new(m.src, m.dst, m.sport, m.dport, m.proto, m.l3 == L3::Ipv6)
+}
+
+#[inline]
+fn tuple_of(m: &Meta) -> Tuple4 {
+    Tuple4 { src: m.src as u32, dst: m.dst as u32, sport: m.sport, dport: m.dport }
+}
+
+#[inline]
+fn set_tuple(m: &mut Meta, t: Tuple4) {
+    m.src = t.src as u128;
+    m.dst = t.dst as u128;
+    m.sport = t.sport;
+    m.dport = t.dport;
+    m.hash = 0;
+}
+
+/// ICMPv4 error types that quote a packet (RFC 792, 1812).
+#[inline]
+fn is_icmp_error(t: u8) -> bool {
+    matches!(t, 3 | 4 | 5 | 11 | 12)
+}
+
+impl Conntrack {
+    pub fn new(cfg: ConntrackConfig) -> Conntrack {
+        let (low, high) = worker_ranges(cfg.workers.max(1), cfg.worker);
+        Conntrack {
+            sessions: SessionTable::new(cfg.capacity, cfg.timeouts),
+            ports: NatMap::new(low, high),
+            frags: vec![Frag::default(); FRAG_SLOTS],
+            frag_hasher: RandomState::new(),
+            info: vec![Info::default(); MAX_BURST],
+            keys: vec![FlowKey::default(); MAX_BURST],
+            found: vec![None; MAX_BURST],
+            now: 0,
+            counters: ConntrackCounters::default(),
+        }
+    }
+
+    /// Frees idle sessions (and their port mappings), a bounded amount of
+    /// work per call.
+    pub fn expire(&mut self, budget: usize) -> usize {
+        let ports = &mut self.ports;
+        self.sessions.expire_with(self.now, budget, |s| release_mapping(ports, s))
+    }
+
+    /// Removes every session (for tests and `ctl`).
+    pub fn clear(&mut self) {
+        let idx: Vec<u32> = self.sessions.iter().map(|(i, _)| i).collect();
+        for i in idx {
+            if let Some(s) = self.sessions.get(i).copied() {
+                release_mapping(&mut self.ports, &s);
+            }
+            self.sessions.remove(i);
+        }
+    }
+
+    pub fn pre_route<P: PacketBuf>(&mut self, snap: &Snapshot, burst: &mut Burst<P>) {
+        let n = burst.len();
+        self.expire(2 * n + 16);
+        // Pass 1: classify and gather the keys to look up.
+        let mut lookups = 0;
+        for i in 0..n {
+            let (pkt, m) = burst.pair_mut(i);
+            self.info[i] = Info::default();
+            if m.verdict == Verdict::Drop || !matches!(m.l3, L3::Ipv4 | L3::Ipv6) {
+                continue;
+            }
+            let key = key_of(m);
+            self.info[i].orig = key;
+            if m.frag == 2 {
+                self.later_fragment(pkt, m, i);
+                continue;
+            }
+            if self.icmp_error(pkt, m) {
+                self.info[i].kind = Kind::Related;
+                continue;
+            }
+            self.info[i].kind = Kind::Hit; // provisional: looked up below
+            self.keys[lookups] = key;
+            lookups += 1;
+        }
+        // Pass 2: bulk lookups, 64 at a time.
+        let mut done = 0;
+        while done < lookups {
+            let k = (lookups - done).min(64);
+            self.sessions.lookup_bulk(&self.keys[done..done + k], &mut self.found[done..done + k]);
+            done += k;
+        }
+        // Pass 3: translate hits, prepare new flows.
+        let mut j = 0;
+        for i in 0..n {
+            if self.info[i].kind != Kind::Hit {
+                continue;
+            }
+            let found = self.found[j];
+            j += 1;
+            let (pkt, m) = burst.pair_mut(i);
+            match found {
+                Some((idx, dir)) => {
+                    self.counters.hits += 1;
+                    self.apply(pkt, m, idx, dir);
+                    self.sessions.touch(idx, dir, self.now, m.tcp_flags);
+                }
+                None => {
+                    self.info[i].kind = Kind::New;
+                    self.counters.new_flows += 1;
+                    self.new_flow_dnat(snap, pkt, m, i);
+                }
+            }
+        }
+    }
+
+    /// Rewrites a packet of session `idx` arriving in direction `dir` into
+    /// the reverse of the other direction's key.
+    #[inline]
+    fn apply<P: PacketBuf>(&mut self, pkt: &mut P, m: &mut Meta, idx: u32, dir: u8) {
+        if m.l3 != L3::Ipv4 {
+            return;
+        }
+        let Some(s) = self.sessions.get(idx) else { return };
+        let to = Tuple4::of(&s.key[1 - dir as usize]).reversed();
+        let from = tuple_of(m);
+        if from != to {
+            let (l3, l4) = (m.l3_off as usize, m.l4_off as usize);
+            rewrite_v4(pkt.data_mut(), l3, l4, m.proto, m.frag != 2, from, to);
+            set_tuple(m, to);
+        }
+    }
+
+    /// Destination translation of a new flow, before routing.
+    fn new_flow_dnat<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, m: &mut Meta, i: usize) {
+        if m.l3 != L3::Ipv4 {
+            return;
+        }
+        let nat = &snap.nat;
+        let dst = m.dst as u32;
+        if m.proto == PROTO_TCP
+            && dst == METADATA_ADDR
+            && m.dport == 80
+            && nat.metadata.get(m.in_port as usize).copied().unwrap_or(false)
+        {
+            m.verdict = Verdict::Local;
+            m.punt = Punt::Metadata as u8;
+            self.counters.metadata += 1;
+            self.info[i].kind = Kind::Skip;
+            return;
+        }
+        let from = tuple_of(m);
+        let to = if let Some(&fixed) = nat.dnat.get(&dst) {
+            self.info[i].dnat = true;
+            Tuple4 { dst: fixed, ..from }
+        } else if nat.filtering == Filtering::EndpointIndependent
+            && nat.is_masquerade_addr(dst)
+            && let Some((addr, port)) = self.ports.owner(m.proto, m.dport)
+            && (m.proto != PROTO_ICMP || icmp_is_echo(m.icmp_type))
+        {
+            self.info[i].inbound = true;
+            let sport = if m.proto == PROTO_ICMP { port } else { from.sport };
+            Tuple4 { dst: addr, dport: port, sport, ..from }
+        } else {
+            return;
+        };
+        rewrite_v4(pkt.data_mut(), m.l3_off as usize, m.l4_off as usize, m.proto, true, from, to);
+        set_tuple(m, to);
+    }
+
+    /// Translates an ICMP error by the session of the packet it quotes;
+    /// true when it belongs to a known flow (RFC 5508 REQ-3, REQ-4).
+    fn icmp_error<P: PacketBuf>(&mut self, pkt: &mut P, m: &mut Meta) -> bool {
+        if m.frag != 0 {
+            return false;
+        }
+        let (l3, l4, end) = (m.l3_off as usize, m.l4_off as usize, pkt.len());
+        let data = pkt.data();
+        match m.proto {
+            PROTO_ICMP if m.l3 == L3::Ipv4 && is_icmp_error(data[l4]) => {
+                let Some(q) = quoted_v4(data, l4, end) else { return false };
+                let t = q.tuple;
+                let key = FlowKey::v4(t.dst, t.src, t.dport, t.sport, q.proto);
+                let Some((idx, dir)) = self.sessions.lookup(&key) else { return false };
+                let Some(s) = self.sessions.get(idx) else { return false };
+                let cur = Tuple4::of(&s.key[dir as usize]);
+                let tgt = Tuple4::of(&s.key[1 - dir as usize]).reversed();
+                let outer = tuple_of(m);
+                let outer_to =
+                    Tuple4 { src: if outer.src == cur.src { tgt.src } else { outer.src }, dst: tgt.dst, ..outer };
+                translate_icmp_error(pkt.data_mut(), l3, l4, end, &q, tgt.reversed(), outer, outer_to);
+                set_tuple(m, outer_to);
+                self.counters.icmp_errors += 1;
+                true
+            }
+            PROTO_ICMPV6 if m.l3 == L3::Ipv6 && (1..=4).contains(&data[l4]) => {
+                // IPv6 is never translated: a known quoted flow makes it related.
+                let q = l4 + 8;
+                if end < q + 44 || data[q] >> 4 != 6 {
+                    return false;
+                }
+                let nh = data[q + 6];
+                let a = |o: usize| u128::from_be_bytes(data[o..o + 16].try_into().unwrap_or([0; 16]));
+                let (src, dst) = (a(q + 8), a(q + 24));
+                let p = q + 40;
+                let (sp, dp) = match nh {
+                    PROTO_TCP | PROTO_UDP => {
+                        (u16::from_be_bytes([data[p], data[p + 1]]), u16::from_be_bytes([data[p + 2], data[p + 3]]))
+                    }
+                    PROTO_ICMPV6 if matches!(data[p], 128 | 129) => {
+                        let id = u16::from_be_bytes([data[p + 4], data[p + 5]]);
+                        (id, id)
+                    }
+                    _ => return false,
+                };
+                self.sessions.lookup(&FlowKey::new(dst, src, dp, sp, nh, true)).is_some()
+            }
+            _ => false,
+        }
+    }
+
+    #[inline]
+    fn frag_slot(&self, src: u128, dst: u128, id: u32, proto: u8) -> usize {
+        self.frag_hasher.hash_one((src, dst, id, proto)) as usize % FRAG_SLOTS
+    }
+
+    /// A later fragment: the translation its first fragment got, or a drop.
+    fn later_fragment<P: PacketBuf>(&mut self, pkt: &mut P, m: &mut Meta, i: usize) {
+        let f = self.frags[self.frag_slot(m.src, m.dst, m.frag_id, m.proto)];
+        let hit = f.used
+            && f.src == m.src
+            && f.dst == m.dst
+            && f.id == m.frag_id
+            && f.proto == m.proto
+            && (self.now.wrapping_sub(f.deadline) as i32) < 0;
+        if !hit {
+            m.drop(D::FragmentWithoutFirst as u8);
+            return;
+        }
+        if m.l3 == L3::Ipv4 && (f.new_src != m.src || f.new_dst != m.dst) {
+            let from = tuple_of(m);
+            let to = Tuple4 { src: f.new_src as u32, dst: f.new_dst as u32, ..from };
+            rewrite_v4(pkt.data_mut(), m.l3_off as usize, m.l4_off as usize, m.proto, false, from, to);
+            set_tuple(m, to);
+            self.counters.fragments += 1;
+        }
+        self.info[i].kind = Kind::Related;
+    }
+
+    /// Remembers what a first fragment became, for the rest of the datagram.
+    #[inline]
+    fn record_fragment(&mut self, m: &Meta, orig: &FlowKey) {
+        let to_u128 = |w: [u32; 4]| (w[0] as u128) << 96 | (w[1] as u128) << 64 | (w[2] as u128) << 32 | w[3] as u128;
+        let (src, dst) = (to_u128(orig.src), to_u128(orig.dst));
+        let slot = self.frag_slot(src, dst, m.frag_id, m.proto);
+        self.frags[slot] = Frag {
+            src,
+            dst,
+            id: m.frag_id,
+            proto: m.proto,
+            deadline: self.now.wrapping_add(FRAG_TIMEOUT),
+            new_src: m.src,
+            new_dst: m.dst,
+            used: true,
+        };
+    }
+
+    pub fn post_route<P: PacketBuf>(&mut self, snap: &Snapshot, burst: &mut Burst<P>) {
+        for i in 0..burst.len() {
+            let info = self.info[i];
+            if info.kind == Kind::Skip {
+                continue;
+            }
+            let (pkt, m) = burst.pair_mut(i);
+            if info.kind == Kind::New {
+                match m.verdict {
+                    Verdict::Local => {
+                        if let Err(r) = input_policy(snap, m) {
+                            m.drop(r as u8);
+                        }
+                    }
+                    Verdict::Forward => self.new_forwarded(snap, pkt, m, &info),
+                    _ => {}
+                }
+            }
+            if m.frag == 1 && m.verdict != Verdict::Drop {
+                self.record_fragment(m, &info.orig);
+            }
+        }
+    }
+
+    /// The policy and source translation of a new forwarded flow, and its
+    /// session.
+    fn new_forwarded<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, m: &mut Meta, info: &Info) {
+        if !snap.acl.is_empty()
+            && let Some((_, false)) = snap.acl.classify(&acl_key(m))
+        {
+            self.counters.blocked += 1;
+            m.drop(D::BlockedByRule as u8);
+            return;
+        }
+        let nat = &snap.nat;
+        let v4 = m.l3 == L3::Ipv4;
+        let ext = nat.external;
+        let out_ext = ext.is_some_and(|(p, _)| p == m.out_port);
+        let in_ext = ext.is_some_and(|(p, _)| p == m.in_port);
+        let mut kind = NatKind::None;
+        let mut new_src = None;
+        if v4 && !in_ext {
+            if info.dnat && !out_ext {
+                kind = NatKind::Hairpin;
+            } else if out_ext {
+                match nat.snat.get(&(m.src as u32)) {
+                    Some(&f) => {
+                        kind = NatKind::FloatingOut;
+                        new_src = Some(f);
+                    }
+                    None => kind = NatKind::Masquerade,
+                }
+            }
+        }
+        if matches!(kind, NatKind::Masquerade | NatKind::Hairpin) && ext.is_none() {
+            kind = NatKind::None;
+        }
+        if kind == NatKind::None && info.dnat {
+            kind = NatKind::FloatingIn;
+        }
+        if kind == NatKind::None && info.inbound {
+            kind = NatKind::Inbound;
+        }
+        if kind == NatKind::None && !nat.track_all {
+            return; // nothing to translate, no policy to keep state for
+        }
+        let from = if v4 { tuple_of(m) } else { Tuple4 { src: 0, dst: 0, sport: 0, dport: 0 } };
+        let mut to = from;
+        let mut flags = (kind as u8) << NAT_SHIFT;
+        let mut mapping = None;
+        let echo = m.proto == PROTO_ICMP && icmp_is_echo(m.icmp_type);
+        match kind {
+            NatKind::Masquerade | NatKind::Hairpin => {
+                let Some((_, addr)) = ext else { return };
+                to.src = addr;
+                if proto_slot(m.proto).is_some() && (m.proto != PROTO_ICMP || echo) {
+                    let Some(p) = self.ports.acquire(m.proto, m.src as u32, m.sport) else {
+                        m.drop(D::NatPortsExhausted as u8);
+                        return;
+                    };
+                    to.sport = p;
+                    if echo {
+                        to.dport = p;
+                    }
+                    flags |= F_MAPPING;
+                    mapping = Some(p);
+                }
+            }
+            NatKind::FloatingOut => to.src = new_src.unwrap_or(from.src),
+            NatKind::Inbound => {
+                // The session holds the mapping it came through.
+                if let Some(p) = self.ports.lookup(m.proto, m.dst as u32, m.dport) {
+                    self.ports.acquire(m.proto, m.dst as u32, m.dport);
+                    flags |= F_MAPPING;
+                    mapping = Some(p);
+                }
+            }
+            _ => {}
+        }
+        self.track(pkt, m, info, from, to, flags, mapping);
+    }
+
+    /// Creates the session of a new flow translated from `from` to `to` and
+    /// rewrites the packet; a flow created meanwhile by an earlier packet
+    /// of the same burst is used instead.
+    #[allow(clippy::too_many_arguments)]
+    fn track<P: PacketBuf>(
+        &mut self,
+        pkt: &mut P,
+        m: &mut Meta,
+        info: &Info,
+        from: Tuple4,
+        to: Tuple4,
+        flags: u8,
+        mapping: Option<u16>,
+    ) {
+        let v6 = m.l3 == L3::Ipv6;
+        let reply = if v6 { key_of(m).reversed() } else { FlowKey::v4(to.dst, to.src, to.dport, to.sport, m.proto) };
+        match self.sessions.insert(info.orig, reply, self.now, m.tcp_flags) {
+            Ok(idx) => {
+                if let Some(s) = self.sessions.get_mut(idx) {
+                    s.flags = flags;
+                    s.user = mapping.unwrap_or(0);
+                }
+                match NatKind::of(flags) {
+                    NatKind::Masquerade => self.counters.masquerade += 1,
+                    NatKind::FloatingOut => self.counters.floating_out += 1,
+                    NatKind::FloatingIn => self.counters.floating_in += 1,
+                    NatKind::Hairpin => self.counters.hairpin += 1,
+                    NatKind::Inbound => self.counters.inbound_mapping += 1,
+                    NatKind::None => {}
+                }
+                if !v6 && from != to {
+                    rewrite_v4(pkt.data_mut(), m.l3_off as usize, m.l4_off as usize, m.proto, true, from, to);
+                    set_tuple(m, to);
+                }
+            }
+            Err(e) => {
+                if let Some(p) = mapping {
+                    self.ports.release(m.proto, p);
+                }
+                match (e, self.sessions.lookup(&info.orig)) {
+                    (SessionError::Exists, Some((idx, dir))) => {
+                        self.apply(pkt, m, idx, dir);
+                        self.sessions.touch(idx, dir, self.now, m.tcp_flags);
+                    }
+                    (SessionError::Exists, None) => m.drop(D::NatCollision as u8),
+                    (SessionError::Full, _) => m.drop(D::SessionTableFull as u8),
+                }
+            }
+        }
+    }
+}
+
+fn release_mapping(ports: &mut NatMap, s: &Session) {
+    if s.flags & F_MAPPING != 0 {
+        ports.release(s.key[0].proto, s.user);
+    }
+}

@@ -1,0 +1,279 @@
+//! Packet classifier for the forwarding policy: tuple-space search.
+//!
+//! Rules are grouped by their *shape* (which fields are wildcards, the
+//! prefix lengths of the addresses, the port-prefix lengths a port range
+//! expands to). Each shape is one hash table from the masked key to the best
+//! (lowest-numbered) rule with that key, so a lookup costs one hash probe
+//! per shape, whatever the number of rules. Shapes are visited in the order
+//! of their best rule and the walk stops as soon as no later shape can hold
+//! an earlier rule (the priority pruning of Open vSwitch's classifier).
+//!
+//! First match wins: rule `i` beats rule `j` when `i < j`. Port ranges are
+//! expanded into at most 30 aligned prefixes each; address-book names are
+//! expanded by the compiler. The build refuses tables past `MAX_ENTRIES`.
+
+use ahash::RandomState;
+use std::collections::HashMap;
+
+/// The most entries (rules after expansion of ranges and names) accepted.
+pub const MAX_ENTRIES: usize = 4_000_000;
+
+/// One rule in normalised form. `None` fields are wildcards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AclRule {
+    pub pass: bool,
+    pub in_port: Option<u16>,
+    pub out_port: Option<u16>,
+    pub v6: bool,
+    pub proto: Option<u8>,
+    /// (address, prefix length); IPv4 in the low 32 bits.
+    pub src: (u128, u8),
+    pub dst: (u128, u8),
+    /// Inclusive ranges; (0, 65535) is any.
+    pub sport: (u16, u16),
+    pub dport: (u16, u16),
+}
+
+impl AclRule {
+    /// A rule matching every packet of one family.
+    pub fn any(v6: bool, pass: bool) -> AclRule {
+        AclRule {
+            pass,
+            in_port: None,
+            out_port: None,
+            v6,
+            proto: None,
+            src: (0, 0),
+            dst: (0, 0),
+            sport: (0, u16::MAX),
+            dport: (0, u16::MAX),
+        }
+    }
+
+    /// The reference semantics, one rule at a time.
+    pub fn matches(&self, k: &AclKey) -> bool {
+        let width = if self.v6 { 128 } else { 32 };
+        let pmatch = |(a, l): (u128, u8), x: u128| l == 0 || (a ^ x) >> (width - l as u32) == 0;
+        self.v6 == k.v6
+            && self.in_port.is_none_or(|p| p == k.in_port)
+            && self.out_port.is_none_or(|p| p == k.out_port)
+            && self.proto.is_none_or(|p| p == k.proto)
+            && pmatch(self.src, k.src)
+            && pmatch(self.dst, k.dst)
+            && (self.sport.0..=self.sport.1).contains(&k.sport)
+            && (self.dport.0..=self.dport.1).contains(&k.dport)
+    }
+}
+
+/// What a packet is classified on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct AclKey {
+    pub src: u128,
+    pub dst: u128,
+    pub in_port: u16,
+    pub out_port: u16,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub v6: bool,
+}
+
+/// Which fields a tuple keeps, and how much of each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Shape {
+    in_port: bool,
+    out_port: bool,
+    proto: bool,
+    v6: bool,
+    src_len: u8,
+    dst_len: u8,
+    sport_len: u8,
+    dport_len: u8,
+}
+
+impl Shape {
+    #[inline]
+    fn mask(&self, k: &AclKey) -> AclKey {
+        let width = if self.v6 { 128 } else { 32 };
+        let amask =
+            |l: u8| if l == 0 { 0 } else { (u128::MAX >> (128 - width)) & !((1u128 << (width - l as u32)) - 1) };
+        let pmask = |l: u8| if l == 0 { 0 } else { !((1u32 << (16 - l as u32)) - 1) as u16 };
+        AclKey {
+            src: k.src & amask(self.src_len),
+            dst: k.dst & amask(self.dst_len),
+            in_port: if self.in_port { k.in_port } else { 0 },
+            out_port: if self.out_port { k.out_port } else { 0 },
+            sport: k.sport & pmask(self.sport_len),
+            dport: k.dport & pmask(self.dport_len),
+            proto: if self.proto { k.proto } else { 0 },
+            v6: k.v6,
+        }
+    }
+}
+
+struct Tuple {
+    shape: Shape,
+    /// The best rule in this tuple (for pruning).
+    best: u32,
+    map: HashMap<AclKey, u32, RandomState>,
+}
+
+/// The frozen classifier.
+#[derive(Default)]
+pub struct Acl {
+    tuples: Vec<Tuple>,
+    rules: Vec<AclRule>,
+    entries: usize,
+}
+
+/// Splits an inclusive range into aligned prefixes: (value, prefix length).
+pub fn range_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
+    let mut out = Vec::new();
+    let (mut lo, hi) = (lo as u32, hi as u32);
+    while lo <= hi {
+        // The largest aligned block starting at lo that stays within hi.
+        let mut size = if lo == 0 { 1 << 16 } else { 1u32 << lo.trailing_zeros().min(16) };
+        while lo + size - 1 > hi {
+            size >>= 1;
+        }
+        out.push((lo as u16, 16 - size.trailing_zeros() as u8));
+        lo += size;
+    }
+    out
+}
+
+impl Acl {
+    /// Builds the classifier; rule `i` has priority `i` (lower wins).
+    pub fn build(rules: Vec<AclRule>) -> Result<Acl, String> {
+        let hasher = RandomState::new();
+        let mut tuples: Vec<Tuple> = Vec::new();
+        let mut index: HashMap<Shape, usize> = HashMap::new();
+        let mut entries = 0usize;
+        for (prio, r) in rules.iter().enumerate() {
+            let width = if r.v6 { 128 } else { 32 };
+            if r.src.1 > width || r.dst.1 > width {
+                return Err(format!("rule {prio}: prefix longer than the address"));
+            }
+            let sports = range_prefixes(r.sport.0, r.sport.1);
+            let dports = range_prefixes(r.dport.0, r.dport.1);
+            for &(sp, sl) in &sports {
+                for &(dp, dl) in &dports {
+                    let shape = Shape {
+                        in_port: r.in_port.is_some(),
+                        out_port: r.out_port.is_some(),
+                        proto: r.proto.is_some(),
+                        v6: r.v6,
+                        src_len: r.src.1,
+                        dst_len: r.dst.1,
+                        sport_len: sl,
+                        dport_len: dl,
+                    };
+                    let key = shape.mask(&AclKey {
+                        src: r.src.0,
+                        dst: r.dst.0,
+                        in_port: r.in_port.unwrap_or(0),
+                        out_port: r.out_port.unwrap_or(0),
+                        sport: sp,
+                        dport: dp,
+                        proto: r.proto.unwrap_or(0),
+                        v6: r.v6,
+                    });
+                    let t = *index.entry(shape).or_insert_with(|| {
+                        tuples.push(Tuple { shape, best: u32::MAX, map: HashMap::with_hasher(hasher.clone()) });
+                        tuples.len() - 1
+                    });
+                    let t = &mut tuples[t];
+                    t.best = t.best.min(prio as u32);
+                    // Rules come in priority order: the first with this key wins.
+                    t.map.entry(key).or_insert(prio as u32);
+                    entries += 1;
+                    if entries > MAX_ENTRIES {
+                        return Err(format!(
+                            "the rules expand to more than {MAX_ENTRIES} classifier entries (port ranges and address-book names multiply)"
+                        ));
+                    }
+                }
+            }
+        }
+        for t in &mut tuples {
+            t.map.shrink_to_fit();
+        }
+        tuples.sort_by_key(|t| t.best);
+        Ok(Acl { tuples, rules, entries })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    pub fn rules(&self) -> &[AclRule] {
+        &self.rules
+    }
+
+    /// Distinct shapes (the per-lookup cost).
+    pub fn tuples(&self) -> usize {
+        self.tuples.len()
+    }
+
+    /// Entries after range expansion.
+    pub fn entries(&self) -> usize {
+        self.entries
+    }
+
+    /// The first matching rule: (rule index, pass).
+    #[inline]
+    pub fn classify(&self, k: &AclKey) -> Option<(u32, bool)> {
+        let mut best = u32::MAX;
+        for t in &self.tuples {
+            if t.best >= best {
+                break;
+            }
+            if t.shape.v6 != k.v6 {
+                continue;
+            }
+            if let Some(&p) = t.map.get(&t.shape.mask(k)) {
+                best = best.min(p);
+            }
+        }
+        (best != u32::MAX).then(|| (best, self.rules[best as usize].pass))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_split_into_aligned_prefixes() {
+        assert_eq!(range_prefixes(0, 65535), vec![(0, 0)]);
+        assert_eq!(range_prefixes(80, 80), vec![(80, 16)]);
+        assert_eq!(range_prefixes(1024, 65535).len(), 6);
+        for (lo, hi) in [(1, 65534), (1000, 1999), (5, 6), (8000, 8080), (65535, 65535)] {
+            let p = range_prefixes(lo, hi);
+            let mut covered = 0u32;
+            for &(v, l) in &p {
+                let size = 1u32 << (16 - l);
+                assert_eq!(v as u32 % size, 0, "aligned");
+                covered += size;
+            }
+            assert_eq!(covered, (hi - lo) as u32 + 1);
+            assert!(p.len() <= 30);
+        }
+    }
+
+    #[test]
+    fn first_match_wins_and_misses_are_none() {
+        let mut a = AclRule::any(false, true);
+        a.proto = Some(6);
+        a.dport = (5432, 5432);
+        a.dst = (0xc0a8_0200, 24);
+        let mut b = AclRule::any(false, false);
+        b.dst = (0xc0a8_0200, 24);
+        let acl = Acl::build(vec![a, b]).unwrap();
+        let k = AclKey { dst: 0xc0a8_0207, proto: 6, dport: 5432, ..Default::default() };
+        assert_eq!(acl.classify(&k), Some((0, true)));
+        assert_eq!(acl.classify(&AclKey { dport: 22, ..k }), Some((1, false)));
+        assert_eq!(acl.classify(&AclKey { dst: 0x0a00_0001, ..k }), None);
+        assert_eq!(acl.classify(&AclKey { v6: true, ..k }), None);
+    }
+}

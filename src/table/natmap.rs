@@ -1,0 +1,357 @@
+//! Masquerade port mappings of one worker (RFC 4787).
+//!
+//! A mapping binds an internal endpoint (address, port or ICMP identifier)
+//! to an external port of the masquerade address, per protocol. It is
+//! endpoint-independent (REQ-1): every session from the same internal
+//! endpoint reuses it, whatever the destination, and it lives as long as one
+//! session holds it (a reference count). Each worker allocates only inside
+//! its own slice of the port space (`worker_ranges`), so no two workers ever
+//! hand out the same port and the owner of a port is known from the port
+//! alone. The source port is kept when it is free and inside the worker's
+//! slice; otherwise the next free port of the same class is taken (ports
+//! below 1024 map below 1024, REQ-3a). Never port overloading (REQ-3).
+//!
+//! Fixed memory: a bitmap and an owner array per protocol, and an
+//! open-addressing index from internal endpoint to external port.
+
+use crate::packet::ipv4::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use ahash::RandomState;
+
+/// Protocols that get port mappings, in slot order.
+pub const NAT_PROTOS: [u8; 3] = [PROTO_TCP, PROTO_UDP, PROTO_ICMP];
+
+#[inline]
+pub fn proto_slot(proto: u8) -> Option<usize> {
+    match proto {
+        PROTO_TCP => Some(0),
+        PROTO_UDP => Some(1),
+        PROTO_ICMP => Some(2),
+        _ => None,
+    }
+}
+
+/// An inclusive range of ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ports {
+    pub lo: u16,
+    pub hi: u16,
+}
+
+impl Ports {
+    pub fn len(&self) -> usize {
+        if self.hi < self.lo { 0 } else { (self.hi - self.lo) as usize + 1 }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn contains(&self, p: u16) -> bool {
+        self.lo <= p && p <= self.hi
+    }
+}
+
+/// Splits `lo..=hi` into `n` contiguous slices; slice `i`.
+fn split(lo: u16, hi: u16, n: usize, i: usize) -> Ports {
+    let total = (hi - lo) as usize + 1;
+    let size = total / n.max(1);
+    if size == 0 {
+        return Ports { lo: 1, hi: 0 };
+    }
+    let a = lo as usize + i * size;
+    let b = if i + 1 == n { hi as usize } else { a + size - 1 };
+    Ports { lo: a as u16, hi: b as u16 }
+}
+
+/// Worker `i` of `n`: its (privileged 1-1023, unprivileged 1024-65535) slices.
+pub fn worker_ranges(n: usize, i: usize) -> (Ports, Ports) {
+    (split(1, 1023, n, i), split(1024, u16::MAX, n, i))
+}
+
+/// The worker that owns external port `port` when there are `n` workers.
+#[inline]
+pub fn port_owner(port: u16, n: usize) -> usize {
+    if n <= 1 {
+        return 0;
+    }
+    let (lo, hi) = if port < 1024 { (1u16, 1023u16) } else { (1024, u16::MAX) };
+    let size = ((hi - lo) as usize + 1) / n;
+    if port == 0 || size == 0 {
+        return 0;
+    }
+    (((port - lo) as usize) / size).min(n - 1)
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Mapping {
+    addr: u32,
+    port: u16,
+    refs: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NatMapStats {
+    pub created: u64,
+    pub preserved: u64,
+    pub freed: u64,
+    pub exhausted: u64,
+}
+
+pub struct NatMap {
+    low: Ports,
+    high: Ports,
+    used: [Vec<u64>; 3],
+    owner: [Vec<Mapping>; 3],
+    /// 0 = empty, else (slot << 16 | external port) + 1.
+    index: Vec<u32>,
+    mask: usize,
+    hasher: RandomState,
+    hint: [[u16; 2]; 3],
+    live: usize,
+    pub stats: NatMapStats,
+}
+
+impl NatMap {
+    pub fn new(low: Ports, high: Ports) -> NatMap {
+        let slots = (3 * (low.len() + high.len()) * 2).next_power_of_two().max(16);
+        NatMap {
+            low,
+            high,
+            used: std::array::from_fn(|_| vec![0u64; 1024]),
+            owner: std::array::from_fn(|_| vec![Mapping::default(); 65536]),
+            index: vec![0; slots],
+            mask: slots - 1,
+            hasher: RandomState::new(),
+            hint: [[low.lo, high.lo]; 3],
+            live: 0,
+            stats: NatMapStats::default(),
+        }
+    }
+
+    /// A map owning the whole port space (one worker).
+    pub fn whole() -> NatMap {
+        let (l, h) = worker_ranges(1, 0);
+        NatMap::new(l, h)
+    }
+
+    pub fn ranges(&self) -> (Ports, Ports) {
+        (self.low, self.high)
+    }
+
+    /// Mappings alive.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    #[inline]
+    fn is_used(&self, slot: usize, p: u16) -> bool {
+        self.used[slot][p as usize >> 6] >> (p & 63) & 1 != 0
+    }
+
+    #[inline]
+    fn home(&self, slot: usize, addr: u32, port: u16) -> usize {
+        (self.hasher.hash_one((slot, addr, port)) as usize) & self.mask
+    }
+
+    /// The external port of an internal endpoint's mapping.
+    #[inline]
+    pub fn lookup(&self, proto: u8, addr: u32, port: u16) -> Option<u16> {
+        let slot = proto_slot(proto)?;
+        self.find(slot, addr, port).map(|(_, ext)| ext)
+    }
+
+    fn find(&self, slot: usize, addr: u32, port: u16) -> Option<(usize, u16)> {
+        let mut i = self.home(slot, addr, port);
+        loop {
+            let e = self.index[i];
+            if e == 0 {
+                return None;
+            }
+            let (s, ext) = (((e - 1) >> 16) as usize, (e - 1) as u16);
+            if s == slot {
+                let m = &self.owner[slot][ext as usize];
+                if m.addr == addr && m.port == port {
+                    return Some((i, ext));
+                }
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// The internal endpoint mapped to an external port, if any.
+    #[inline]
+    pub fn owner(&self, proto: u8, ext: u16) -> Option<(u32, u16)> {
+        let slot = proto_slot(proto)?;
+        let m = &self.owner[slot][ext as usize];
+        (m.refs > 0).then_some((m.addr, m.port))
+    }
+
+    /// Takes a reference on the mapping of an internal endpoint, creating it
+    /// if needed; None when the worker's ports of that class are exhausted.
+    pub fn acquire(&mut self, proto: u8, addr: u32, port: u16) -> Option<u16> {
+        let slot = proto_slot(proto)?;
+        if let Some((_, ext)) = self.find(slot, addr, port) {
+            self.owner[slot][ext as usize].refs += 1;
+            return Some(ext);
+        }
+        let class = usize::from(port >= 1024 || self.low.is_empty());
+        let range = if class == 0 { self.low } else { self.high };
+        let ext = if range.contains(port) && !self.is_used(slot, port) {
+            self.stats.preserved += 1;
+            port
+        } else {
+            match self.scan(slot, class, range) {
+                Some(p) => p,
+                None => {
+                    self.stats.exhausted += 1;
+                    return None;
+                }
+            }
+        };
+        self.used[slot][ext as usize >> 6] |= 1 << (ext & 63);
+        self.owner[slot][ext as usize] = Mapping { addr, port, refs: 1 };
+        let mut i = self.home(slot, addr, port);
+        while self.index[i] != 0 {
+            i = (i + 1) & self.mask;
+        }
+        self.index[i] = ((slot as u32) << 16 | ext as u32) + 1;
+        self.live += 1;
+        self.stats.created += 1;
+        Some(ext)
+    }
+
+    /// The next free port of `range` from the rotating hint, a word of the
+    /// bitmap at a time (at most 1024 words for the whole space).
+    fn scan(&mut self, slot: usize, class: usize, range: Ports) -> Option<u16> {
+        if range.is_empty() {
+            return None;
+        }
+        let start = self.hint[slot][class].clamp(range.lo, range.hi);
+        let words = range.len().div_ceil(64) + 1;
+        let mut p = start as u32;
+        for _ in 0..=words {
+            let w = self.used[slot][(p >> 6) as usize] | ((1u64 << (p & 63)) - 1);
+            let free = !w;
+            if free != 0 {
+                let cand = (p & !63) + free.trailing_zeros();
+                if cand <= range.hi as u32 && cand >= range.lo as u32 {
+                    let next = if cand as u16 == range.hi { range.lo } else { cand as u16 + 1 };
+                    self.hint[slot][class] = next;
+                    return Some(cand as u16);
+                }
+            }
+            // Next word, wrapping to the start of the range.
+            p = (p & !63) + 64;
+            if p > range.hi as u32 {
+                p = range.lo as u32;
+            }
+        }
+        None
+    }
+
+    /// Drops one reference on an external port's mapping; the port is
+    /// freed with the last one.
+    pub fn release(&mut self, proto: u8, ext: u16) {
+        let Some(slot) = proto_slot(proto) else { return };
+        let m = self.owner[slot][ext as usize];
+        if m.refs == 0 {
+            return;
+        }
+        if m.refs > 1 {
+            self.owner[slot][ext as usize].refs -= 1;
+            return;
+        }
+        let Some((mut hole, _)) = self.find(slot, m.addr, m.port) else { return };
+        self.owner[slot][ext as usize] = Mapping::default();
+        self.used[slot][ext as usize >> 6] &= !(1 << (ext & 63));
+        self.live -= 1;
+        self.stats.freed += 1;
+        // Backward-shift deletion: no tombstones.
+        self.index[hole] = 0;
+        let mut j = hole;
+        loop {
+            j = (j + 1) & self.mask;
+            let e = self.index[j];
+            if e == 0 {
+                break;
+            }
+            let (s, x) = (((e - 1) >> 16) as usize, (e - 1) as u16);
+            let o = self.owner[s][x as usize];
+            let home = self.home(s, o.addr, o.port);
+            // Move e into the hole if its home is not cyclically in (hole, j].
+            let dist_home = j.wrapping_sub(home) & self.mask;
+            let dist_hole = j.wrapping_sub(hole) & self.mask;
+            if dist_home >= dist_hole {
+                self.index[hole] = e;
+                self.index[j] = 0;
+                hole = j;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_cover_the_space_without_overlap() {
+        for n in [1, 2, 3, 7, 16] {
+            let mut seen = vec![0u8; 65536];
+            for i in 0..n {
+                let (l, h) = worker_ranges(n, i);
+                for p in (l.lo..=l.hi).chain(h.lo..=h.hi) {
+                    seen[p as usize] += 1;
+                    assert_eq!(port_owner(p, n), i, "port {p} n {n}");
+                }
+            }
+            assert!(seen[1..].iter().all(|&c| c == 1), "n={n}");
+        }
+    }
+
+    #[test]
+    fn endpoint_independent_preserving_and_refcounted() {
+        let mut m = NatMap::whole();
+        let a = m.acquire(PROTO_UDP, 0x0a000001, 5000).unwrap();
+        assert_eq!(a, 5000, "port preserved");
+        assert_eq!(m.acquire(PROTO_UDP, 0x0a000001, 5000), Some(5000), "same mapping reused");
+        let b = m.acquire(PROTO_UDP, 0x0a000002, 5000).unwrap();
+        assert_ne!(b, 5000);
+        assert!(b >= 1024);
+        assert_eq!(m.owner(PROTO_UDP, b), Some((0x0a000002, 5000)));
+        assert_eq!(m.acquire(PROTO_TCP, 0x0a000002, 5000), Some(5000), "per protocol");
+        let low = m.acquire(PROTO_UDP, 0x0a000003, 5000 - 4000).unwrap();
+        assert_eq!(low, 1000);
+        assert_eq!(m.acquire(PROTO_UDP, 0x0a000004, 1000).map(|p| p < 1024), Some(true));
+        m.release(PROTO_UDP, 5000);
+        assert_eq!(m.owner(PROTO_UDP, 5000), Some((0x0a000001, 5000)));
+        m.release(PROTO_UDP, 5000);
+        assert_eq!(m.owner(PROTO_UDP, 5000), None);
+        assert_eq!(m.lookup(PROTO_UDP, 0x0a000001, 5000), None);
+        assert_eq!(m.lookup(PROTO_UDP, 0x0a000002, 5000), Some(b));
+    }
+
+    #[test]
+    fn exhaustion_is_reported_and_recovers() {
+        let mut m = NatMap::new(Ports { lo: 1, hi: 0 }, Ports { lo: 40000, hi: 40099 });
+        let mut got = Vec::new();
+        for i in 0..100u32 {
+            got.push(m.acquire(PROTO_TCP, 0x0a000000 + i, 7).unwrap());
+        }
+        got.sort();
+        got.dedup();
+        assert_eq!(got.len(), 100);
+        assert_eq!(m.acquire(PROTO_TCP, 0x0b000000, 7), None);
+        assert_eq!(m.stats.exhausted, 1);
+        m.release(PROTO_TCP, 40042);
+        assert_eq!(m.acquire(PROTO_TCP, 0x0b000000, 7), Some(40042));
+        // Every mapping still findable after the churn.
+        for i in 0..100u32 {
+            if i != 42 {
+                assert!(m.lookup(PROTO_TCP, 0x0a000000 + i, 7).is_some(), "{i}");
+            }
+        }
+    }
+}
