@@ -79,6 +79,12 @@ enum Cmd {
         /// Pin a neighbour: PORT:IP=MAC (a gateway with no allocation).
         #[arg(long = "neighbor", value_parser = app::parse_neighbor)]
         neighbors: Vec<astara_dp::control::StaticNeighbor>,
+        /// Session table size.
+        #[arg(long, default_value_t = 65536)]
+        sessions: usize,
+        /// RFC 4787 filtering: address-and-port-dependent or endpoint-independent.
+        #[arg(long, default_value = "address-and-port-dependent", value_parser = replay::parse_filtering)]
+        filtering: astara_dp::stage::Filtering,
     },
 }
 
@@ -125,8 +131,15 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             app::ctl::run(&api, &command)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Replay { config, inputs, out_dir, neighbors } => {
-            let s = replay::run(&replay::ReplayOptions { config, inputs, out_dir: out_dir.clone(), neighbors })?;
+        Cmd::Replay { config, inputs, out_dir, neighbors, sessions, filtering } => {
+            let s = replay::run(&replay::ReplayOptions {
+                config,
+                inputs,
+                out_dir: out_dir.clone(),
+                neighbors,
+                sessions,
+                filtering,
+            })?;
             for w in &s.warnings {
                 eprintln!("warning: {w}");
             }

@@ -271,6 +271,7 @@ fn oversize_frames_are_dropped_at_receive() {
         inputs: vec![("ge2".into(), input)],
         out_dir: dir.path().join("out"),
         neighbors: common::options().neighbors,
+        ..Default::default()
     })
     .unwrap();
     assert_eq!(s.drops.get("rx: frame larger than buffer"), Some(&1));

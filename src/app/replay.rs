@@ -10,18 +10,38 @@ use crate::control::{CompileOptions, StaticNeighbor, compile, ports_from_config}
 use crate::dataplane::{Counters, Pipeline, STAGE_COUNTERS, dispatch};
 use crate::packet::{Burst, MAX_FRAME, PacketBuf, Pkt, Pool, Verdict};
 use crate::port::pcap::{CaptureWriter, read_capture};
-use crate::stage::DropReason;
+use crate::stage::{ConntrackConfig, DropReason, Filtering};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ReplayOptions {
     pub config: PathBuf,
     /// (interface name, capture file), in priority order for equal timestamps.
     pub inputs: Vec<(String, PathBuf)>,
     pub out_dir: PathBuf,
     pub neighbors: Vec<StaticNeighbor>,
+    /// Session table capacity.
+    pub sessions: usize,
+    pub filtering: Filtering,
+}
+
+impl Default for ReplayOptions {
+    fn default() -> Self {
+        ReplayOptions {
+            config: PathBuf::new(),
+            inputs: Vec::new(),
+            out_dir: PathBuf::new(),
+            neighbors: Vec::new(),
+            sessions: 65536,
+            filtering: Filtering::default(),
+        }
+    }
+}
+
+pub fn parse_filtering(s: &str) -> Result<Filtering, String> {
+    crate::control::runtime::ConntrackRuntime { filtering: s.to_string(), ..Default::default() }.filtering()
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -55,7 +75,7 @@ pub fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
 pub fn run(o: &ReplayOptions) -> Result<ReplaySummary, String> {
     let cfg = load_config(&o.config)?;
     let ports = ports_from_config(&cfg);
-    let opts = CompileOptions { neighbors: o.neighbors.clone(), ..Default::default() };
+    let opts = CompileOptions { neighbors: o.neighbors.clone(), filtering: o.filtering, ..Default::default() };
     let compiled = compile(&cfg, &ports, &opts).map_err(|e| format!("{}: {e}", o.config.display()))?;
     let snap = compiled.snapshot;
 
@@ -79,7 +99,7 @@ pub fn run(o: &ReplayOptions) -> Result<ReplaySummary, String> {
     }
     let mut punt = CaptureWriter::create(&o.out_dir.join("punt.pcap")).map_err(|e| e.to_string())?;
 
-    let mut pipeline = Pipeline::default();
+    let mut pipeline = Pipeline::new(ConntrackConfig { capacity: o.sessions, ..Default::default() });
     let mut pool = Pool::new(4);
     let mut burst: Burst = Burst::new(1);
     let mut staging: Vec<Vec<Pkt>> = (0..ports.len()).map(|_| Vec::with_capacity(1)).collect();

@@ -267,6 +267,8 @@ impl Conntrack {
             let found = self.found[j];
             j += 1;
             let (pkt, m) = burst.pair_mut(i);
+            // A session past its deadline is gone, freed or not yet.
+            let found = found.filter(|&(idx, _)| !self.retire_if_expired(idx));
             match found {
                 Some((idx, dir)) => {
                     self.counters.hits += 1;
@@ -280,6 +282,18 @@ impl Conntrack {
                 }
             }
         }
+    }
+
+    /// Frees session `idx` if it is past its deadline; true if it was.
+    #[inline]
+    fn retire_if_expired(&mut self, idx: u32) -> bool {
+        if !self.sessions.is_expired(idx, self.now) {
+            return false;
+        }
+        if let Some(s) = self.sessions.get(idx).copied() {
+            release_mapping(&mut self.ports, &s);
+        }
+        self.sessions.retire(idx)
     }
 
     /// Rewrites a packet of session `idx` arriving in direction `dir` into
@@ -350,6 +364,9 @@ impl Conntrack {
                 let t = q.tuple;
                 let key = FlowKey::v4(t.dst, t.src, t.dport, t.sport, q.proto);
                 let Some((idx, dir)) = self.sessions.lookup(&key) else { return false };
+                if self.retire_if_expired(idx) {
+                    return false;
+                }
                 let Some(s) = self.sessions.get(idx) else { return false };
                 let cur = Tuple4::of(&s.key[dir as usize]);
                 let tgt = Tuple4::of(&s.key[1 - dir as usize]).reversed();
@@ -496,8 +513,11 @@ impl Conntrack {
         if kind == NatKind::None && info.inbound {
             kind = NatKind::Inbound;
         }
-        if kind == NatKind::None && !nat.track_all {
-            return; // nothing to translate, no policy to keep state for
+        // Untranslated flows need a session when a policy is in force, and
+        // when they came in by the external port (their replies must not be
+        // masqueraded on the way back).
+        if kind == NatKind::None && !nat.track_all && !(v4 && in_ext) {
+            return;
         }
         let from = if v4 { tuple_of(m) } else { Tuple4 { src: 0, dst: 0, sport: 0, dport: 0 } };
         let mut to = from;
@@ -551,7 +571,20 @@ impl Conntrack {
     ) {
         let v6 = m.l3 == L3::Ipv6;
         let reply = if v6 { key_of(m).reversed() } else { FlowKey::v4(to.dst, to.src, to.dport, to.sport, m.proto) };
-        match self.sessions.insert(info.orig, reply, self.now, m.tcp_flags) {
+        let mut inserted = self.sessions.insert(info.orig, reply, self.now, m.tcp_flags);
+        if inserted == Err(SessionError::Exists) {
+            // A session past its deadline may still hold one of the keys.
+            let mut retired = false;
+            for k in [info.orig, reply] {
+                if let Some((idx, _)) = self.sessions.lookup(&k) {
+                    retired |= self.retire_if_expired(idx);
+                }
+            }
+            if retired {
+                inserted = self.sessions.insert(info.orig, reply, self.now, m.tcp_flags);
+            }
+        }
+        match inserted {
             Ok(idx) => {
                 if let Some(s) = self.sessions.get_mut(idx) {
                     s.flags = flags;

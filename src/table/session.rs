@@ -467,6 +467,13 @@ impl SessionTable {
         }
     }
 
+    /// Whether the session is past its deadline at `now` (it may not have
+    /// been freed yet: expiry is incremental).
+    #[inline]
+    pub fn is_expired(&self, idx: u32, now: u32) -> bool {
+        self.sessions.get(idx as usize).is_none_or(|s| (now.wrapping_sub(s.deadline) as i32) >= 0)
+    }
+
     /// When the session last saw a packet (its deadline less its timeout).
     pub fn last_seen(&self, idx: u32) -> Option<u32> {
         let s = self.sessions.get(idx as usize).filter(|s| s.state != SessionState::Free)?;
@@ -481,6 +488,18 @@ impl SessionTable {
         self.unlink(idx);
         self.release(idx);
         self.stats.removed += 1;
+        true
+    }
+
+    /// Frees a session found past its deadline before the wheel got to it
+    /// (counted as expired).
+    pub fn retire(&mut self, idx: u32) -> bool {
+        if self.sessions.get(idx as usize).is_none_or(|s| s.state == SessionState::Free) {
+            return false;
+        }
+        self.unlink(idx);
+        self.release(idx);
+        self.stats.expired += 1;
         true
     }
 
