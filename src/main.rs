@@ -38,6 +38,10 @@ enum Cmd {
         /// (alternating with a variant, so each push recompiles).
         #[arg(long, value_name = "SECS")]
         push_every: Option<f64>,
+        /// Measure only after this many seconds (sessions set up, caches
+        /// warm); the run lasts warm-up + seconds.
+        #[arg(long, default_value_t = 0.0, value_name = "SECS")]
+        warmup: f64,
     },
     /// Write a scenario's traffic to a pcap file.
     Gen {
@@ -109,9 +113,17 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.cmd {
-        Cmd::Bench { scenario, cores, seconds, burst, json, quiet, push_every } => {
-            let o =
-                bench::BenchOptions { cores, seconds, burst, json, progress: !quiet, push_every, ..Default::default() };
+        Cmd::Bench { scenario, cores, seconds, burst, json, quiet, push_every, warmup } => {
+            let o = bench::BenchOptions {
+                cores,
+                seconds,
+                burst,
+                json,
+                progress: !quiet,
+                push_every,
+                warmup,
+                ..Default::default()
+            };
             let r = bench::run(&scenario, &o)?;
             Ok(if r.check_passed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }

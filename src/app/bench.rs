@@ -33,6 +33,8 @@ pub struct BenchOptions {
     /// Re-apply the configuration (alternating with a variant that has one
     /// more route, so every push recompiles) every this many seconds.
     pub push_every: Option<f64>,
+    /// Seconds run before the measured window starts.
+    pub warmup: f64,
 }
 
 impl Default for BenchOptions {
@@ -45,6 +47,7 @@ impl Default for BenchOptions {
             progress: true,
             json: None,
             push_every: None,
+            warmup: 0.0,
         }
     }
 }
@@ -306,24 +309,36 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
             (n, total)
         })
     });
-    let start = Instant::now();
-    let tsc0 = cycles();
-    let deadline = Duration::from_secs_f64(o.seconds.max(0.1));
-    let mut last = (start, 0u64);
-    while start.elapsed() < deadline {
-        std::thread::sleep(Duration::from_millis(100).min(deadline.saturating_sub(start.elapsed())));
+    let run_start = Instant::now();
+    let warmup = Duration::from_secs_f64(o.warmup.max(0.0));
+    // The measured window starts after the warm-up: counters then are the base.
+    let mut start = run_start;
+    let mut tsc0 = cycles();
+    let mut base: Vec<Counters> = stats.iter().map(|_| Counters::new(p.ports.len())).collect();
+    let mut warming = !warmup.is_zero();
+    let deadline = warmup + Duration::from_secs_f64(o.seconds.max(0.1));
+    let mut last = (run_start, 0u64);
+    while run_start.elapsed() < deadline {
+        if warming && run_start.elapsed() >= warmup {
+            warming = false;
+            start = Instant::now();
+            tsc0 = cycles();
+            base = stats.iter().map(|s| s.read()).collect();
+        }
+        std::thread::sleep(Duration::from_millis(100).min(deadline.saturating_sub(run_start.elapsed())));
         let now = Instant::now();
         if o.progress && now.duration_since(last.0) >= Duration::from_secs(1) {
             let rx: u64 = stats.iter().map(|s| s.read().rx).sum();
             let drops: u64 = stats.iter().map(|s| s.read().dropped()).sum();
             let rate = (rx - last.1) as f64 / now.duration_since(last.0).as_secs_f64() / 1e6;
             eprint!(
-                "\r  [{:5.1}s / {:.0}s] {:7.2} Mpps   {:>13} packets   {:>9} drops",
-                start.elapsed().as_secs_f64(),
-                o.seconds,
+                "\r  [{:5.1}s / {:.0}s] {:7.2} Mpps   {:>13} packets   {:>9} drops{}",
+                run_start.elapsed().as_secs_f64(),
+                o.seconds + o.warmup,
                 rate,
                 rx,
-                drops
+                drops,
+                if warming { " (warm-up)" } else { "" }
             );
             let _ = std::io::stderr().flush();
             last = (now, rx);
@@ -345,16 +360,21 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
 
     let mut total = Counters::new(p.ports.len());
     let mut workers = Vec::new();
+    let mut measured = 0u64;
     for (w, (_, c)) in per_worker.iter().enumerate() {
         total.add(c);
-        let n = c.rx.max(1) as f64;
+        // The measured window only (all of the run without a warm-up).
+        let packets = c.rx - base[w].rx;
+        let busy = c.busy_cycles - base[w].busy_cycles;
+        measured += packets;
+        let n = packets.max(1) as f64;
         workers.push(WorkerResult {
             worker: w,
             core: cores_used[w],
-            packets: c.rx,
-            mpps: c.rx as f64 / elapsed / 1e6,
+            packets,
+            mpps: packets as f64 / elapsed / 1e6,
             ns_per_packet: elapsed * 1e9 / n,
-            cycles_per_packet: c.busy_cycles as f64 / n,
+            cycles_per_packet: busy as f64 / n,
         });
     }
     let (check_passed, check_msgs) = check(&p, &per_worker, &total);
@@ -370,8 +390,8 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
         seconds: elapsed,
         burst,
         tsc_ghz,
-        total_packets: total.rx,
-        total_mpps: total.rx as f64 / elapsed / 1e6,
+        total_packets: measured,
+        total_mpps: measured as f64 / elapsed / 1e6,
         workers,
         forwarded: total.tx,
         local: total.local,

@@ -15,7 +15,7 @@
 //! Capacity is fixed at creation; when it is reached new flows are refused
 //! (`SessionError::Full`, counted) while existing ones keep working.
 
-use super::mem::prefetch;
+use super::mem::{advise_huge, prefetch};
 use crate::packet::ipv4::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use crate::packet::l4::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use ahash::RandomState;
@@ -106,6 +106,12 @@ impl Default for Timeouts {
     }
 }
 
+#[inline(always)]
+fn fold_mul(a: u64, b: u64) -> u64 {
+    let r = (a as u128).wrapping_mul(b as u128);
+    (r as u64) ^ ((r >> 64) as u64)
+}
+
 /// The longest timeout the wheel can hold (one lap).
 pub const MAX_TIMEOUT: u32 = WHEEL_SLOTS as u32 - 1;
 const WHEEL_SLOTS: usize = 8192;
@@ -155,7 +161,8 @@ pub struct SessionTable {
     free: u32,
     live: usize,
     capacity: usize,
-    hasher: RandomState,
+    /// Random per-table keys of the flow hash (collisions cannot be aimed).
+    seed: [u64; 4],
     wheel: Vec<u32>,
     /// Next second of the wheel to visit, and the entries of a slot being
     /// visited when the last call ran out of budget.
@@ -172,14 +179,21 @@ impl SessionTable {
     pub fn new(capacity: usize, timeouts: Timeouts) -> SessionTable {
         let capacity = capacity.clamp(1, (1 << 31) - 1);
         let slots = (capacity * 2 * 8 / 5).next_power_of_two().max(16);
+        let index = vec![0; slots];
+        let mut sessions: Vec<Session> = Vec::with_capacity(capacity);
+        advise_huge(&index);
+        advise_huge(sessions.spare_capacity_mut());
         SessionTable {
-            index: vec![0; slots],
+            index,
             mask: slots - 1,
-            sessions: Vec::with_capacity(capacity),
+            sessions,
             free: NIL,
             live: 0,
             capacity,
-            hasher: RandomState::new(),
+            seed: {
+                let r = RandomState::new();
+                [r.hash_one(1u64), r.hash_one(2u64), r.hash_one(3u64), r.hash_one(4u64)]
+            },
             wheel: vec![NIL; WHEEL_SLOTS],
             cursor: 0,
             pending: NIL,
@@ -208,7 +222,19 @@ impl SessionTable {
 
     #[inline]
     pub fn hash(&self, key: &FlowKey) -> u64 {
-        self.hasher.hash_one(key)
+        // Keyed multiply-fold rounds (the wyhash/ahash construction) over
+        // the key's words: two rounds for IPv4, four for IPv6.
+        let s = &self.seed;
+        let ports = (key.sport as u64) << 48 | (key.dport as u64) << 32 | (key.proto as u64) << 8 | key.v6 as u64;
+        let h = if key.v6 {
+            let w = |a: [u32; 4], i: usize| (a[i] as u64) << 32 | a[i + 1] as u64;
+            let h = fold_mul(w(key.src, 0) ^ s[0], w(key.src, 2) ^ s[1]);
+            let h = fold_mul(h ^ w(key.dst, 0), w(key.dst, 2) ^ s[2]);
+            fold_mul(h ^ ports, s[3])
+        } else {
+            fold_mul((key.src[3] as u64) << 32 ^ key.dst[3] as u64 ^ s[0], ports ^ s[1])
+        };
+        fold_mul(h ^ s[2], 0x9e37_79b9_7f4a_7c15)
     }
 
     /// Starts fetching the index line of a key hashed with `hash`.
@@ -274,7 +300,9 @@ impl SessionTable {
                 if e >> 32 == tag {
                     found[i] = e;
                     if let Some(s) = self.sessions.get(((e as u32) >> 1) as usize) {
+                        // A record spans two cache lines.
                         prefetch(s);
+                        prefetch(&s.state);
                     }
                     break;
                 }
