@@ -156,6 +156,7 @@ pub struct Conntrack {
     info: Vec<Info>,
     keys: Vec<FlowKey>,
     found: Vec<Option<(u32, u8)>>,
+    plans: Vec<Option<Plan>>,
     /// Seconds, from the worker's clock or the capture's timestamps.
     pub now: u32,
     pub counters: ConntrackCounters,
@@ -203,6 +204,7 @@ impl Conntrack {
             info: vec![Info::default(); MAX_BURST],
             keys: vec![FlowKey::default(); MAX_BURST],
             found: vec![None; MAX_BURST],
+            plans: vec![None; MAX_BURST],
             now: 0,
             counters: ConntrackCounters::default(),
         }
@@ -451,22 +453,38 @@ impl Conntrack {
     }
 
     pub fn post_route<P: PacketBuf>(&mut self, snap: &Snapshot, burst: &mut Burst<P>) {
+        // Pass 1: policy and translation of new flows; the index lines of
+        // both keys of each new session are prefetched for pass 2.
+        let mut planned = false;
+        for i in 0..burst.len() {
+            self.plans[i] = None;
+            let info = self.info[i];
+            if info.kind != Kind::New {
+                continue;
+            }
+            let (_, m) = burst.pair_mut(i);
+            match m.verdict {
+                Verdict::Local => {
+                    if let Err(r) = input_policy(snap, m) {
+                        m.drop(r as u8);
+                    }
+                }
+                Verdict::Forward => {
+                    self.plans[i] = self.plan(snap, m, &info);
+                    planned |= self.plans[i].is_some();
+                }
+                _ => {}
+            }
+        }
+        // Pass 2: sessions, rewrites, and fragments' translations.
         for i in 0..burst.len() {
             let info = self.info[i];
             if info.kind == Kind::Skip {
                 continue;
             }
             let (pkt, m) = burst.pair_mut(i);
-            if info.kind == Kind::New {
-                match m.verdict {
-                    Verdict::Local => {
-                        if let Err(r) = input_policy(snap, m) {
-                            m.drop(r as u8);
-                        }
-                    }
-                    Verdict::Forward => self.new_forwarded(snap, pkt, m, &info),
-                    _ => {}
-                }
+            if planned && let Some(plan) = self.plans[i] {
+                self.track(pkt, m, &info, &plan);
             }
             if m.frag == 1 && m.verdict != Verdict::Drop {
                 self.record_fragment(m, &info.orig);
@@ -474,15 +492,15 @@ impl Conntrack {
         }
     }
 
-    /// The policy and source translation of a new forwarded flow, and its
-    /// session.
-    fn new_forwarded<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, m: &mut Meta, info: &Info) {
+    /// The policy and translation of a new forwarded flow: None when it is
+    /// dropped (with a reason) or needs no session.
+    fn plan(&mut self, snap: &Snapshot, m: &mut Meta, info: &Info) -> Option<Plan> {
         if !snap.acl.is_empty()
             && let Some((_, false)) = snap.acl.classify(&acl_key(m))
         {
             self.counters.blocked += 1;
             m.drop(D::BlockedByRule as u8);
-            return;
+            return None;
         }
         let nat = &snap.nat;
         let v4 = m.l3 == L3::Ipv4;
@@ -495,7 +513,7 @@ impl Conntrack {
             if info.dnat && !out_ext {
                 kind = NatKind::Hairpin;
             } else if out_ext {
-                match nat.snat.get(&(m.src as u32)) {
+                match (!nat.snat.is_empty()).then(|| nat.snat.get(&(m.src as u32))).flatten() {
                     Some(&f) => {
                         kind = NatKind::FloatingOut;
                         new_src = Some(f);
@@ -517,7 +535,7 @@ impl Conntrack {
         // when they came in by the external port (their replies must not be
         // masqueraded on the way back).
         if kind == NatKind::None && !nat.track_all && !(v4 && in_ext) {
-            return;
+            return None;
         }
         let from = if v4 { tuple_of(m) } else { Tuple4 { src: 0, dst: 0, sport: 0, dport: 0 } };
         let mut to = from;
@@ -526,12 +544,12 @@ impl Conntrack {
         let echo = m.proto == PROTO_ICMP && icmp_is_echo(m.icmp_type);
         match kind {
             NatKind::Masquerade | NatKind::Hairpin => {
-                let Some((_, addr)) = ext else { return };
+                let (_, addr) = ext?;
                 to.src = addr;
                 if proto_slot(m.proto).is_some() && (m.proto != PROTO_ICMP || echo) {
                     let Some(p) = self.ports.acquire(m.proto, m.src as u32, m.sport) else {
                         m.drop(D::NatPortsExhausted as u8);
-                        return;
+                        return None;
                     };
                     to.sport = p;
                     if echo {
@@ -552,26 +570,19 @@ impl Conntrack {
             }
             _ => {}
         }
-        self.track(pkt, m, info, from, to, flags, mapping);
+        let reply = if v4 { FlowKey::v4(to.dst, to.src, to.dport, to.sport, m.proto) } else { key_of(m).reversed() };
+        let (orig_hash, reply_hash) = (self.sessions.hash(&info.orig), self.sessions.hash(&reply));
+        self.sessions.prefetch(orig_hash);
+        self.sessions.prefetch(reply_hash);
+        Some(Plan { from, to, flags, mapping, reply, orig_hash, reply_hash })
     }
 
-    /// Creates the session of a new flow translated from `from` to `to` and
-    /// rewrites the packet; a flow created meanwhile by an earlier packet
-    /// of the same burst is used instead.
-    #[allow(clippy::too_many_arguments)]
-    fn track<P: PacketBuf>(
-        &mut self,
-        pkt: &mut P,
-        m: &mut Meta,
-        info: &Info,
-        from: Tuple4,
-        to: Tuple4,
-        flags: u8,
-        mapping: Option<u16>,
-    ) {
-        let v6 = m.l3 == L3::Ipv6;
-        let reply = if v6 { key_of(m).reversed() } else { FlowKey::v4(to.dst, to.src, to.dport, to.sport, m.proto) };
-        let mut inserted = self.sessions.insert(info.orig, reply, self.now, m.tcp_flags);
+    /// Creates the session of a planned flow and rewrites the packet; a
+    /// flow created meanwhile by an earlier packet of the same burst is
+    /// used instead.
+    fn track<P: PacketBuf>(&mut self, pkt: &mut P, m: &mut Meta, info: &Info, plan: &Plan) {
+        let Plan { from, to, flags, mapping, reply, orig_hash, reply_hash } = *plan;
+        let mut inserted = self.sessions.insert_hashed(info.orig, orig_hash, reply, reply_hash, self.now, m.tcp_flags);
         if inserted == Err(SessionError::Exists) {
             // A session past its deadline may still hold one of the keys.
             let mut retired = false;
@@ -581,7 +592,7 @@ impl Conntrack {
                 }
             }
             if retired {
-                inserted = self.sessions.insert(info.orig, reply, self.now, m.tcp_flags);
+                inserted = self.sessions.insert_hashed(info.orig, orig_hash, reply, reply_hash, self.now, m.tcp_flags);
             }
         }
         match inserted {
@@ -598,7 +609,7 @@ impl Conntrack {
                     NatKind::Inbound => self.counters.inbound_mapping += 1,
                     NatKind::None => {}
                 }
-                if !v6 && from != to {
+                if m.l3 == L3::Ipv4 && from != to {
                     rewrite_v4(pkt.data_mut(), m.l3_off as usize, m.l4_off as usize, m.proto, true, from, to);
                     set_tuple(m, to);
                 }
@@ -618,6 +629,18 @@ impl Conntrack {
             }
         }
     }
+}
+
+/// What pass 1 of `post_route` decided for a new flow.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    from: Tuple4,
+    to: Tuple4,
+    flags: u8,
+    mapping: Option<u16>,
+    reply: FlowKey,
+    orig_hash: u64,
+    reply_hash: u64,
 }
 
 fn release_mapping(ports: &mut NatMap, s: &Session) {

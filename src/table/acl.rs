@@ -12,6 +12,7 @@
 //! expanded into at most 30 aligned prefixes each; address-book names are
 //! expanded by the compiler. The build refuses tables past `MAX_ENTRIES`.
 
+use super::mem::fold_mul;
 use ahash::RandomState;
 use std::collections::HashMap;
 
@@ -111,11 +112,68 @@ impl Shape {
     }
 }
 
+/// One tuple's exact-match table: open addressing, linear probing, at
+/// most half full, over a keyed multiply-fold hash of the masked key. The
+/// probed array holds 8-byte slots (32-bit fingerprint, rule), so a table
+/// of thousands of entries stays small in the cache; the full key is read
+/// only when a fingerprint matches.
 struct Tuple {
     shape: Shape,
     /// The best rule in this tuple (for pruning).
     best: u32,
-    map: HashMap<AclKey, u32, RandomState>,
+    /// fingerprint << 32 | rule; 0 marks an empty slot (rule u32::MAX never occurs).
+    slots: Vec<u64>,
+    keys: Vec<AclKey>,
+    seed: [u64; 2],
+}
+
+impl AclKey {
+    #[inline]
+    fn hash(&self, seed: &[u64; 2]) -> u64 {
+        let misc =
+            (self.in_port as u64) << 48 | (self.out_port as u64) << 32 | (self.sport as u64) << 16 | self.dport as u64;
+        let tail = (self.proto as u64) << 1 | self.v6 as u64;
+        let h = fold_mul((self.src as u64) ^ seed[0], (self.dst as u64) ^ seed[1]);
+        let h =
+            fold_mul(h ^ misc, ((self.src >> 64) as u64 ^ (self.dst >> 64) as u64).rotate_left(17) ^ tail ^ seed[0]);
+        fold_mul(h ^ ((self.src >> 64) as u64), 0x9e37_79b9_7f4a_7c15 ^ ((self.dst >> 64) as u64))
+    }
+}
+
+impl Tuple {
+    fn from_map(shape: Shape, best: u32, map: HashMap<AclKey, u32>, seed: [u64; 2]) -> Tuple {
+        let n = (map.len() * 2).next_power_of_two().max(8);
+        let mut slots = vec![0u64; n];
+        let mut keys = vec![AclKey::default(); n];
+        for (k, p) in map {
+            let h = k.hash(&seed);
+            let mut i = h as usize & (n - 1);
+            while slots[i] != 0 {
+                i = (i + 1) & (n - 1);
+            }
+            slots[i] = (h >> 32) << 32 | (p as u64 + 1);
+            keys[i] = k;
+        }
+        Tuple { shape, best, slots, keys, seed }
+    }
+
+    #[inline]
+    fn get(&self, k: &AclKey) -> Option<u32> {
+        let mask = self.slots.len() - 1;
+        let h = k.hash(&self.seed);
+        let fp = h >> 32;
+        let mut i = h as usize & mask;
+        loop {
+            let e = self.slots[i];
+            if e == 0 {
+                return None;
+            }
+            if e >> 32 == fp && self.keys[i] == *k {
+                return Some((e as u32) - 1);
+            }
+            i = (i + 1) & mask;
+        }
+    }
 }
 
 /// The frozen classifier.
@@ -145,8 +203,9 @@ pub fn range_prefixes(lo: u16, hi: u16) -> Vec<(u16, u8)> {
 impl Acl {
     /// Builds the classifier; rule `i` has priority `i` (lower wins).
     pub fn build(rules: Vec<AclRule>) -> Result<Acl, String> {
-        let hasher = RandomState::new();
-        let mut tuples: Vec<Tuple> = Vec::new();
+        let r = RandomState::new();
+        let seed = [r.hash_one(1u64), r.hash_one(2u64)];
+        let mut tuples: Vec<(Shape, u32, HashMap<AclKey, u32>)> = Vec::new();
         let mut index: HashMap<Shape, usize> = HashMap::new();
         let mut entries = 0usize;
         for (prio, r) in rules.iter().enumerate() {
@@ -179,13 +238,13 @@ impl Acl {
                         v6: r.v6,
                     });
                     let t = *index.entry(shape).or_insert_with(|| {
-                        tuples.push(Tuple { shape, best: u32::MAX, map: HashMap::with_hasher(hasher.clone()) });
+                        tuples.push((shape, u32::MAX, HashMap::new()));
                         tuples.len() - 1
                     });
                     let t = &mut tuples[t];
-                    t.best = t.best.min(prio as u32);
+                    t.1 = t.1.min(prio as u32);
                     // Rules come in priority order: the first with this key wins.
-                    t.map.entry(key).or_insert(prio as u32);
+                    t.2.entry(key).or_insert(prio as u32);
                     entries += 1;
                     if entries > MAX_ENTRIES {
                         return Err(format!(
@@ -195,9 +254,8 @@ impl Acl {
                 }
             }
         }
-        for t in &mut tuples {
-            t.map.shrink_to_fit();
-        }
+        let mut tuples: Vec<Tuple> =
+            tuples.into_iter().map(|(shape, best, map)| Tuple::from_map(shape, best, map, seed)).collect();
         tuples.sort_by_key(|t| t.best);
         Ok(Acl { tuples, rules, entries })
     }
@@ -231,7 +289,7 @@ impl Acl {
             if t.shape.v6 != k.v6 {
                 continue;
             }
-            if let Some(&p) = t.map.get(&t.shape.mask(k)) {
+            if let Some(p) = t.get(&t.shape.mask(k)) {
                 best = best.min(p);
             }
         }

@@ -20,6 +20,15 @@ unsafe impl Sync for LargeTable {}
 
 const HUGE: usize = 2 << 20;
 
+/// One multiply-fold round (the wyhash/ahash mixing step): the 128-bit
+/// product of the two words, halves xored. With random keys mixed into the
+/// inputs it makes the flow hashes of the tables unpredictable.
+#[inline(always)]
+pub fn fold_mul(a: u64, b: u64) -> u64 {
+    let r = (a as u128).wrapping_mul(b as u128);
+    (r as u64) ^ ((r >> 64) as u64)
+}
+
 /// Advises transparent huge pages for the whole 2 MiB regions inside a
 /// heap allocation (a large `Vec` is its own anonymous mapping): a table
 /// looked up at random over hundreds of MiB otherwise misses the TLB on

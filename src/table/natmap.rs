@@ -14,6 +14,7 @@
 //! Fixed memory: a bitmap and an owner array per protocol, and an
 //! open-addressing index from internal endpoint to external port.
 
+use super::mem::fold_mul;
 use crate::packet::ipv4::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use ahash::RandomState;
 
@@ -103,7 +104,7 @@ pub struct NatMap {
     /// 0 = empty, else (slot << 16 | external port) + 1.
     index: Vec<u32>,
     mask: usize,
-    hasher: RandomState,
+    seed: [u64; 2],
     hint: [[u16; 2]; 3],
     live: usize,
     pub stats: NatMapStats,
@@ -119,7 +120,10 @@ impl NatMap {
             owner: std::array::from_fn(|_| vec![Mapping::default(); 65536]),
             index: vec![0; slots],
             mask: slots - 1,
-            hasher: RandomState::new(),
+            seed: {
+                let r = RandomState::new();
+                [r.hash_one(1u64), r.hash_one(2u64) | 1]
+            },
             hint: [[low.lo, high.lo]; 3],
             live: 0,
             stats: NatMapStats::default(),
@@ -152,7 +156,8 @@ impl NatMap {
 
     #[inline]
     fn home(&self, slot: usize, addr: u32, port: u16) -> usize {
-        (self.hasher.hash_one((slot, addr, port)) as usize) & self.mask
+        let w = (addr as u64) << 32 | (port as u64) << 8 | slot as u64;
+        (fold_mul(w ^ self.seed[0], self.seed[1]) as usize) & self.mask
     }
 
     /// The external port of an internal endpoint's mapping.
