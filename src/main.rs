@@ -68,7 +68,9 @@ enum Cmd {
     Ctl {
         #[arg(long, default_value = "http://127.0.0.1:5000")]
         api: String,
-        #[arg(required = true, num_args = 1..)]
+        /// status | interfaces | routes | sessions [--proto P] [--addr IP]
+        /// [--port N] [--limit N] | stats | metrics | config get | config put FILE
+        #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
     Replay {

@@ -327,6 +327,30 @@ fn orchestrator_conversation() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(json(&get(&a, "/v1/stats").1)["totals"]["tx"], 50);
+
+    // Its 50 flows are sessions of the worker (floating IP of .5 outbound),
+    // listed with filters, and counted in /metrics.
+    let (code, body) = get(&a, "/v1/sessions?addr=192.168.1.5&proto=udp&limit=10");
+    assert_eq!(code, 200, "{body}");
+    let v = json(&body);
+    assert_eq!((v["matched"].as_u64(), v["live"].as_u64()), (Some(50), Some(50)), "{v}");
+    assert_eq!(v["sessions"].as_array().unwrap().len(), 10);
+    let s0 = &v["sessions"][0];
+    assert_eq!(s0["nat"], "floating-out");
+    assert_eq!(s0["original"]["src"], "192.168.1.5");
+    assert_eq!(s0["reply"]["dst"], "203.0.113.50");
+    assert_eq!(json(&get(&a, "/v1/sessions?port=2007").1)["matched"], 1);
+    assert_eq!(get(&a, "/v1/sessions?addr=nonsense").0, 400);
+    let ctl = Command::new(env!("CARGO_BIN_EXE_astara-dp"))
+        .args(["ctl", "--api", &a.api, "sessions", "--port", "2007"])
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&ctl.stdout);
+    assert!(ctl.status.success() && out.contains("192.168.1.5:2007 > 8.8.8.7:53"), "{out}");
+    assert!(out.contains("1 listed, 1 matched, 50 live"), "{out}");
+    let metrics = get(&a, "/metrics").1;
+    assert!(metrics.contains("astara_dp_sessions_in_use{worker=\"0\"} 50"), "{metrics}");
+    assert!(metrics.contains("astara_dp_sessions_capacity{worker=\"0\"} 1000000"));
     a.stop();
     assert_eq!(count_frames(&dir.path().join("ge1-out.pcap")), 50);
 }

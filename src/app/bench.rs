@@ -12,6 +12,7 @@ use crate::port::null::NullTx;
 use crate::port::pcap::{Frames, ReplayRx};
 use crate::port::{Port, PortStats, QueueCounters, RxQueue, SoftPort, TxQueue};
 use crate::stage::ConntrackConfig;
+use crate::table::session::SessionTable;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -221,6 +222,13 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
         cores,
         burst
     );
+    let capacity = (s.traffic.flows * 2).max(1 << 16);
+    println!(
+        "  sessions: {} per worker, {:.0} B per session at capacity ({:.0} MiB per worker)",
+        capacity,
+        SessionTable::bytes_for(capacity) as f64 / capacity as f64,
+        SessionTable::bytes_for(capacity) as f64 / (1 << 20) as f64
+    );
     let core_ids: Vec<usize> = core_affinity::get_core_ids().unwrap_or_default().into_iter().map(|c| c.id).collect();
     let shared = control.snapshots();
     drop(snap);
@@ -256,12 +264,7 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
                 burst,
                 pool_size: o.pool.max(burst * 2),
                 // Room for every flow of the pattern, each in its own session.
-                conntrack: ConntrackConfig {
-                    capacity: (s.traffic.flows * 2).max(1 << 16),
-                    worker: w,
-                    workers: cores,
-                    ..Default::default()
-                },
+                conntrack: ConntrackConfig { capacity, worker: w, workers: cores, ..Default::default() },
             },
             rx,
             tx,

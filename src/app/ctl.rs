@@ -92,6 +92,7 @@ pub fn run(api: &str, args: &[String]) -> Result<(), String> {
                 );
             }
         }
+        ["sessions", opts @ ..] => sessions(api, opts)?,
         ["stats"] => println!("{}", pretty(&get_json(api, "/v1/stats")?)),
         ["metrics"] => print!("{}", get(api, "/metrics")?),
         ["config", "get"] => println!("{}", pretty(&get_json(api, "/v1/system/config")?)),
@@ -103,8 +104,61 @@ pub fn run(api: &str, args: &[String]) -> Result<(), String> {
             println!("applied {file}");
         }
         _ => {
-            return Err("usage: astara-dp ctl [--api URL] status | interfaces | routes | stats | metrics | config get | config put FILE".into());
+            return Err("usage: astara-dp ctl [--api URL] status | interfaces | routes | sessions [--proto P] [--addr IP] [--port N] [--limit N] | stats | metrics | config get | config put FILE".into());
         }
     }
+    Ok(())
+}
+
+/// `ctl sessions`: the listing as a table, filters passed to the API.
+fn sessions(api: &str, opts: &[&str]) -> Result<(), String> {
+    let mut query = Vec::new();
+    let mut it = opts.iter();
+    while let Some(&flag) = it.next() {
+        let key = match flag {
+            "--proto" => "proto",
+            "--addr" => "addr",
+            "--port" => "port",
+            "--limit" => "limit",
+            f => return Err(format!("sessions: unknown option {f}")),
+        };
+        let v = it.next().ok_or_else(|| format!("sessions: {flag} needs a value"))?;
+        if !v.chars().all(|c| c.is_ascii_alphanumeric() || ".:-".contains(c)) {
+            return Err(format!("sessions: bad value for {flag}: {v}"));
+        }
+        query.push(format!("{key}={v}"));
+    }
+    let path = if query.is_empty() { "/v1/sessions".to_string() } else { format!("/v1/sessions?{}", query.join("&")) };
+    let v = get_json(api, &path)?;
+    let side = |s: &Value| {
+        format!(
+            "{}:{} > {}:{}",
+            s["src"].as_str().unwrap_or(""),
+            s["sport"],
+            s["dst"].as_str().unwrap_or(""),
+            s["dport"]
+        )
+    };
+    println!("{:<7}{:<6}{:<13}{:<16}{:<48}{:<48}expires", "worker", "proto", "state", "nat", "original", "reply");
+    for s in v["sessions"].as_array().into_iter().flatten() {
+        println!(
+            "{:<7}{:<6}{:<13}{:<16}{:<48}{:<48}{}s",
+            s["worker"],
+            s["protocol"],
+            s["state"].as_str().unwrap_or(""),
+            s["nat"].as_str().unwrap_or(""),
+            side(&s["original"]),
+            side(&s["reply"]),
+            s["expires_in"]
+        );
+    }
+    println!(
+        "{} listed, {} matched, {} live sessions; {} of {} workers answered",
+        v["sessions"].as_array().map_or(0, |a| a.len()),
+        v["matched"],
+        v["live"],
+        v["workers_answered"],
+        v["workers"]
+    );
     Ok(())
 }

@@ -5,7 +5,9 @@
 //! connection, and a config apply runs on the blocking pool so liveness
 //! probes are answered while a large document compiles.
 
+use super::model::{ip_bits, protocol_number};
 use super::state::Control;
+use crate::dataplane::query::SessionFilter;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -29,6 +31,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/status/", get(status))
         .route("/v1/stats", get(stats))
         .route("/v1/routes", get(routes))
+        .route("/v1/sessions", get(sessions))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(control)
@@ -97,6 +100,35 @@ async fn stats(State(c): Ctl) -> Json<serde_json::Value> {
 
 async fn routes(State(c): Ctl) -> Json<serde_json::Value> {
     Json(json!({"routes": c.routes()}))
+}
+
+/// `GET /v1/sessions?proto=udp&addr=192.168.1.5&port=53&limit=100`.
+#[derive(Debug, Default, serde::Deserialize)]
+struct SessionParams {
+    proto: Option<String>,
+    addr: Option<String>,
+    port: Option<u16>,
+    limit: Option<usize>,
+}
+
+async fn sessions(State(c): Ctl, axum::extract::Query(p): axum::extract::Query<SessionParams>) -> Response {
+    let proto = match p.proto.as_deref().map(|s| s.parse::<u8>().ok().or_else(|| protocol_number(s))) {
+        Some(None) => return text(StatusCode::BAD_REQUEST, "proto: a protocol name or number\n".into()),
+        Some(Some(n)) => Some(n),
+        None => None,
+    };
+    let addr = match p.addr.as_deref().map(|a| a.parse::<std::net::IpAddr>()) {
+        Some(Ok(a)) => Some(ip_bits(a)),
+        Some(Err(_)) => return text(StatusCode::BAD_REQUEST, "addr: an IP address\n".into()),
+        None => None,
+    };
+    let filter = SessionFilter { proto, addr, port: p.port };
+    let limit = p.limit.unwrap_or(1000).min(100_000);
+    match tokio::task::spawn_blocking(move || c.sessions(&filter, limit)).await {
+        Ok(Ok(v)) => Json(v).into_response(),
+        Ok(Err(e)) => text(StatusCode::SERVICE_UNAVAILABLE, e + "\n"),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("listing failed: {e}\n")),
+    }
 }
 
 async fn metrics(State(c): Ctl) -> Response {

@@ -4,6 +4,7 @@
 
 use super::model::{AstaraConfig, ConfigError, NetworkType};
 use super::{CompileOptions, PortSpec, compile, describe_routes, empty_snapshot};
+use crate::dataplane::query::{SessionFilter, SessionQuery};
 use crate::dataplane::{Counters, STAGE_COUNTERS, Snapshots, WorkerStats, snapshots};
 use crate::port::{Port, PortStats};
 use crate::stage::AdjKind;
@@ -51,6 +52,8 @@ pub struct Control {
     base: CompileOptions,
     snapshots: Snapshots,
     workers: Mutex<Vec<Arc<WorkerStats>>>,
+    /// Serialises session listings (each worker takes one at a time).
+    listing: Mutex<()>,
     /// Read without locking (liveness must never wait for an apply).
     applied: ArcSwapOption<Applied>,
     /// One apply at a time; holds the snapshots replaced but perhaps still
@@ -81,6 +84,7 @@ impl Control {
             base,
             snapshots: snapshots(snap),
             workers: Mutex::new(Vec::new()),
+            listing: Mutex::new(()),
             applied: ArcSwapOption::empty(),
             apply_lock: Mutex::new(Vec::new()),
             state_file: state_dir.map(|d| d.join("config.json")),
@@ -312,6 +316,58 @@ impl Control {
         })
     }
 
+    /// `GET /v1/sessions`: sessions of every worker matching `filter`, at
+    /// most `limit` from each. Workers scan between bursts, a slice at a
+    /// time, so a listing never stalls forwarding; it waits up to 10 s.
+    pub fn sessions(&self, filter: &SessionFilter, limit: usize) -> Result<Value, String> {
+        let _one_at_a_time = self.listing.lock().unwrap_or_else(|e| e.into_inner());
+        let workers: Vec<Arc<WorkerStats>> = self.workers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for w in &workers {
+            while w.queries.answer.pop().is_some() {}
+            let q =
+                Box::new(SessionQuery { filter: filter.clone(), out: Vec::with_capacity(limit), matched: 0, live: 0 });
+            if w.queries.request.push(q).is_err() {
+                return Err("a session listing is already in progress".into());
+            }
+        }
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let mut answers: Vec<Option<Box<SessionQuery>>> = workers.iter().map(|_| None).collect();
+        while answers.iter().any(|a| a.is_none()) && Instant::now() < deadline {
+            for (w, a) in workers.iter().zip(answers.iter_mut()) {
+                if a.is_none() {
+                    *a = w.queries.answer.pop();
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let ip = |v6: bool, a: u128| {
+            if v6 { std::net::Ipv6Addr::from(a).to_string() } else { std::net::Ipv4Addr::from(a as u32).to_string() }
+        };
+        let (mut list, mut matched, mut live, mut answered) = (Vec::new(), 0, 0, 0);
+        for a in answers.into_iter().flatten() {
+            answered += 1;
+            matched += a.matched;
+            live += a.live;
+            for v in &a.out {
+                let side = |t: (u128, u16, u128, u16)| json!({"src": ip(v.v6, t.0), "sport": t.1, "dst": ip(v.v6, t.2), "dport": t.3});
+                list.push(json!({
+                    "worker": v.worker, "protocol": v.proto, "original": side(v.original),
+                    "reply": side(v.reply), "state": v.state, "nat": v.nat, "expires_in": v.expires_in,
+                }));
+            }
+        }
+        if answered < workers.len() {
+            // Take back what was not answered, so the next listing can start.
+            for w in &workers {
+                let _ = w.queries.request.pop();
+            }
+        }
+        Ok(json!({
+            "sessions": list, "matched": matched, "live": live,
+            "workers": workers.len(), "workers_answered": answered,
+        }))
+    }
+
     /// `GET /metrics`, Prometheus text format 0.0.4.
     pub fn metrics(&self) -> String {
         let mut m = String::new();
@@ -355,6 +411,22 @@ impl Control {
             "Cycles spent polling empty queues.",
             per_worker(|c| c.idle_cycles),
         );
+        let stage_of = |name: &str| STAGE_COUNTERS.iter().position(|k| *k == name).unwrap_or(0);
+        let (in_use, mappings) = (stage_of("conntrack: sessions in use"), stage_of("nat: port mappings in use"));
+        let per_worker_stage = |k: usize| -> Vec<(String, f64)> {
+            workers.iter().enumerate().map(|(i, c)| (format!("{{worker=\"{i}\"}}"), c.stage[k] as f64)).collect()
+        };
+        family("sessions_in_use", "gauge", "Sessions in the worker's table.", per_worker_stage(in_use));
+        let caps: Vec<(String, f64)> = self
+            .workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (format!("{{worker=\"{i}\"}}"), w.session_capacity.load(Relaxed) as f64))
+            .collect();
+        family("sessions_capacity", "gauge", "Session table capacity per worker.", caps);
+        family("nat_port_mappings", "gauge", "Masquerade port mappings per worker.", per_worker_stage(mappings));
         let mut total = Counters::new(self.ports.len());
         for w in &workers {
             total.add(w);

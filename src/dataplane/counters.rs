@@ -119,6 +119,10 @@ pub struct WorkerStats {
     idle_cycles: AtomicU64,
     /// Generation of the snapshot the worker last used.
     pub generation: AtomicU64,
+    /// Session listings asked of this worker.
+    pub queries: super::query::Mailbox,
+    /// Session table capacity (set once at start).
+    pub session_capacity: AtomicU64,
     port_rx: Vec<AtomicU64>,
     port_tx: Vec<AtomicU64>,
     drops: Vec<AtomicU64>,
@@ -139,6 +143,8 @@ impl WorkerStats {
             busy_cycles: AtomicU64::new(0),
             idle_cycles: AtomicU64::new(0),
             generation: AtomicU64::new(0),
+            queries: Default::default(),
+            session_capacity: AtomicU64::new(0),
             port_rx: atomics(ports),
             port_tx: atomics(ports),
             drops: atomics(DropReason::COUNT),

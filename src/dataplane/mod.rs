@@ -2,6 +2,7 @@
 
 pub mod counters;
 pub mod pipeline;
+pub mod query;
 pub mod worker;
 
 pub use counters::{Counters, STAGE_COUNTERS, WorkerStats};

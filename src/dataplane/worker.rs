@@ -3,6 +3,7 @@
 
 use super::counters::{Counters, WorkerStats};
 use super::pipeline::{Pipeline, dispatch, transmit};
+use super::query::SessionQuery;
 use super::{Snapshots, cycles};
 use crate::packet::{Burst, Pkt, Pool};
 use crate::port::{RxQueue, TxQueue};
@@ -13,6 +14,8 @@ use std::thread::JoinHandle;
 
 /// Publish counters every this many bursts (and when stopping).
 const PUBLISH_EVERY: u64 = 64;
+/// Session records a listing looks at per pause between bursts.
+const QUERY_SLICE: usize = 4096;
 
 pub struct WorkerConfig {
     pub id: usize,
@@ -53,6 +56,9 @@ impl Worker {
         // Session time: whole seconds since the worker started, from 1.
         let start = std::time::Instant::now();
         let mut idle_loops = 0u32;
+        self.stats.session_capacity.store(pipeline.conntrack.sessions.capacity() as u64, Ordering::Relaxed);
+        // A session listing in progress: (query, next slot to scan).
+        let mut query: Option<(Box<SessionQuery>, usize)> = None;
         let mut c = Counters::new(ports);
         let mut cache = arc_swap::Cache::new(Arc::clone(&self.snapshots));
         let mut unpublished = false;
@@ -91,6 +97,17 @@ impl Worker {
             }
             // Publish every few bursts, and as soon as the queues run dry so
             // the counters are exact whenever the worker is idle.
+            // Session listings: a slice of the table between bursts.
+            if (got == 0 || c.bursts.is_multiple_of(PUBLISH_EVERY))
+                && let Some((mut q, from)) = query.take().or_else(|| self.stats.queries.request.pop().map(|q| (q, 0)))
+            {
+                match pipeline.conntrack.scan(self.cfg.id, &mut q, from, QUERY_SLICE) {
+                    Some(next) => query = Some((q, next)),
+                    None => {
+                        let _ = self.stats.queries.answer.push(q);
+                    }
+                }
+            }
             if unpublished && (got == 0 || c.bursts.is_multiple_of(PUBLISH_EVERY)) {
                 c.stage = pipeline.stage_counters();
                 self.stats.publish(&c);

@@ -25,11 +25,12 @@
 use super::firewall::{acl_key, input_policy};
 use super::nat::{Tuple4, quoted_v4, rewrite_v4, translate_icmp_error};
 use super::{DropReason as D, Filtering, Punt, Snapshot};
+use crate::dataplane::query::{SessionQuery, SessionView};
 use crate::packet::ipv4::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use crate::packet::l4::icmp_is_echo;
 use crate::packet::{Burst, L3, MAX_BURST, Meta, PacketBuf, Verdict};
 use crate::table::natmap::{NatMap, proto_slot, worker_ranges};
-use crate::table::session::{FlowKey, Session, SessionError, SessionTable, Timeouts};
+use crate::table::session::{FlowKey, Session, SessionError, SessionState, SessionTable, Timeouts};
 use ahash::RandomState;
 
 /// The metadata service address, 169.254.169.254.
@@ -215,6 +216,44 @@ impl Conntrack {
     pub fn expire(&mut self, budget: usize) -> usize {
         let ports = &mut self.ports;
         self.sessions.expire_with(self.now, budget, |s| release_mapping(ports, s))
+    }
+
+    /// Adds the sessions of record slots `from..` matching `q`'s filter to
+    /// its buffer, looking at no more than `budget` slots; returns where to
+    /// continue, or None when the table has been covered.
+    pub fn scan(&self, worker: usize, q: &mut SessionQuery, from: usize, budget: usize) -> Option<usize> {
+        let end = (from + budget).min(self.sessions.slots());
+        let words = |w: [u32; 4]| (w[0] as u128) << 96 | (w[1] as u128) << 64 | (w[2] as u128) << 32 | w[3] as u128;
+        let tuple = |k: &FlowKey| (words(k.src), k.sport, words(k.dst), k.dport);
+        for idx in from..end {
+            let Some(s) = self.sessions.get(idx as u32) else { break };
+            if s.state == SessionState::Free || self.sessions.is_expired(idx as u32, self.now) {
+                continue;
+            }
+            let f = &q.filter;
+            let (o, r) = (tuple(&s.key[0]), tuple(&s.key[1]));
+            if f.proto.is_some_and(|p| p != s.key[0].proto)
+                || f.addr.is_some_and(|a| ![o.0, o.2, r.0, r.2].contains(&a))
+                || f.port.is_some_and(|p| ![o.1, o.3, r.1, r.3].contains(&p))
+            {
+                continue;
+            }
+            q.matched += 1;
+            if q.out.len() < q.out.capacity() {
+                q.out.push(SessionView {
+                    worker,
+                    proto: s.key[0].proto,
+                    v6: s.key[0].v6,
+                    original: o,
+                    reply: r,
+                    state: s.state.name(),
+                    nat: NatKind::of(s.flags).name(),
+                    expires_in: s.deadline.wrapping_sub(self.now),
+                });
+            }
+        }
+        q.live = self.sessions.len();
+        (end < self.sessions.slots()).then_some(end)
     }
 
     /// Removes every session (for tests and `ctl`).

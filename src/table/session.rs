@@ -74,6 +74,22 @@ pub enum SessionState {
     Free,
 }
 
+impl SessionState {
+    pub fn name(self) -> &'static str {
+        match self {
+            SessionState::Open => "open",
+            SessionState::SynSent => "syn-sent",
+            SessionState::SynReceived => "syn-received",
+            SessionState::Established => "established",
+            SessionState::FinWait => "fin-wait",
+            SessionState::Closing => "closing",
+            SessionState::TimeWait => "time-wait",
+            SessionState::Closed => "closed",
+            SessionState::Free => "free",
+        }
+    }
+}
+
 /// Idle timeouts in seconds, by protocol and state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
@@ -170,9 +186,7 @@ impl SessionTable {
     /// A table for `capacity` sessions (< 2^31).
     pub fn new(capacity: usize, timeouts: Timeouts) -> SessionTable {
         let capacity = capacity.clamp(1, (1 << 31) - 1);
-        // Both directions indexed at a load of at most 0.7 (linear probing
-        // then averages about six probes on a miss: one or two cache lines).
-        let slots = (capacity * 2 * 10 / 7).max(16);
+        let slots = Self::slots_for(capacity);
         let index = vec![0; slots];
         let mut sessions: Vec<Session> = Vec::with_capacity(capacity);
         advise_huge(&index);
@@ -210,7 +224,18 @@ impl SessionTable {
 
     /// Bytes the table takes when full (index + records).
     pub fn memory_bytes(&self) -> usize {
-        self.index.len() * 8 + self.capacity * std::mem::size_of::<Session>() + WHEEL_SLOTS * 4
+        Self::bytes_for(self.capacity)
+    }
+
+    /// Bytes a full table of `capacity` sessions takes (index, records, wheel).
+    pub fn bytes_for(capacity: usize) -> usize {
+        Self::slots_for(capacity) * 8 + capacity * std::mem::size_of::<Session>() + WHEEL_SLOTS * 4
+    }
+
+    // Both directions indexed at a load of at most 0.7 (linear probing then
+    // averages about six probes on a miss: one or two cache lines).
+    fn slots_for(capacity: usize) -> usize {
+        (capacity * 2 * 10 / 7).max(16)
     }
 
     #[inline]
@@ -333,6 +358,11 @@ impl SessionTable {
     /// Live sessions with their indices, in storage order.
     pub fn iter(&self) -> impl Iterator<Item = (u32, &Session)> {
         self.sessions.iter().enumerate().filter(|(_, s)| s.state != SessionState::Free).map(|(i, s)| (i as u32, s))
+    }
+
+    /// Record slots in use or freed (indices below this may hold sessions).
+    pub fn slots(&self) -> usize {
+        self.sessions.len()
     }
 
     pub fn get(&self, idx: u32) -> Option<&Session> {
