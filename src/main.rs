@@ -42,6 +42,10 @@ enum Cmd {
         /// warm); the run lasts warm-up + seconds.
         #[arg(long, default_value_t = 0.0, value_name = "SECS")]
         warmup: f64,
+        /// Spread frames over workers by flow owner instead of by the
+        /// symmetric RSS hash (no cross-worker handoff: the reference).
+        #[arg(long)]
+        steer_by_owner: bool,
     },
     /// Write a scenario's traffic to a pcap file.
     Gen {
@@ -115,7 +119,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.cmd {
-        Cmd::Bench { scenario, cores, seconds, burst, json, quiet, push_every, warmup } => {
+        Cmd::Bench { scenario, cores, seconds, burst, json, quiet, push_every, warmup, steer_by_owner } => {
             let o = bench::BenchOptions {
                 cores,
                 seconds,
@@ -124,6 +128,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 progress: !quiet,
                 push_every,
                 warmup,
+                steer_by_owner,
                 ..Default::default()
             };
             let r = bench::run(&scenario, &o)?;

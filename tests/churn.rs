@@ -72,6 +72,7 @@ fn thousand_config_swaps_under_load_lose_nothing() {
         snapshots: control.snapshots(),
         stats: stats.clone(),
         stop: stop.clone(),
+        handoff: None,
     };
     let h = worker.spawn().unwrap();
 

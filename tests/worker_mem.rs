@@ -69,6 +69,7 @@ fn worker_forwards_over_mem_ports_across_a_snapshot_swap() {
         snapshots: shared.clone(),
         stats: stats.clone(),
         stop: stop.clone(),
+        handoff: None,
     };
     let h = worker.spawn().unwrap();
 

@@ -36,6 +36,8 @@ pub struct BenchOptions {
     pub push_every: Option<f64>,
     /// Seconds run before the measured window starts.
     pub warmup: f64,
+    /// Give each worker the frames of the flows it owns (no handoff).
+    pub steer_by_owner: bool,
 }
 
 impl Default for BenchOptions {
@@ -49,6 +51,7 @@ impl Default for BenchOptions {
             json: None,
             push_every: None,
             warmup: 0.0,
+            steer_by_owner: false,
         }
     }
 }
@@ -204,10 +207,24 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
         snap.fib6.routes()
     );
 
-    // Software RSS: each worker replays the frames whose flow hashes to it.
+    // Software RSS: each worker replays the frames whose flow hashes to it
+    // (symmetric 5-tuple hash, as NIC RSS with a symmetric key), or with
+    // `steer_by_owner` the frames whose flows it owns (an ideal RSS that
+    // never needs a handoff: the reference the handoff cost is measured by).
     let mut parts: Vec<(Vec<&[u8]>, Vec<Expect>)> = (0..cores).map(|_| (Vec::new(), Vec::new())).collect();
+    let mut parser = crate::stage::Parse::default();
+    let mut one: crate::packet::Burst = crate::packet::Burst::new(1);
     for (f, e) in p.traffic.frames.iter().zip(&p.traffic.expect) {
-        let w = rss_hash(f) as usize % cores;
+        let w = if o.steer_by_owner && cores > 1 {
+            let _ = one.push(crate::packet::Pkt::from_slice(f).unwrap_or_default(), p.traffic.ingress as u16);
+            parser.process(&snap, &mut one);
+            let w =
+                crate::stage::conntrack::owner(&snap, one.meta(0), crate::packet::PacketBuf::data(one.pkt(0)), cores);
+            one.drain(|_, _| {});
+            w
+        } else {
+            rss_hash(f) as usize % cores
+        };
         parts[w].0.push(f);
         parts[w].1.push(*e);
     }
@@ -233,6 +250,8 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
     let shared = control.snapshots();
     drop(snap);
     let stop = Arc::new(AtomicBool::new(false));
+    // Several workers: each flow is processed by the worker that owns it.
+    let handoff = (cores > 1).then(|| Arc::new(crate::dataplane::Handoff::new(cores, 1024)));
     let mut handles = Vec::new();
     let mut stats = Vec::new();
     let mut expects = Vec::new();
@@ -271,6 +290,7 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
             snapshots: shared.clone(),
             stats: st.clone(),
             stop: stop.clone(),
+            handoff: handoff.clone(),
         };
         handles.push(worker.spawn().map_err(|e| format!("cannot start worker {w}: {e}"))?);
         stats.push(st);

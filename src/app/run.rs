@@ -122,6 +122,8 @@ pub fn run(runtime: &Path, config: Option<&Path>) -> Result<(), String> {
     }
 
     let stop = Arc::new(AtomicBool::new(false));
+    // Several workers: each flow is processed by the worker that owns it.
+    let handoff = (n > 1).then(|| Arc::new(crate::dataplane::Handoff::new(n, 1024)));
     let mut handles = Vec::new();
     let mut stats = Vec::new();
     for (w, (rx, tx)) in queues.into_iter().enumerate() {
@@ -139,6 +141,7 @@ pub fn run(runtime: &Path, config: Option<&Path>) -> Result<(), String> {
             snapshots: control.snapshots(),
             stats: st.clone(),
             stop: stop.clone(),
+            handoff: handoff.clone(),
         };
         handles.push(worker.spawn().map_err(|e| format!("cannot start worker {w}: {e}"))?);
         stats.push(st);

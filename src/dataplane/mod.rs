@@ -1,11 +1,13 @@
 //! Worker loop, pipeline assembly, counters and snapshot publication.
 
 pub mod counters;
+pub mod handoff;
 pub mod pipeline;
 pub mod query;
 pub mod worker;
 
 pub use counters::{Counters, STAGE_COUNTERS, WorkerStats};
+pub use handoff::Handoff;
 pub use pipeline::{Pipeline, dispatch, transmit};
 pub use worker::{Worker, WorkerConfig};
 

@@ -15,6 +15,9 @@ pub struct Pipeline {
     pub conntrack: Conntrack,
     pub route: Route,
     pub neighbor: Neighbor,
+    /// Packets moved to the worker owning their flow, and received so.
+    pub handed_off: u64,
+    pub handed_in: u64,
 }
 
 impl Pipeline {
@@ -31,6 +34,12 @@ impl Pipeline {
     #[inline]
     pub fn process<P: PacketBuf>(&mut self, snap: &Snapshot, burst: &mut Burst<P>) {
         self.parse.process(snap, burst);
+        self.process_parsed(snap, burst);
+    }
+
+    /// The stages after parse (for packets parsed by another worker).
+    #[inline]
+    pub fn process_parsed<P: PacketBuf>(&mut self, snap: &Snapshot, burst: &mut Burst<P>) {
         self.conntrack.pre_route(snap, burst);
         self.route.process(snap, burst);
         self.conntrack.post_route(snap, burst);
@@ -72,6 +81,8 @@ impl Pipeline {
             m.len() as u64,
             m.stats.preserved,
             m.stats.exhausted,
+            self.handed_off,
+            self.handed_in,
         ]
     }
 }

@@ -2,12 +2,16 @@
 //! own queues, reading the configuration snapshot once per burst.
 
 use super::counters::{Counters, WorkerStats};
+use super::handoff::Handoff;
 use super::pipeline::{Pipeline, dispatch, transmit};
 use super::query::SessionQuery;
 use super::{Snapshots, cycles};
 use crate::packet::{Burst, Pkt, Pool};
+use crate::packet::{PacketBuf, Verdict};
 use crate::port::{RxQueue, TxQueue};
 use crate::stage::ConntrackConfig;
+use crate::stage::conntrack::owner;
+use crate::stage::{DropReason, Snapshot};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -37,6 +41,9 @@ pub struct Worker {
     pub snapshots: Snapshots,
     pub stats: Arc<WorkerStats>,
     pub stop: Arc<AtomicBool>,
+    /// Rings to the other workers (several workers with NAT): each packet
+    /// is processed by the worker owning its flow.
+    pub handoff: Option<Arc<Handoff>>,
 }
 
 impl Worker {
@@ -49,7 +56,11 @@ impl Worker {
             }
         }
         let ports = self.tx.len();
-        let mut pool = Pool::new(self.cfg.pool_size);
+        // With handoff, buffers move between workers: room for twice as many.
+        let mut pool = match self.handoff {
+            Some(_) => Pool::with_fill(2 * self.cfg.pool_size, self.cfg.pool_size),
+            None => Pool::new(self.cfg.pool_size),
+        };
         let mut burst: Burst<Pkt> = Burst::new(self.cfg.burst);
         let mut staging: Vec<Vec<Pkt>> = (0..ports).map(|_| Vec::with_capacity(self.cfg.burst)).collect();
         let mut pipeline = Pipeline::new(ConntrackConfig { worker: self.cfg.id, ..self.cfg.conntrack });
@@ -59,6 +70,7 @@ impl Worker {
         self.stats.session_capacity.store(pipeline.conntrack.sessions.capacity() as u64, Ordering::Relaxed);
         // A session listing in progress: (query, next slot to scan).
         let mut query: Option<(Box<SessionQuery>, usize)> = None;
+        let mut owners = vec![0usize; self.cfg.burst.max(1)];
         let mut c = Counters::new(ports);
         let mut cache = arc_swap::Cache::new(Arc::clone(&self.snapshots));
         let mut unpublished = false;
@@ -67,7 +79,28 @@ impl Worker {
             let snap = cache.load();
             pipeline.set_now(start.elapsed().as_secs() as u32 + 1);
             let mut got = 0;
+            // Packets other workers received for flows this one owns.
+            if let Some(h) = &self.handoff {
+                let mut n = 0;
+                while burst.room() > 0 {
+                    let Some((p, m)) = h.recv(self.cfg.id) else { break };
+                    let _ = burst.push_with_meta(p, m);
+                    n += 1;
+                }
+                if n > 0 {
+                    got += n;
+                    pipeline.handed_in += n as u64;
+                    pipeline.process_parsed(snap, &mut burst);
+                    dispatch(&mut burst, &mut staging, &mut pool, &mut c);
+                    transmit(&mut staging, &mut self.tx, &mut pool, &mut c);
+                }
+                h.balance(&mut pool, self.cfg.burst);
+            }
+            let congested = self.handoff.as_ref().is_some_and(|h| h.congested(self.cfg.burst));
             for (port, q) in self.rx.iter_mut() {
+                if congested {
+                    break;
+                }
                 let n = q.rx_burst(&mut pool, &mut burst, *port);
                 if n == 0 {
                     continue;
@@ -77,7 +110,14 @@ impl Worker {
                 if let Some(r) = c.port_rx.get_mut(*port as usize) {
                     *r += n as u64;
                 }
-                pipeline.process(snap, &mut burst);
+                match &self.handoff {
+                    Some(h) => {
+                        pipeline.parse.process(snap, &mut burst);
+                        hand_off(h, self.cfg.id, snap, &mut burst, &mut owners, &mut pool, &mut pipeline, &mut c);
+                        pipeline.process_parsed(snap, &mut burst);
+                    }
+                    None => pipeline.process(snap, &mut burst),
+                }
                 dispatch(&mut burst, &mut staging, &mut pool, &mut c);
                 transmit(&mut staging, &mut self.tx, &mut pool, &mut c);
             }
@@ -115,6 +155,27 @@ impl Worker {
                 unpublished = false;
             }
         }
+        // Packets already on the way to this worker are still processed.
+        if let Some(h) = &self.handoff {
+            h.stop_receiving();
+            let snap = cache.load();
+            while !h.drained(self.cfg.id) {
+                let mut n = 0;
+                while burst.room() > 0 {
+                    let Some((p, m)) = h.recv(self.cfg.id) else { break };
+                    let _ = burst.push_with_meta(p, m);
+                    n += 1;
+                }
+                if n == 0 {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                pipeline.handed_in += n as u64;
+                pipeline.process_parsed(snap, &mut burst);
+                dispatch(&mut burst, &mut staging, &mut pool, &mut c);
+                transmit(&mut staging, &mut self.tx, &mut pool, &mut c);
+            }
+        }
         c.stage = pipeline.stage_counters();
         self.stats.publish(&c);
         c
@@ -123,4 +184,39 @@ impl Worker {
     pub fn spawn(self) -> std::io::Result<JoinHandle<Counters>> {
         std::thread::Builder::new().name(format!("worker-{}", self.cfg.id)).spawn(move || self.run())
     }
+}
+
+/// Moves the packets of a parsed burst whose flows other workers own onto
+/// their rings (a full ring drops, counted).
+#[allow(clippy::too_many_arguments)]
+fn hand_off(
+    h: &Handoff,
+    me: usize,
+    snap: &Snapshot,
+    burst: &mut Burst<Pkt>,
+    owners: &mut [usize],
+    pool: &mut Pool,
+    pipeline: &mut Pipeline,
+    c: &mut Counters,
+) {
+    let n = h.workers();
+    let mut foreign = false;
+    for (i, o) in owners.iter_mut().enumerate().take(burst.len()) {
+        let m = burst.meta(i);
+        *o = if m.verdict == Verdict::Pending { owner(snap, m, burst.pkt(i).data(), n) } else { me };
+        foreign |= *o != me;
+    }
+    if !foreign {
+        return;
+    }
+    burst.split_off(
+        |i, _| owners[i] != me,
+        |i, p, m| match h.send(owners[i], p, *m) {
+            Ok(()) => pipeline.handed_off += 1,
+            Err(p) => {
+                c.drop(DropReason::HandoffFull, 1);
+                p.release(pool);
+            }
+        },
+    );
 }

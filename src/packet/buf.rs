@@ -252,8 +252,14 @@ pub struct Pool {
 impl Pool {
     /// Pre-allocates `capacity` buffers; the pool never grows past it.
     pub fn new(capacity: usize) -> Pool {
+        Pool::with_fill(capacity, capacity)
+    }
+
+    /// Room for `capacity` buffers, `fill` of them allocated now (a worker
+    /// that exchanges buffers with others keeps room to receive).
+    pub fn with_fill(capacity: usize, fill: usize) -> Pool {
         let mut free = Vec::with_capacity(capacity);
-        for _ in 0..capacity {
+        for _ in 0..fill.min(capacity) {
             free.push(Pkt::new());
         }
         Pool { free, capacity }
@@ -287,13 +293,20 @@ pub struct Burst<P: PacketBuf = Pkt> {
     pkts: Vec<P>,
     meta: Vec<Meta>,
     capacity: usize,
+    /// Scratch for `split_off` (allocated once, never grown).
+    kept: Vec<P>,
 }
 
 impl<P: PacketBuf> Burst<P> {
     /// A burst of at most `capacity` (1..=MAX_BURST) packets.
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.clamp(1, MAX_BURST);
-        Burst { pkts: Vec::with_capacity(capacity), meta: vec![Meta::default(); capacity], capacity }
+        Burst {
+            pkts: Vec::with_capacity(capacity),
+            meta: vec![Meta::default(); capacity],
+            capacity,
+            kept: Vec::with_capacity(capacity),
+        }
     }
 
     #[inline]
@@ -323,6 +336,37 @@ impl<P: PacketBuf> Burst<P> {
         self.meta[i] = Meta { in_port, ..Meta::default() };
         self.pkts.push(p);
         Ok(())
+    }
+
+    /// Adds a packet with metadata a stage already filled (a packet handed
+    /// over by another worker); gives it back when full.
+    #[inline]
+    pub fn push_with_meta(&mut self, p: P, meta: Meta) -> Result<(), P> {
+        let i = self.pkts.len();
+        if i == self.capacity {
+            return Err(p);
+        }
+        self.meta[i] = meta;
+        self.pkts.push(p);
+        Ok(())
+    }
+
+    /// Moves the packets for which `take` is true out to `out`, keeping the
+    /// others in order (no allocation).
+    /// Both closures get the packet's position in the burst.
+    pub fn split_off(&mut self, mut take: impl FnMut(usize, &Meta) -> bool, mut out: impl FnMut(usize, P, &Meta)) {
+        let mut w = 0;
+        for (i, p) in self.pkts.drain(..).enumerate() {
+            let m = self.meta[i];
+            if take(i, &m) {
+                out(i, p, &m);
+            } else {
+                self.meta[w] = m;
+                self.kept.push(p);
+                w += 1;
+            }
+        }
+        std::mem::swap(&mut self.pkts, &mut self.kept);
     }
 
     #[inline]

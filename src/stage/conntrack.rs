@@ -687,3 +687,86 @@ fn release_mapping(ports: &mut NatMap, s: &Session) {
         ports.release(s.key[0].proto, s.user);
     }
 }
+
+#[inline]
+fn endpoint_owner(a: u128, p: u16, n: usize) -> usize {
+    let x = (a as u64 ^ (a >> 64) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ (p as u64).wrapping_mul(0xff51_afd7_ed55_8ccd);
+    ((x ^ (x >> 29)) % n as u64) as usize
+}
+
+/// The worker (of `n`) that owns the flow of a parsed packet, so that both
+/// directions of every session, and every session of one inside endpoint,
+/// meet on one worker:
+/// - to the masquerade address: the owner of the destination port (each
+///   worker allocates only from its own slice);
+/// - arrived on the external port: by the inside endpoint it is for (the
+///   fixed IP of a floating IP, and the destination port);
+/// - hairpin (to a floating IP from inside) and traffic routed out of the
+///   external port: by the inside source endpoint, so one endpoint's
+///   mapping is the same for every destination (RFC 4787 REQ-1);
+/// - anything else (between internal networks, IPv6): a symmetric hash.
+///
+/// ICMP errors go where the flow they quote goes. Later fragments carry no
+/// ports: they are steered by address alone (see the issue notes).
+pub fn owner(snap: &Snapshot, m: &Meta, data: &[u8], n: usize) -> usize {
+    if n <= 1 {
+        return 0;
+    }
+    if m.l3 == L3::Ipv4
+        && m.proto == PROTO_ICMP
+        && m.frag == 0
+        && is_icmp_error(m.icmp_type)
+        && let Some(q) = quoted_v4(data, m.l4_off as usize, data.len())
+    {
+        let t = q.tuple.reversed();
+        let inner = Meta {
+            src: t.src as u128,
+            dst: t.dst as u128,
+            sport: t.sport,
+            dport: t.dport,
+            proto: q.proto,
+            icmp_type: 0,
+            hash: 0,
+            ..*m
+        };
+        return owner_of(snap, &inner, n);
+    }
+    owner_of(snap, m, n)
+}
+
+fn owner_of(snap: &Snapshot, m: &Meta, n: usize) -> usize {
+    let ported = m.frag != 2;
+    let port = |p: u16| if ported { p } else { 0 };
+    if m.l3 == L3::Ipv4 {
+        let nat = &snap.nat;
+        let dst = m.dst as u32;
+        if nat.is_masquerade_addr(dst) && ported && proto_slot(m.proto).is_some() {
+            return crate::table::natmap::port_owner(m.dport, n);
+        }
+        if let Some((ext_port, _)) = nat.external {
+            if m.in_port == ext_port {
+                let inside = nat.dnat.get(&dst).copied().unwrap_or(dst);
+                return endpoint_owner(inside as u128, port(m.dport), n);
+            }
+            if nat.dnat.contains_key(&dst) {
+                return endpoint_owner(m.src, port(m.sport), n);
+            }
+            let adj = snap.adj.get(snap.fib4.lookup(dst) as usize);
+            let out = adj.map(|a| match a.kind {
+                super::AdjKind::Ecmp => snap
+                    .ecmp
+                    .get(a.ecmp_start as usize)
+                    .and_then(|&e| snap.adj.get(e as usize))
+                    .map_or(u16::MAX, |e| e.port),
+                super::AdjKind::Gateway | super::AdjKind::Connected => a.port,
+                _ => u16::MAX,
+            });
+            if out == Some(ext_port) {
+                return endpoint_owner(m.src, port(m.sport), n);
+            }
+        }
+    }
+    let h = crate::packet::flow_hash(m.src, m.dst, port(m.sport), port(m.dport), m.proto);
+    (h as usize) % n
+}

@@ -119,6 +119,8 @@ drop_reasons! {
     InputPolicy = "firewall: not allowed to the appliance",
     /// To the management address but arrived on another interface.
     ManagementAddressElsewhere = "firewall: management address from another interface",
+    /// The ring to the worker owning the flow was full.
+    HandoffFull = "handoff: ring to owning worker full",
     /// Transmit queue full after a retry.
     TxFull = "tx: queue full",
     /// Should never happen: an impossible state caught instead of a panic.

@@ -1,0 +1,86 @@
+//! Cross-worker handoff: a packet whose flow another worker owns (see
+//! `stage::conntrack::owner`) is moved, with its parsed metadata, onto
+//! that worker's lock-free ring. Buffers travel with the packets, so a
+//! shared spare stack rebalances the per-worker pools (a worker that gives
+//! away more buffers than it receives takes spares back).
+
+use crate::packet::{Meta, Pkt, Pool};
+use crossbeam::queue::ArrayQueue;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+pub struct Handoff {
+    rings: Vec<ArrayQueue<(Pkt, Meta)>>,
+    spare: ArrayQueue<Pkt>,
+    /// Workers that have stopped receiving (they still drain their ring).
+    stopped: AtomicUsize,
+}
+
+impl Handoff {
+    /// Rings of `depth` packets for `workers` workers.
+    pub fn new(workers: usize, depth: usize) -> Handoff {
+        Handoff {
+            rings: (0..workers).map(|_| ArrayQueue::new(depth.max(1))).collect(),
+            spare: ArrayQueue::new((depth * workers).max(1)),
+            stopped: AtomicUsize::new(0),
+        }
+    }
+
+    /// Marks a worker as no longer receiving from its ports.
+    pub fn stop_receiving(&self) {
+        self.stopped.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// True once every worker has stopped receiving and `me`'s ring is
+    /// empty: nothing more can arrive for it.
+    pub fn drained(&self, me: usize) -> bool {
+        self.stopped.load(Ordering::Acquire) == self.rings.len() && self.rings.get(me).is_none_or(|r| r.is_empty())
+    }
+
+    pub fn workers(&self) -> usize {
+        self.rings.len()
+    }
+
+    /// Queues a packet for worker `to`; gives it back when the ring is full.
+    #[inline]
+    pub fn send(&self, to: usize, p: Pkt, m: Meta) -> Result<(), Pkt> {
+        match self.rings.get(to) {
+            Some(r) => r.push((p, m)).map_err(|(p, _)| p),
+            None => Err(p),
+        }
+    }
+
+    #[inline]
+    pub fn recv(&self, me: usize) -> Option<(Pkt, Meta)> {
+        self.rings.get(me)?.pop()
+    }
+
+    /// Keeps `pool` between a low and a high mark of `burst`-sized steps,
+    /// through the shared spare stack.
+    pub fn balance(&self, pool: &mut Pool, burst: usize) {
+        let cap = pool.capacity();
+        let (low, high) = (cap / 4, cap * 3 / 4);
+        for _ in 0..4 * burst {
+            if pool.available() < low {
+                match self.spare.pop() {
+                    Some(p) => pool.free(p),
+                    None => break,
+                }
+            } else if pool.available() > high {
+                let Some(p) = pool.alloc() else { break };
+                if let Err(p) = self.spare.push(p) {
+                    pool.free(p);
+                    break;
+                }
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Whether the ring to any worker is too full to take another burst
+    /// (the sender then stops receiving for a turn: backpressure, as a
+    /// NIC ring would exert, instead of drops between workers).
+    pub fn congested(&self, burst: usize) -> bool {
+        self.rings.iter().any(|r| r.len() + burst > r.capacity())
+    }
+}
