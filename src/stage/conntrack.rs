@@ -157,7 +157,8 @@ pub struct Conntrack {
     info: Vec<Info>,
     keys: Vec<FlowKey>,
     found: Vec<Option<(u32, u8)>>,
-    plans: Vec<Option<Plan>>,
+    /// New flows of the burst being planned: (position, plan).
+    planned: Vec<(usize, Plan)>,
     /// Seconds, from the worker's clock or the capture's timestamps.
     pub now: u32,
     pub counters: ConntrackCounters,
@@ -205,7 +206,7 @@ impl Conntrack {
             info: vec![Info::default(); MAX_BURST],
             keys: vec![FlowKey::default(); MAX_BURST],
             found: vec![None; MAX_BURST],
-            plans: vec![None; MAX_BURST],
+            planned: Vec::with_capacity(MAX_BURST),
             now: 0,
             counters: ConntrackCounters::default(),
         }
@@ -292,8 +293,14 @@ impl Conntrack {
             self.keys[lookups] = key;
             lookups += 1;
         }
-        // Pass 2: bulk lookups, 64 at a time.
-        let mut done = 0;
+        // Pass 2: bulk lookups, 64 at a time (none in an empty table: a
+        // router with no NAT and no policy never pays for the index).
+        let mut done = if self.sessions.is_empty() {
+            self.found[..lookups].fill(None);
+            lookups
+        } else {
+            0
+        };
         while done < lookups {
             let k = (lookups - done).min(64);
             self.sessions.lookup_bulk(&self.keys[done..done + k], &mut self.found[done..done + k]);
@@ -494,13 +501,12 @@ impl Conntrack {
     pub fn post_route<P: PacketBuf>(&mut self, snap: &Snapshot, burst: &mut Burst<P>) {
         // Pass 1: policy and translation of new flows; the index lines of
         // both keys of each new session are prefetched for pass 2.
-        let mut planned = false;
+        self.planned.clear();
         for i in 0..burst.len() {
-            self.plans[i] = None;
-            let info = self.info[i];
-            if info.kind != Kind::New {
+            if self.info[i].kind != Kind::New {
                 continue;
             }
+            let info = self.info[i];
             let (_, m) = burst.pair_mut(i);
             match m.verdict {
                 Verdict::Local => {
@@ -509,24 +515,27 @@ impl Conntrack {
                     }
                 }
                 Verdict::Forward => {
-                    self.plans[i] = self.plan(snap, m, &info);
-                    planned |= self.plans[i].is_some();
+                    if let Some(plan) = self.plan(snap, m, &info) {
+                        self.planned.push((i, plan));
+                    }
                 }
                 _ => {}
             }
         }
-        // Pass 2: sessions, rewrites, and fragments' translations.
+        // Pass 2: sessions and rewrites.
+        for k in 0..self.planned.len() {
+            let (i, plan) = self.planned[k];
+            let info = self.info[i];
+            let (pkt, m) = burst.pair_mut(i);
+            self.track(pkt, m, &info, &plan);
+        }
+        // First fragments: what the rest of their datagram becomes.
         for i in 0..burst.len() {
             let info = self.info[i];
-            if info.kind == Kind::Skip {
-                continue;
-            }
-            let (pkt, m) = burst.pair_mut(i);
-            if planned && let Some(plan) = self.plans[i] {
-                self.track(pkt, m, &info, &plan);
-            }
-            if m.frag == 1 && m.verdict != Verdict::Drop {
-                self.record_fragment(m, &info.orig);
+            let m = burst.meta(i);
+            if info.kind != Kind::Skip && m.frag == 1 && m.verdict != Verdict::Drop {
+                let m = *m;
+                self.record_fragment(&m, &info.orig);
             }
         }
     }
