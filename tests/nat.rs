@@ -341,33 +341,35 @@ fn rfc4787_req9_hairpinning_through_a_floating_ip() {
 
 // ---- RFC 5382 (TCP) ----
 
+const CLIENT: [u8; 4] = [192, 168, 1, 6];
+const SERVER: [u8; 4] = [93, 184, 216, 34];
+
+/// CLIENT:40000 opens a connection to SERVER:443 through the masquerade.
+fn handshake() -> Vec<In> {
+    vec![
+        on("ge2", 0.0, tcp(HOST, GE2, CLIENT, SERVER, 40000, 443, Flags::Syn)),
+        on("ge1", 0.1, tcp(UPSTREAM, GE1, SERVER, EXT, 443, 40000, Flags::SynAck)),
+        on("ge2", 0.2, tcp(HOST, GE2, CLIENT, SERVER, 40000, 443, Flags::Ack)),
+    ]
+}
+
 #[test]
 fn rfc5382_req5_established_connection_idle_two_hours_four_minutes() {
-    let c = [192, 168, 1, 6];
-    let s = [93, 184, 216, 34];
-    let out = replay(
-        vec![
-            on("ge2", 0.0, tcp(HOST, GE2, c, s, 40000, 443, Flags::Syn)),
-            on("ge1", 0.1, tcp(UPSTREAM, GE1, s, EXT, 443, 40000, Flags::SynAck)),
-            on("ge2", 0.2, tcp(HOST, GE2, c, s, 40000, 443, Flags::Ack)),
-            // Idle for 2 h 3 min 59 s, then data from the server.
-            on("ge1", 7439.0, tcp(UPSTREAM, GE1, s, EXT, 443, 40000, Flags::Ack)),
-        ],
-        |_| {},
-    );
+    let mut inputs = handshake();
+    // Idle for 2 h 3 min 59 s, then data from the server.
+    inputs.push(on("ge1", 7439.0, tcp(UPSTREAM, GE1, SERVER, EXT, 443, 40000, Flags::Ack)));
+    let out = replay(inputs, |_| {});
     assert_eq!(out.on("ge2").len(), 2, "both server segments reach the client");
-    assert_eq!(tuple(&out.on("ge2")[1]), (s, c, 443, 40000));
+    assert_eq!(tuple(&out.on("ge2")[1]), (SERVER, CLIENT, 443, 40000));
 }
 
 #[test]
 fn rfc5382_transitory_connection_expires_after_four_minutes() {
-    let c = [192, 168, 1, 6];
-    let s = [93, 184, 216, 34];
     let out = replay(
         vec![
-            on("ge2", 0.0, tcp(HOST, GE2, c, s, 40000, 443, Flags::Syn)),
+            on("ge2", 0.0, tcp(HOST, GE2, CLIENT, SERVER, 40000, 443, Flags::Syn)),
             // A half-open connection: 241 s later its mapping is gone.
-            on("ge1", 241.0, tcp(UPSTREAM, GE1, s, EXT, 443, 40000, Flags::SynAck)),
+            on("ge1", 241.0, tcp(UPSTREAM, GE1, SERVER, EXT, 443, 40000, Flags::SynAck)),
         ],
         |_| {},
     );
@@ -377,21 +379,16 @@ fn rfc5382_transitory_connection_expires_after_four_minutes() {
 
 #[test]
 fn rfc5382_closed_connection_frees_its_mapping() {
-    let c = [192, 168, 1, 6];
-    let s = [93, 184, 216, 34];
-    let out = replay(
-        vec![
-            on("ge2", 0.0, tcp(HOST, GE2, c, s, 40000, 443, Flags::Syn)),
-            on("ge1", 0.1, tcp(UPSTREAM, GE1, s, EXT, 443, 40000, Flags::SynAck)),
-            on("ge2", 0.2, tcp(HOST, GE2, c, s, 40000, 443, Flags::Ack)),
-            on("ge2", 1.0, tcp(HOST, GE2, c, s, 40000, 443, Flags::Fin)),
-            on("ge1", 1.1, tcp(UPSTREAM, GE1, s, EXT, 443, 40000, Flags::Fin)),
-            on("ge2", 1.2, tcp(HOST, GE2, c, s, 40000, 443, Flags::Ack)),
-            // Past TIME_WAIT (2 min), a fresh packet from outside finds nothing.
-            on("ge1", 200.0, tcp(UPSTREAM, GE1, s, EXT, 443, 40000, Flags::Ack)),
-        ],
-        |_| {},
-    );
+    let (c, s) = (CLIENT, SERVER);
+    let mut inputs = handshake();
+    inputs.extend([
+        on("ge2", 1.0, tcp(HOST, GE2, c, s, 40000, 443, Flags::Fin)),
+        on("ge1", 1.1, tcp(UPSTREAM, GE1, s, EXT, 443, 40000, Flags::Fin)),
+        on("ge2", 1.2, tcp(HOST, GE2, c, s, 40000, 443, Flags::Ack)),
+        // Past TIME_WAIT (2 min), a fresh packet from outside finds nothing.
+        on("ge1", 200.0, tcp(UPSTREAM, GE1, s, EXT, 443, 40000, Flags::Ack)),
+    ]);
+    let out = replay(inputs, |_| {});
     assert_eq!(out.on("ge1").len(), 4);
     assert_eq!(out.on("ge2").len(), 2);
     assert_eq!(out.counter("nat: port mappings in use"), 0);

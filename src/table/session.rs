@@ -560,24 +560,25 @@ impl SessionTable {
 
     /// Removes a session now (e.g. a flow the firewall refused).
     pub fn remove(&mut self, idx: u32) -> bool {
-        if self.sessions.get(idx as usize).is_none_or(|s| s.state == SessionState::Free) {
-            return false;
-        }
-        self.unlink(idx);
-        self.release(idx);
-        self.stats.removed += 1;
-        true
+        let freed = self.free_now(idx);
+        self.stats.removed += freed as u64;
+        freed
     }
 
     /// Frees a session found past its deadline before the wheel got to it
     /// (counted as expired).
     pub fn retire(&mut self, idx: u32) -> bool {
+        let freed = self.free_now(idx);
+        self.stats.expired += freed as u64;
+        freed
+    }
+
+    fn free_now(&mut self, idx: u32) -> bool {
         if self.sessions.get(idx as usize).is_none_or(|s| s.state == SessionState::Free) {
             return false;
         }
         self.unlink(idx);
         self.release(idx);
-        self.stats.expired += 1;
         true
     }
 
