@@ -700,3 +700,23 @@ fn syn_flood_and_spoofed_replies_create_nothing_and_sessions_expire() {
     assert_eq!(out.counter("conntrack: sessions in use"), 1);
     assert_eq!(out.counter("nat: port mappings in use"), 1);
 }
+
+#[test]
+fn port_exhaustion_refuses_new_endpoints_and_counts_them() {
+    // 64,512 unprivileged ports; 64,600 inside endpoints ask for one each.
+    let mut inputs = Vec::new();
+    for i in 0..64_600u32 {
+        let host = [192, 168, 1, 10 + (i / 6460) as u8];
+        let sport = 1024 + (i % 6460) as u16;
+        inputs.push(on("ge2", i as f64 * 1e-6, udp(HOST, GE2, host, [8, 8, 8, 8], sport, 53)));
+    }
+    let out = replay(inputs, |o| o.sessions = 100_000);
+    assert_eq!(out.counter("nat: port mappings in use"), 64_512);
+    assert_eq!(out.drops("nat: no free external port"), 88);
+    assert_eq!(out.counter("nat: port allocation failures"), 88);
+    assert_eq!(out.on("ge1").len(), 64_512);
+    // Every external port used once.
+    let ports: std::collections::HashSet<u16> = out.on("ge1").iter().map(|f| tuple(f).2).collect();
+    assert_eq!(ports.len(), 64_512);
+    assert!(ports.iter().all(|&p| p >= 1024));
+}
