@@ -325,7 +325,50 @@ fn seeds() -> Vec<Vec<u8>> {
         t,
         with_ipv4_options(&[148, 4, 0, 0], [8, 8, 8, 8]),
         ipv6("fdd6:a1fa:cfa8:1::5", "2001:db8:77::1", 64, 17, &[0x0f, 0xa0, 0, 53, 0, 8, 0, 0]),
+        icmp4_error(),
+        icmp6_error(),
     ]
+}
+
+/// An ICMPv4 port unreachable quoting a UDP packet (the NAT translates those).
+fn icmp4_error() -> Vec<u8> {
+    let quoted = &udp4([192, 168, 1, 5], 64)[14..42];
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(PEER, GE2)
+        .ipv4([192, 168, 1, 5], [8, 8, 8, 8], 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port))
+        .write(&mut v, quoted)
+        .unwrap();
+    v
+}
+
+/// An ICMPv6 destination unreachable quoting an IPv6 echo request.
+fn icmp6_error() -> Vec<u8> {
+    let inner = ipv6("2001:db8:77::1", "fdd6:a1fa:cfa8:1::5", 64, 58, &[128, 0, 0, 0, 0x12, 0x34, 0, 1]);
+    let mut icmp = vec![1, 4, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(&inner[14..]);
+    ipv6("fdd6:a1fa:cfa8:1::5", "2001:db8:77::1", 64, 58, &icmp)
+}
+
+#[test]
+fn icmp_errors_cut_anywhere_never_panic() {
+    let snap = snapshot(|_| {});
+    for seed in [icmp4_error(), icmp6_error()] {
+        for cut in 14..=seed.len() {
+            let mut f = seed[..cut].to_vec();
+            // Keep the outer length fields consistent with the cut, so the
+            // error reaches the NAT instead of failing the parse.
+            if f.len() >= 34 && f[12] == 0x08 {
+                let l = (f.len() - 14) as u16;
+                f[16..18].copy_from_slice(&l.to_be_bytes());
+                fix_ipv4_checksum(&mut f);
+            } else if f.len() >= 54 && f[12] == 0x86 {
+                let l = (f.len() - 54) as u16;
+                f[18..20].copy_from_slice(&l.to_be_bytes());
+            }
+            burst_accounting(&snap, &[f]);
+        }
+    }
 }
 
 proptest! {
@@ -347,7 +390,7 @@ proptest! {
     }
 
     #[test]
-    fn mutated_valid_frames_never_panic(which in 0usize..5, edits in prop::collection::vec((0usize..120, any::<u8>()), 1..6), cut in 0usize..130) {
+    fn mutated_valid_frames_never_panic(which in 0usize..7, edits in prop::collection::vec((0usize..120, any::<u8>()), 1..6), cut in 0usize..130) {
         let snap = snapshot(|_| {});
         let mut f = seeds()[which].clone();
         for (pos, val) in edits {

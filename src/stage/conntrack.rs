@@ -428,8 +428,9 @@ impl Conntrack {
             }
             PROTO_ICMPV6 if m.l3 == L3::Ipv6 && (1..=4).contains(&data[l4]) => {
                 // IPv6 is never translated: a known quoted flow makes it related.
+                // The quoted IPv6 header and the 8 transport bytes read below.
                 let q = l4 + 8;
-                if end < q + 44 || data[q] >> 4 != 6 {
+                if end.min(data.len()) < q + 48 || data[q] >> 4 != 6 {
                     return false;
                 }
                 let nh = data[q + 6];
