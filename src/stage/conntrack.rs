@@ -562,7 +562,7 @@ impl Conntrack {
             if info.dnat && !out_ext {
                 kind = NatKind::Hairpin;
             } else if out_ext {
-                match (!nat.snat.is_empty()).then(|| nat.snat.get(&(m.src as u32))).flatten() {
+                match nat.snat.get(&(m.src as u32)) {
                     Some(&f) => {
                         kind = NatKind::FloatingOut;
                         new_src = Some(f);

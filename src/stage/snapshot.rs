@@ -2,9 +2,8 @@
 //! thread, published with one pointer swap, read once per burst.
 
 use crate::packet::Mac;
+use crate::table::addrmap::AddrMap;
 use crate::table::{Acl, Lpm4, Lpm6, NeighborTable};
-use ahash::RandomState;
-use std::collections::HashMap;
 
 /// What a port is for, from the network type bound to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -113,9 +112,9 @@ pub struct NatConfig {
     /// The external port and its masquerade address (its first IPv4 address).
     pub external: Option<(u16, u32)>,
     /// Floating IP → fixed IP (DNAT).
-    pub dnat: HashMap<u32, u32, RandomState>,
+    pub dnat: AddrMap,
     /// Fixed IP → floating IP (SNAT leaving by the external port).
-    pub snat: HashMap<u32, u32, RandomState>,
+    pub snat: AddrMap,
     pub filtering: Filtering,
     /// Per port: TCP to 169.254.169.254:80 goes to the metadata proxy.
     pub metadata: Vec<bool>,

@@ -2,6 +2,7 @@
 //! has a builder (mutable, allocating) and a frozen form (immutable, fast).
 
 pub mod acl;
+pub mod addrmap;
 pub mod lpm4;
 pub mod lpm6;
 pub mod mem;
