@@ -157,6 +157,7 @@ pub struct Conntrack {
     info: Vec<Info>,
     keys: Vec<FlowKey>,
     found: Vec<Option<(u32, u8)>>,
+    hashes: Vec<u64>,
     /// New flows of the burst being planned: (position, plan).
     planned: Vec<(usize, Plan)>,
     /// Seconds, from the worker's clock or the capture's timestamps.
@@ -206,6 +207,7 @@ impl Conntrack {
             info: vec![Info::default(); MAX_BURST],
             keys: vec![FlowKey::default(); MAX_BURST],
             found: vec![None; MAX_BURST],
+            hashes: vec![0; MAX_BURST],
             planned: Vec::with_capacity(MAX_BURST),
             now: 0,
             counters: ConntrackCounters::default(),
@@ -291,6 +293,11 @@ impl Conntrack {
             }
             self.info[i].kind = Kind::Hit; // provisional: looked up below
             self.keys[lookups] = key;
+            if !self.sessions.is_empty() {
+                let h = self.sessions.hash(&key);
+                self.sessions.prefetch(h);
+                self.hashes[lookups] = h;
+            }
             lookups += 1;
         }
         // Pass 2: bulk lookups, 64 at a time (none in an empty table: a
@@ -303,7 +310,11 @@ impl Conntrack {
         };
         while done < lookups {
             let k = (lookups - done).min(64);
-            self.sessions.lookup_bulk(&self.keys[done..done + k], &mut self.found[done..done + k]);
+            self.sessions.lookup_bulk_hashed(
+                &self.keys[done..done + k],
+                &self.hashes[done..done + k],
+                &mut self.found[done..done + k],
+            );
             done += k;
         }
         // Pass 3: translate hits, prepare new flows.

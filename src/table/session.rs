@@ -315,11 +315,19 @@ impl SessionTable {
         const N: usize = 64;
         let n = keys.len().min(out.len()).min(N);
         let mut hashes = [0u64; N];
-        let mut found = [u64::MAX; N];
         for i in 0..n {
             hashes[i] = self.hash(&keys[i]);
             self.prefetch(hashes[i]);
         }
+        self.lookup_bulk_hashed(&keys[..n], &hashes[..n], out);
+    }
+
+    /// `lookup_bulk` for keys whose hashes were computed, and index lines
+    /// prefetched, earlier (giving the fetches more time to land).
+    pub fn lookup_bulk_hashed(&self, keys: &[FlowKey], hashes: &[u64], out: &mut [Option<(u32, u8)>]) {
+        const N: usize = 64;
+        let n = keys.len().min(hashes.len()).min(out.len()).min(N);
+        let mut found = [u64::MAX; N];
         for i in 0..n {
             let (tag, mut pos) = (Self::tag(hashes[i]), self.home(hashes[i]));
             // The first entry with a matching tag (nearly always the one).
