@@ -135,8 +135,6 @@ impl Worker {
                 }
                 std::hint::spin_loop();
             }
-            // Publish every few bursts, and as soon as the queues run dry so
-            // the counters are exact whenever the worker is idle.
             // Session listings: a slice of the table between bursts.
             if (got == 0 || c.bursts.is_multiple_of(PUBLISH_EVERY))
                 && let Some((mut q, from)) = query.take().or_else(|| self.stats.queries.request.pop().map(|q| (q, 0)))
@@ -148,6 +146,8 @@ impl Worker {
                     }
                 }
             }
+            // Publish every few bursts, and as soon as the queues run dry so
+            // the counters are exact whenever the worker is idle.
             if unpublished && (got == 0 || c.bursts.is_multiple_of(PUBLISH_EVERY)) {
                 c.stage = pipeline.stage_counters();
                 self.stats.publish(&c);
