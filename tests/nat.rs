@@ -720,3 +720,45 @@ fn port_exhaustion_refuses_new_endpoints_and_counts_them() {
     assert_eq!(ports.len(), 64_512);
     assert!(ports.iter().all(|&p| p >= 1024));
 }
+
+/// Two packets of one flow in one burst, after its session expired: the
+/// first retires the session, the second must not use the freed record.
+#[test]
+fn expired_session_seen_twice_in_one_burst() {
+    use astara_dp::dataplane::Pipeline;
+    use astara_dp::packet::{Burst, Pkt, Verdict};
+    use astara_dp::stage::ConntrackConfig;
+    let cfg = common::router_config();
+    let ports = astara_dp::control::ports_from_config(&cfg);
+    let snap = astara_dp::control::compile(&cfg, &ports, &common::options()).unwrap().snapshot;
+    let mut pipe = Pipeline::new(ConntrackConfig::default());
+    let mut burst: Burst<Pkt> = Burst::new(4);
+    let run = |pipe: &mut Pipeline, burst: &mut Burst<Pkt>, frames: &[(u16, Vec<u8>)]| {
+        for (port, f) in frames {
+            burst.push(Pkt::from_slice(f).unwrap(), *port).unwrap();
+        }
+        pipe.process(&snap, burst);
+        let mut out = Vec::new();
+        burst.drain(|p, m| out.push((m.verdict, m.reason, astara_dp::packet::PacketBuf::data(&p).to_vec())));
+        out
+    };
+    pipe.set_now(10);
+    let first = run(&mut pipe, &mut burst, &[(2, udp(HOST, GE2, [192, 168, 1, 6], [8, 8, 8, 8], 5000, 53))]);
+    assert_eq!(first[0].0, Verdict::Forward);
+    // 200 s later (UDP: 120 s), two replies, then two new outbound packets.
+    pipe.set_now(210);
+    let reply = udp(UPSTREAM, GE1, [8, 8, 8, 8], EXT, 53, 5000);
+    let out = run(&mut pipe, &mut burst, &[(1, reply.clone()), (1, reply)]);
+    for (v, r, _) in &out {
+        assert_eq!(
+            (*v, astara_dp::stage::DropReason::from_u8(*r).name()),
+            (Verdict::Drop, "firewall: not allowed to the appliance")
+        );
+    }
+    let again = udp(HOST, GE2, [192, 168, 1, 6], [8, 8, 8, 8], 5000, 53);
+    let out = run(&mut pipe, &mut burst, &[(2, again.clone()), (2, again)]);
+    for (v, _, f) in &out {
+        assert_eq!(*v, Verdict::Forward);
+        assert_eq!(tuple(f), (EXT, [8, 8, 8, 8], 5000, 53));
+    }
+}

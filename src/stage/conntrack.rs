@@ -343,16 +343,20 @@ impl Conntrack {
         }
     }
 
-    /// Frees session `idx` if it is past its deadline; true if it was.
+    /// Frees session `idx` if it is past its deadline; true if it is gone
+    /// (also when an earlier packet of the burst already retired it).
     #[inline]
     fn retire_if_expired(&mut self, idx: u32) -> bool {
         if !self.sessions.is_expired(idx, self.now) {
             return false;
         }
-        if let Some(s) = self.sessions.get(idx).copied() {
+        if let Some(s) = self.sessions.get(idx).copied()
+            && s.state != SessionState::Free
+        {
             release_mapping(&mut self.ports, &s);
+            self.sessions.retire(idx);
         }
-        self.sessions.retire(idx)
+        true
     }
 
     /// Rewrites a packet of session `idx` arriving in direction `dir` into

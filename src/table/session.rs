@@ -556,8 +556,11 @@ impl SessionTable {
     /// Whether the session is past its deadline at `now` (it may not have
     /// been freed yet: expiry is incremental).
     #[inline]
+    /// A free record counts as expired.
     pub fn is_expired(&self, idx: u32, now: u32) -> bool {
-        self.sessions.get(idx as usize).is_none_or(|s| (now.wrapping_sub(s.deadline) as i32) >= 0)
+        self.sessions
+            .get(idx as usize)
+            .is_none_or(|s| s.state == SessionState::Free || (now.wrapping_sub(s.deadline) as i32) >= 0)
     }
 
     /// When the session last saw a packet (its deadline less its timeout).
