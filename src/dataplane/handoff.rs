@@ -4,7 +4,7 @@
 //! shared spare stack rebalances the per-worker pools (a worker that gives
 //! away more buffers than it receives takes spares back).
 
-use crate::packet::{Meta, Pkt, Pool};
+use crate::packet::{Burst, Meta, Pkt, Pool};
 use crossbeam::queue::ArrayQueue;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -49,9 +49,18 @@ impl Handoff {
         }
     }
 
+    /// Moves packets queued for worker `me` into `burst`, up to its room;
+    /// returns how many.
     #[inline]
-    pub fn recv(&self, me: usize) -> Option<(Pkt, Meta)> {
-        self.rings.get(me)?.pop()
+    pub fn recv_into(&self, me: usize, burst: &mut Burst<Pkt>) -> usize {
+        let Some(ring) = self.rings.get(me) else { return 0 };
+        let mut n = 0;
+        while burst.room() > 0 {
+            let Some((p, m)) = ring.pop() else { break };
+            let _ = burst.push_with_meta(p, m);
+            n += 1;
+        }
+        n
     }
 
     /// Keeps `pool` between a low and a high mark of `burst`-sized steps,

@@ -81,12 +81,7 @@ impl Worker {
             let mut got = 0;
             // Packets other workers received for flows this one owns.
             if let Some(h) = &self.handoff {
-                let mut n = 0;
-                while burst.room() > 0 {
-                    let Some((p, m)) = h.recv(self.cfg.id) else { break };
-                    let _ = burst.push_with_meta(p, m);
-                    n += 1;
-                }
+                let n = h.recv_into(self.cfg.id, &mut burst);
                 if n > 0 {
                     got += n;
                     pipeline.handed_in += n as u64;
@@ -160,12 +155,7 @@ impl Worker {
             h.stop_receiving();
             let snap = cache.load();
             while !h.drained(self.cfg.id) {
-                let mut n = 0;
-                while burst.room() > 0 {
-                    let Some((p, m)) = h.recv(self.cfg.id) else { break };
-                    let _ = burst.push_with_meta(p, m);
-                    n += 1;
-                }
+                let n = h.recv_into(self.cfg.id, &mut burst);
                 if n == 0 {
                     std::hint::spin_loop();
                     continue;

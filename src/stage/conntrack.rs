@@ -27,7 +27,7 @@ use super::nat::{Tuple4, quoted_v4, rewrite_v4, translate_icmp_error};
 use super::{DropReason as D, Filtering, Punt, Snapshot};
 use crate::dataplane::query::{SessionQuery, SessionView};
 use crate::packet::ipv4::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
-use crate::packet::l4::icmp_is_echo;
+use crate::packet::l4::{icmp_is_echo, icmp_is_error};
 use crate::packet::{Burst, L3, MAX_BURST, Meta, PacketBuf, Verdict};
 use crate::table::natmap::{NatMap, proto_slot, worker_ranges};
 use crate::table::session::{FlowKey, Session, SessionError, SessionState, SessionTable, Timeouts};
@@ -190,12 +190,6 @@ fn set_tuple(m: &mut Meta, t: Tuple4) {
     m.hash = 0;
 }
 
-/// ICMPv4 error types that quote a packet (RFC 792, 1812).
-#[inline]
-fn is_icmp_error(t: u8) -> bool {
-    matches!(t, 3 | 4 | 5 | 11 | 12)
-}
-
 impl Conntrack {
     pub fn new(cfg: ConntrackConfig) -> Conntrack {
         let (low, high) = worker_ranges(cfg.workers.max(1), cfg.worker);
@@ -226,8 +220,7 @@ impl Conntrack {
     /// continue, or None when the table has been covered.
     pub fn scan(&self, worker: usize, q: &mut SessionQuery, from: usize, budget: usize) -> Option<usize> {
         let end = (from + budget).min(self.sessions.slots());
-        let words = |w: [u32; 4]| (w[0] as u128) << 96 | (w[1] as u128) << 64 | (w[2] as u128) << 32 | w[3] as u128;
-        let tuple = |k: &FlowKey| (words(k.src), k.sport, words(k.dst), k.dport);
+        let tuple = |k: &FlowKey| (k.src_addr(), k.sport, k.dst_addr(), k.dport);
         for idx in from..end {
             let Some(s) = self.sessions.get(idx as u32) else { break };
             if s.state == SessionState::Free || self.sessions.is_expired(idx as u32, self.now) {
@@ -422,7 +415,7 @@ impl Conntrack {
         let (l3, l4, end) = (m.l3_off as usize, m.l4_off as usize, pkt.len());
         let data = pkt.data();
         match m.proto {
-            PROTO_ICMP if m.l3 == L3::Ipv4 && is_icmp_error(data[l4]) => {
+            PROTO_ICMP if m.l3 == L3::Ipv4 && icmp_is_error(data[l4]) => {
                 let Some(q) = quoted_v4(data, l4, end) else { return false };
                 let t = q.tuple;
                 let key = FlowKey::v4(t.dst, t.src, t.dport, t.sport, q.proto);
@@ -499,8 +492,7 @@ impl Conntrack {
     /// Remembers what a first fragment became, for the rest of the datagram.
     #[inline]
     fn record_fragment(&mut self, m: &Meta, orig: &FlowKey) {
-        let to_u128 = |w: [u32; 4]| (w[0] as u128) << 96 | (w[1] as u128) << 64 | (w[2] as u128) << 32 | w[3] as u128;
-        let (src, dst) = (to_u128(orig.src), to_u128(orig.dst));
+        let (src, dst) = (orig.src_addr(), orig.dst_addr());
         let slot = self.frag_slot(src, dst, m.frag_id, m.proto);
         self.frags[slot] = Frag {
             src,
@@ -741,7 +733,7 @@ pub fn owner(snap: &Snapshot, m: &Meta, data: &[u8], n: usize) -> usize {
     if m.l3 == L3::Ipv4
         && m.proto == PROTO_ICMP
         && m.frag == 0
-        && is_icmp_error(m.icmp_type)
+        && icmp_is_error(m.icmp_type)
         && let Some(q) = quoted_v4(data, m.l4_off as usize, data.len())
     {
         let t = q.tuple.reversed();

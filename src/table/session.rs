@@ -37,6 +37,10 @@ fn words(a: u128) -> [u32; 4] {
     [(a >> 96) as u32, (a >> 64) as u32, (a >> 32) as u32, a as u32]
 }
 
+fn addr(w: [u32; 4]) -> u128 {
+    (w[0] as u128) << 96 | (w[1] as u128) << 64 | (w[2] as u128) << 32 | w[3] as u128
+}
+
 impl FlowKey {
     /// A key from 128-bit addresses (IPv4 in the low 32 bits when `!v6`).
     pub fn new(src: u128, dst: u128, sport: u16, dport: u16, proto: u8, v6: bool) -> FlowKey {
@@ -45,6 +49,15 @@ impl FlowKey {
 
     pub fn v4(src: u32, dst: u32, sport: u16, dport: u16, proto: u8) -> FlowKey {
         FlowKey::new(src as u128, dst as u128, sport, dport, proto, false)
+    }
+
+    /// The source address as 128 bits (IPv4 in the low 32).
+    pub fn src_addr(&self) -> u128 {
+        addr(self.src)
+    }
+
+    pub fn dst_addr(&self) -> u128 {
+        addr(self.dst)
     }
 
     /// The same flow seen from the other end.
