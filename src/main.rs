@@ -93,7 +93,7 @@ enum Cmd {
         #[arg(long, default_value_t = 65536)]
         sessions: usize,
         /// RFC 4787 filtering: address-and-port-dependent or endpoint-independent.
-        #[arg(long, default_value = "address-and-port-dependent", value_parser = replay::parse_filtering)]
+        #[arg(long, default_value = "address-and-port-dependent", value_parser = str::parse::<astara_dp::stage::Filtering>)]
         filtering: astara_dp::stage::Filtering,
     },
 }

@@ -40,10 +40,6 @@ impl Default for ReplayOptions {
     }
 }
 
-pub fn parse_filtering(s: &str) -> Result<Filtering, String> {
-    crate::control::runtime::ConntrackRuntime { filtering: s.to_string(), ..Default::default() }.filtering()
-}
-
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct InterfaceCounts {
     pub rx: u64,

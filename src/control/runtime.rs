@@ -126,11 +126,7 @@ fn default_filtering() -> String {
 
 impl ConntrackRuntime {
     pub fn filtering(&self) -> Result<Filtering, String> {
-        match self.filtering.as_str() {
-            "address-and-port-dependent" => Ok(Filtering::AddressAndPortDependent),
-            "endpoint-independent" => Ok(Filtering::EndpointIndependent),
-            f => Err(format!("conntrack.filtering: '{f}' is not address-and-port-dependent or endpoint-independent")),
-        }
+        self.filtering.parse().map_err(|e| format!("conntrack.filtering: {e}"))
     }
 
     /// Timeouts with the overrides, checked against the RFC minimums

@@ -106,6 +106,18 @@ pub enum Filtering {
     EndpointIndependent,
 }
 
+impl std::str::FromStr for Filtering {
+    type Err = String;
+    /// The names the runtime file and `replay --filtering` use.
+    fn from_str(s: &str) -> Result<Filtering, String> {
+        match s {
+            "address-and-port-dependent" => Ok(Filtering::AddressAndPortDependent),
+            "endpoint-independent" => Ok(Filtering::EndpointIndependent),
+            f => Err(format!("'{f}' is not address-and-port-dependent or endpoint-independent")),
+        }
+    }
+}
+
 /// IPv4 address translation, compiled from the document.
 #[derive(Debug, Clone, Default)]
 pub struct NatConfig {
