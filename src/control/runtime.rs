@@ -28,6 +28,9 @@ pub enum Backend {
         #[serde(default)]
         tx: Option<PathBuf>,
     },
+    /// A Linux interface through AF_PACKET rings (one pair per worker,
+    /// spread over the workers by PACKET_FANOUT).
+    AfPacket { interface: String },
 }
 
 // No deny_unknown_fields here: serde does not support it with `flatten`.
@@ -35,9 +38,12 @@ pub enum Backend {
 pub struct PortConfig {
     /// Logical name the orchestrator sees (`ge0`, `ge1`, ...).
     pub name: String,
-    pub mac: String,
-    #[serde(default = "default_mtu")]
-    pub mtu: u16,
+    /// Required except for `af_packet`, where it defaults to the interface's.
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// IP MTU; `af_packet` defaults to the interface's, others to 1500.
+    #[serde(default)]
+    pub mtu: Option<u16>,
     #[serde(flatten)]
     pub backend: Backend,
 }
@@ -191,9 +197,6 @@ pub struct Runtime {
     pub dir: PathBuf,
 }
 
-fn default_mtu() -> u16 {
-    1500
-}
 fn default_listen() -> String {
     "management".into()
 }
@@ -242,16 +245,32 @@ impl Runtime {
         }
         let mut names = std::collections::HashSet::new();
         let mut macs = std::collections::HashSet::new();
+        let mut ifaces = std::collections::HashSet::new();
         for (i, p) in r.ports.iter().enumerate() {
-            let mac: Mac = p.mac.parse().map_err(|e| format!("ports[{i}].mac: {e}"))?;
+            match (&p.mac, &p.backend) {
+                (Some(m), _) => {
+                    let mac: Mac = m.parse().map_err(|e| format!("ports[{i}].mac: {e}"))?;
+                    if !macs.insert(mac) {
+                        return Err(format!("ports[{i}].mac: {mac} is used twice"));
+                    }
+                }
+                (None, Backend::AfPacket { .. }) => {}
+                (None, _) => {
+                    return Err(format!("ports[{i}].mac: missing (only af_packet ports read it from the interface)"));
+                }
+            }
+            if let Backend::AfPacket { interface } = &p.backend
+                && !ifaces.insert(interface.clone())
+            {
+                return Err(format!("ports[{i}].interface: {interface} is used twice"));
+            }
             if !names.insert(p.name.clone()) {
                 return Err(format!("ports[{i}].name: {} is used twice", p.name));
             }
-            if !macs.insert(mac) {
-                return Err(format!("ports[{i}].mac: {mac} is used twice"));
-            }
-            if !(68..=9000).contains(&p.mtu) {
-                return Err(format!("ports[{i}].mtu: {} is outside 68..=9000", p.mtu));
+            if let Some(mtu) = p.mtu
+                && !(68..=9000).contains(&mtu)
+            {
+                return Err(format!("ports[{i}].mtu: {mtu} is outside 68..=9000"));
             }
         }
         for (i, n) in r.neighbors.iter().enumerate() {
@@ -271,13 +290,18 @@ impl Runtime {
         if p.is_absolute() { p.to_path_buf() } else { self.dir.join(p) }
     }
 
+    /// The ports as configured. An `af_packet` port without a MAC or MTU
+    /// has zero there: the backend fills them in from the interface.
     pub fn port_specs(&self) -> Vec<PortSpec> {
         self.ports
             .iter()
-            .map(|p| PortSpec {
-                name: p.name.clone(),
-                mac: p.mac.parse().unwrap_or(Mac::ZERO),
-                mtu: p.mtu.min(crate::packet::MAX_FRAME as u16 - 22),
+            .map(|p| {
+                let default_mtu = if matches!(p.backend, Backend::AfPacket { .. }) { 0 } else { 1500 };
+                PortSpec {
+                    name: p.name.clone(),
+                    mac: p.mac.as_deref().and_then(|m| m.parse().ok()).unwrap_or(Mac::ZERO),
+                    mtu: p.mtu.unwrap_or(default_mtu).min(crate::packet::MAX_FRAME as u16 - 22),
+                }
             })
             .collect()
     }

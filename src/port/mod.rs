@@ -3,8 +3,10 @@
 //!
 //! Backends: `mem` (in-process rings, for tests and chaining), `pcap`
 //! (replay a capture from memory, write captures), `null` (a sink that counts
-//! and frees, like DPDK's net_null).
+//! and frees, like DPDK's net_null), `af_packet` (a Linux interface through
+//! TPACKET_V3/V2 rings).
 
+pub mod af_packet;
 pub mod mem;
 pub mod null;
 pub mod pcap;
