@@ -73,6 +73,7 @@ fn thousand_config_swaps_under_load_lose_nothing() {
         stats: stats.clone(),
         stop: stop.clone(),
         handoff: None,
+        exception: None,
     };
     let h = worker.spawn().unwrap();
 

@@ -70,6 +70,7 @@ fn worker_forwards_over_mem_ports_across_a_snapshot_swap() {
         stats: stats.clone(),
         stop: stop.clone(),
         handoff: None,
+        exception: None,
     };
     let h = worker.spawn().unwrap();
 

@@ -95,6 +95,7 @@ fn replies_reach_the_worker_owning_the_mapping() {
             stats: st.clone(),
             stop: stop.clone(),
             handoff: Some(handoff.clone()),
+            exception: None,
         };
         handles.push(worker.spawn().unwrap());
         stats.push(st);

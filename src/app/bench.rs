@@ -291,6 +291,7 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
             stats: st.clone(),
             stop: stop.clone(),
             handoff: handoff.clone(),
+            exception: None,
         };
         handles.push(worker.spawn().map_err(|e| format!("cannot start worker {w}: {e}"))?);
         stats.push(st);

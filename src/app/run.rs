@@ -4,13 +4,15 @@
 
 use crate::control::CompileOptions;
 use crate::control::api::router;
+use crate::control::host::HostStack;
 use crate::control::runtime::{Backend, Runtime};
 use crate::control::state::Control;
+use crate::dataplane::{Exception, PuntLimits};
 use crate::dataplane::{Worker, WorkerConfig, WorkerStats};
 use crate::packet::{Mac, rss_hash};
 use crate::port::null::NullTx;
 use crate::port::pcap::{Frames, PcapTx, ReplayRx, read_capture};
-use crate::port::{Port, QueueCounters, RxQueue, SoftPort, TxQueue};
+use crate::port::{Port, PortSpec, QueueCounters, RxQueue, SoftPort, TxQueue, af_packet};
 use crate::stage::ConntrackConfig;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -45,6 +47,8 @@ fn per_worker_path(p: &Path, w: usize) -> PathBuf {
 struct BuiltPorts {
     queues: Vec<WorkerQueues>,
     objs: Vec<Arc<dyn Port>>,
+    /// The ports' specs, with what the backends read from the system.
+    specs: Vec<PortSpec>,
 }
 
 fn build_ports(rt: &Runtime, workers: usize) -> Result<BuiltPorts, String> {
@@ -55,6 +59,17 @@ fn build_ports(rt: &Runtime, workers: usize) -> Result<BuiltPorts, String> {
         let (rx, looping, tx) = match &pc.backend {
             Backend::Null => (None, false, None),
             Backend::Pcap { rx, looping, tx } => (rx.as_ref(), *looping, tx.as_ref()),
+            Backend::AfPacket { interface } => {
+                let (port, rxs, txs) = af_packet::open(interface, spec, workers, 0x4144 + pi as u16)
+                    .map_err(|e| format!("ports[{pi}] ({}): {e}", pc.name))?;
+                for (w, (r, t)) in rxs.into_iter().zip(txs).enumerate() {
+                    queues[w].0.push((pi as u16, Box::new(r)));
+                    queues[w].1.push(Some(Box::new(t)));
+                }
+                log::info!("{}: af_packet on {interface}, mac {}, mtu {}", pc.name, port.spec().mac, port.spec().mtu);
+                objs.push(Arc::new(port));
+                continue;
+            }
         };
         if let Some(f) = rx {
             let frames = read_capture(&rt.path(f)).map_err(|e| format!("ports[{pi}].rx: {e}"))?;
@@ -86,14 +101,15 @@ fn build_ports(rt: &Runtime, workers: usize) -> Result<BuiltPorts, String> {
         }
         objs.push(Arc::new(SoftPort::new(spec, rxc, txc)));
     }
-    Ok(BuiltPorts { queues, objs })
+    let specs = objs.iter().map(|p| p.spec().clone()).collect();
+    Ok(BuiltPorts { queues, objs, specs })
 }
 
 pub fn run(runtime: &Path, config: Option<&Path>) -> Result<(), String> {
     let rt = Runtime::load(runtime)?;
     let cores = rt.workers.cores.clone();
     let n = cores.len().max(1);
-    let BuiltPorts { queues, objs: port_objs } = build_ports(&rt, n)?;
+    let BuiltPorts { queues, objs: port_objs, specs } = build_ports(&rt, n)?;
     let base = CompileOptions {
         tbl8_groups: rt.tables.tbl8_groups,
         lpm6_groups: rt.tables.lpm6_groups,
@@ -107,7 +123,7 @@ pub fn run(runtime: &Path, config: Option<&Path>) -> Result<(), String> {
         worker: 0,
         workers: n,
     };
-    let control = Control::new(rt.port_specs(), port_objs, base, Some(rt.path(&rt.state_dir)))?;
+    let control = Control::new(specs, port_objs, base, Some(rt.path(&rt.state_dir)))?;
     match config {
         Some(f) => {
             let text = std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
@@ -124,6 +140,9 @@ pub fn run(runtime: &Path, config: Option<&Path>) -> Result<(), String> {
     let stop = Arc::new(AtomicBool::new(false));
     // Several workers: each flow is processed by the worker that owns it.
     let handoff = (n > 1).then(|| Arc::new(crate::dataplane::Handoff::new(n, 1024)));
+    // The exception path: every worker punts to the host stack and sends
+    // what it injects.
+    let exception = Arc::new(Exception::new(n, 1024, PuntLimits::default()));
     let mut handles = Vec::new();
     let mut stats = Vec::new();
     for (w, (rx, tx)) in queues.into_iter().enumerate() {
@@ -142,11 +161,15 @@ pub fn run(runtime: &Path, config: Option<&Path>) -> Result<(), String> {
             stats: st.clone(),
             stop: stop.clone(),
             handoff: handoff.clone(),
+            exception: Some(exception.clone()),
         };
         handles.push(worker.spawn().map_err(|e| format!("cannot start worker {w}: {e}"))?);
         stats.push(st);
     }
     control.set_workers(stats);
+    let host = HostStack::new(exception.clone(), control.clone());
+    control.set_host_stats(host.stats());
+    let host = host.spawn(stop.clone()).map_err(|e| format!("cannot start the host stack: {e}"))?;
 
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -159,6 +182,7 @@ pub fn run(runtime: &Path, config: Option<&Path>) -> Result<(), String> {
     for h in handles {
         let _ = h.join();
     }
+    let _ = host.join();
     served
 }
 

@@ -9,12 +9,12 @@ use super::policy::{compile_acl, compile_nat};
 use crate::packet::Mac;
 pub use crate::port::PortSpec;
 use crate::stage::{AdjKind, Adjacency, Filtering, NatConfig, PortInfo, PortRole, Snapshot};
-use crate::table::Acl;
 use crate::table::lpm4::DEFAULT_TBL8_GROUPS;
 use crate::table::lpm6::DEFAULT_GROUPS6;
 use crate::table::{Lpm4Builder, Lpm6Builder, NeighborSource, NeighborTable};
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// A neighbour entry the operator pins (a gateway with no allocation).
 #[derive(Debug, Clone, PartialEq)]
@@ -68,13 +68,13 @@ pub fn empty_snapshot(ports: &[PortSpec], generation: u64) -> Result<Snapshot, C
             .iter()
             .map(|p| PortInfo { name: p.name.clone(), mac: p.mac, mtu: p.mtu, role: PortRole::Other, up: false })
             .collect(),
-        fib4: fib4.build().map_err(table_err)?,
-        fib6: fib6.build().map_err(table_err)?,
+        fib4: Arc::new(fib4.build().map_err(table_err)?),
+        fib6: Arc::new(fib6.build().map_err(table_err)?),
         adj: vec![Adjacency::local(), Adjacency::blackhole()],
         ecmp: Vec::new(),
         neighbors: NeighborTable::new(),
         nat: NatConfig { metadata: vec![false; ports.len()], ..Default::default() },
-        acl: Acl::default(),
+        acl: Arc::default(),
         own: Vec::new(),
     })
 }
@@ -408,13 +408,13 @@ pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) ->
         snapshot: Snapshot {
             generation: opts.generation,
             ports: port_info,
-            fib4: fib4.build().map_err(table_err)?,
-            fib6: fib6.build().map_err(table_err)?,
+            fib4: Arc::new(fib4.build().map_err(table_err)?),
+            fib6: Arc::new(fib6.build().map_err(table_err)?),
             adj: b.adj,
             ecmp: b.ecmp,
             neighbors,
             nat,
-            acl,
+            acl: Arc::new(acl),
             own,
         },
         routes: installed,

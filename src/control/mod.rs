@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod compile;
+pub mod host;
 pub mod model;
 pub mod policy;
 pub mod runtime;

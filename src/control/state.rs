@@ -61,6 +61,10 @@ pub struct Control {
     /// here and never on a worker.
     apply_lock: Mutex<Vec<Arc<crate::stage::Snapshot>>>,
     state_file: Option<PathBuf>,
+    /// Neighbours the host stack learned (ARP/ND), merged into every
+    /// snapshot published, whether for a new document or a new neighbour.
+    learned: Mutex<crate::table::NeighborTable>,
+    host: ArcSwapOption<super::host::HostStats>,
     generation: AtomicU64,
     n_applied: AtomicU64,
     n_rejected: AtomicU64,
@@ -88,6 +92,8 @@ impl Control {
             applied: ArcSwapOption::empty(),
             apply_lock: Mutex::new(Vec::new()),
             state_file: state_dir.map(|d| d.join("config.json")),
+            learned: Mutex::new(crate::table::NeighborTable::new()),
+            host: ArcSwapOption::empty(),
             generation: AtomicU64::new(1),
             n_applied: AtomicU64::new(0),
             n_rejected: AtomicU64::new(0),
@@ -107,6 +113,11 @@ impl Control {
 
     pub fn set_workers(&self, w: Vec<Arc<WorkerStats>>) {
         *self.workers.lock().unwrap_or_else(|e| e.into_inner()) = w;
+    }
+
+    /// The host stack's counters, reported in `/metrics` and statistics.
+    pub fn set_host_stats(&self, s: Arc<super::host::HostStats>) {
+        self.host.store(Some(s));
     }
 
     pub fn applied(&self) -> Option<Arc<Applied>> {
@@ -155,7 +166,8 @@ impl Control {
             log::warn!("config: {w}");
         }
         let config = Arc::new(cfg);
-        graveyard.push(self.snapshots.swap(Arc::new(compiled.snapshot)));
+        let snap = compiled.snapshot.with_learned(&self.learned.lock().unwrap_or_else(|e| e.into_inner()));
+        graveyard.push(self.snapshots.swap(Arc::new(snap)));
         self.generation.store(generation, Relaxed);
         self.last_apply_ns.store(t0.elapsed().as_nanos() as u64, Relaxed);
         self.applied.store(Some(Arc::new(Applied {
@@ -174,6 +186,16 @@ impl Control {
             log::error!("could not keep the configuration in {}: {e}", f.display());
         }
         Ok(config)
+    }
+
+    /// Publishes the host stack's learned neighbours: the snapshot in force,
+    /// with these neighbours (same generation: the document is unchanged).
+    pub fn publish_learned(&self, learned: crate::table::NeighborTable) {
+        let mut graveyard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        graveyard.retain(|s| Arc::strong_count(s) > 1);
+        let next = self.snapshots.load().with_learned(&learned);
+        *self.learned.lock().unwrap_or_else(|e| e.into_inner()) = learned;
+        graveyard.push(self.snapshots.swap(Arc::new(next)));
     }
 
     /// Applies the kept document, if any (at start).
@@ -310,7 +332,11 @@ impl Control {
                 "worker": i, "rx": c.rx, "tx": c.tx, "local": c.local, "dropped": c.dropped(),
                 "bursts": c.bursts, "busy_cycles": c.busy_cycles, "idle_cycles": c.idle_cycles,
             })).collect::<Vec<_>>(),
-            "totals": {"rx": total.rx, "tx": total.tx, "local": total.local, "dropped": total.dropped()},
+            // tx counts the host stack's frames (injected) with the forwarded ones.
+            "totals": {
+                "rx": total.rx, "tx": total.tx, "local": total.local, "dropped": total.dropped(),
+                "injected": total.stage[crate::dataplane::counters::EXCEPTION_COUNTERS + 5],
+            },
             "drops": total.drop_list().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
             "stages": STAGE_COUNTERS.iter().zip(total.stage).collect::<std::collections::BTreeMap<_, _>>(),
         })
@@ -442,6 +468,11 @@ impl Control {
             .map(|(k, v)| (format!("{{counter=\"{}\"}}", escape(k)), v as f64))
             .collect();
         family("stage_packets_total", "counter", "Per-stage packet counters.", stages);
+        if let Some(h) = self.host.load_full() {
+            let rows =
+                h.list().into_iter().map(|(k, v)| (format!("{{counter=\"{}\"}}", escape(k)), v as f64)).collect();
+            family("host_stack_total", "counter", "What the host stack (ARP, ICMP) did.", rows);
+        }
         family(
             "snapshot_generation",
             "gauge",

@@ -36,7 +36,16 @@ pub const STAGE_COUNTERS: &[&str] = &[
     "nat: port allocation failures",
     "handoff: packets sent to the owning worker",
     "handoff: packets received from other workers",
+    "exception: punted to the host stack",
+    "exception: punted to the metadata proxy",
+    "exception: punted for neighbour resolution",
+    "exception: punted for an icmp error",
+    "exception: icmp errors over the rate limit",
+    "exception: frames injected by the host stack",
 ];
+
+/// Index of the first exception-path counter in [`STAGE_COUNTERS`].
+pub const EXCEPTION_COUNTERS: usize = STAGE_COUNTERS.len() - 6;
 
 /// A worker's own, unsynchronised counters.
 #[derive(Debug, Clone)]
@@ -50,6 +59,8 @@ pub struct Counters {
     pub idle_cycles: u64,
     pub port_rx: Vec<u64>,
     pub port_tx: Vec<u64>,
+    /// Frames the host stack had this worker send.
+    pub injected: u64,
     pub drops: [u64; DropReason::COUNT],
     pub stage: [u64; STAGE_COUNTERS.len()],
 }
@@ -65,6 +76,7 @@ impl Counters {
             idle_cycles: 0,
             port_rx: vec![0; ports],
             port_tx: vec![0; ports],
+            injected: 0,
             drops: [0; DropReason::COUNT],
             stage: [0; STAGE_COUNTERS.len()],
         }

@@ -1,12 +1,14 @@
 //! Worker loop, pipeline assembly, counters and snapshot publication.
 
 pub mod counters;
+pub mod exception;
 pub mod handoff;
 pub mod pipeline;
 pub mod query;
 pub mod worker;
 
 pub use counters::{Counters, STAGE_COUNTERS, WorkerStats};
+pub use exception::{Exception, PuntClass, PuntLimiter, PuntLimits, Punted};
 pub use handoff::Handoff;
 pub use pipeline::{Pipeline, dispatch, transmit};
 pub use worker::{Worker, WorkerConfig};

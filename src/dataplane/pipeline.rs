@@ -2,9 +2,10 @@
 //! into transmit queues, the exception path and counted drops.
 
 use super::counters::{Counters, STAGE_COUNTERS};
-use crate::packet::{Burst, PacketBuf, Verdict};
+use super::exception::{Exception, PuntClass, PuntLimiter, Punted};
+use crate::packet::{Burst, PacketBuf, Pkt, Pool, Verdict};
 use crate::port::TxQueue;
-use crate::stage::{Conntrack, ConntrackConfig, DropReason, Neighbor, Parse, Route, Snapshot};
+use crate::stage::{Conntrack, ConntrackConfig, DropReason, Neighbor, Parse, Punt, Route, Snapshot};
 
 /// parse → conntrack (known flows translated, new flows' destination
 /// translated) → route → policy and source translation of new flows →
@@ -83,6 +84,13 @@ impl Pipeline {
             m.stats.exhausted,
             self.handed_off,
             self.handed_in,
+            // The exception path's, filled in by the worker.
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
         ]
     }
 }
@@ -101,6 +109,82 @@ pub fn dispatch<P: PacketBuf>(burst: &mut Burst<P>, staging: &mut [Vec<P>], pool
         Verdict::Drop => {
             c.drops[DropReason::from_u8(m.reason) as usize] += 1;
             p.release(pool);
+        }
+        _ => {
+            c.drop(DropReason::Internal, 1);
+            p.release(pool);
+        }
+    });
+}
+
+/// Drops the host stack answers with an ICMP error.
+#[inline]
+fn answers_with_icmp(r: DropReason) -> bool {
+    matches!(
+        r,
+        DropReason::NoRoute
+            | DropReason::TtlExpired
+            | DropReason::HopLimitExpired
+            | DropReason::MtuExceeded
+            | DropReason::PacketTooBig
+            | DropReason::BlockedByRule
+            | DropReason::ToManagement
+    )
+}
+
+/// `dispatch` with a host stack attached: local packets go to the punt ring
+/// (rate-limited per class, refusals counted as drops), and drops that call
+/// for an ICMP error are punted too while the limit allows (still counted
+/// under their own reason).
+#[inline]
+pub fn dispatch_punt(
+    burst: &mut Burst<Pkt>,
+    staging: &mut [Vec<Pkt>],
+    pool: &mut Pool,
+    c: &mut Counters,
+    exc: &Exception,
+    limiter: &mut PuntLimiter,
+    worker: u16,
+) {
+    burst.drain(|p, m| match m.verdict {
+        Verdict::Forward if (m.out_port as usize) < staging.len() => staging[m.out_port as usize].push(p),
+        Verdict::Local => {
+            let class = match m.punt {
+                x if x == Punt::Metadata as u8 => PuntClass::Metadata,
+                x if x == Punt::Resolve as u8 => PuntClass::Resolve,
+                _ => PuntClass::Host,
+            };
+            if !limiter.allow(class) {
+                c.drop(DropReason::PuntLimited, 1);
+                p.release(pool);
+                return;
+            }
+            match exc.punt(Punted { pkt: p, meta: *m, class, worker }) {
+                Ok(()) => {
+                    c.local += 1;
+                    limiter.punted[class as usize] += 1;
+                }
+                Err(back) => {
+                    limiter.ring_full[class as usize] += 1;
+                    c.drop(DropReason::PuntRingFull, 1);
+                    back.pkt.release(pool);
+                }
+            }
+        }
+        Verdict::Drop => {
+            let r = DropReason::from_u8(m.reason);
+            c.drops[r as usize] += 1;
+            if answers_with_icmp(r) && limiter.allow(PuntClass::Error) {
+                match exc.punt(Punted { pkt: p, meta: *m, class: PuntClass::Error, worker }) {
+                    Ok(()) => limiter.punted[PuntClass::Error as usize] += 1,
+                    Err(back) => {
+                        limiter.ring_full[PuntClass::Error as usize] += 1;
+                        back.pkt.release(pool);
+                    }
+                }
+            } else {
+                p.release(pool);
+            }
         }
         _ => {
             c.drop(DropReason::Internal, 1);

@@ -1,9 +1,11 @@
 //! The poll-mode worker: pinned to a core, it loops rx → stages → tx over its
 //! own queues, reading the configuration snapshot once per burst.
 
+use super::counters::EXCEPTION_COUNTERS;
 use super::counters::{Counters, WorkerStats};
+use super::exception::{Exception, PuntClass, PuntLimiter};
 use super::handoff::Handoff;
-use super::pipeline::{Pipeline, dispatch, transmit};
+use super::pipeline::{Pipeline, dispatch, dispatch_punt, transmit};
 use super::query::SessionQuery;
 use super::{Snapshots, cycles};
 use crate::packet::{Burst, Pkt, Pool};
@@ -44,6 +46,9 @@ pub struct Worker {
     /// Rings to the other workers (several workers with NAT): each packet
     /// is processed by the worker owning its flow.
     pub handoff: Option<Arc<Handoff>>,
+    /// Rings to and from the host stack (None: local packets are counted
+    /// and freed, as in `bench` and `replay`).
+    pub exception: Option<Arc<Exception>>,
 }
 
 impl Worker {
@@ -74,11 +79,40 @@ impl Worker {
         let mut c = Counters::new(ports);
         let mut cache = arc_swap::Cache::new(Arc::clone(&self.snapshots));
         let mut unpublished = false;
+        let exc = self.exception.clone();
+        let mut limiter = PuntLimiter::new(exc.as_ref().map(|x| x.limits).unwrap_or_default());
+        let me = self.cfg.id as u16;
         while !self.stop.load(Ordering::Relaxed) {
             let t0 = cycles();
             let snap = cache.load();
-            pipeline.set_now(start.elapsed().as_secs() as u32 + 1);
+            let elapsed = start.elapsed();
+            pipeline.set_now(elapsed.as_secs() as u32 + 1);
             let mut got = 0;
+            // The host stack: buffers back, frames to send, limits refilled.
+            let host = exc.as_deref().filter(|x| x.active());
+            pipeline.neighbor.punt_unresolved = host.is_some();
+            if let Some(x) = host {
+                limiter.tick(elapsed.as_millis() as u64);
+                x.refill(self.cfg.id, &mut pool);
+                let mut injected = 0;
+                while injected < self.cfg.burst
+                    && let Some((p, port)) = x.pop_injected(self.cfg.id)
+                {
+                    match staging.get_mut(port as usize) {
+                        Some(q) => q.push(p),
+                        None => {
+                            c.drop(DropReason::Internal, 1);
+                            p.release(&mut pool);
+                        }
+                    }
+                    injected += 1;
+                }
+                if injected > 0 {
+                    c.injected += injected as u64;
+                    transmit(&mut staging, &mut self.tx, &mut pool, &mut c);
+                    got += injected;
+                }
+            }
             // Packets other workers received for flows this one owns.
             if let Some(h) = &self.handoff {
                 let n = h.recv_into(self.cfg.id, &mut burst);
@@ -86,7 +120,10 @@ impl Worker {
                     got += n;
                     pipeline.handed_in += n as u64;
                     pipeline.process_parsed(snap, &mut burst);
-                    dispatch(&mut burst, &mut staging, &mut pool, &mut c);
+                    match host {
+                        Some(x) => dispatch_punt(&mut burst, &mut staging, &mut pool, &mut c, x, &mut limiter, me),
+                        None => dispatch(&mut burst, &mut staging, &mut pool, &mut c),
+                    }
                     transmit(&mut staging, &mut self.tx, &mut pool, &mut c);
                 }
                 h.balance(&mut pool, self.cfg.burst);
@@ -113,7 +150,10 @@ impl Worker {
                     }
                     None => pipeline.process(snap, &mut burst),
                 }
-                dispatch(&mut burst, &mut staging, &mut pool, &mut c);
+                match host {
+                    Some(x) => dispatch_punt(&mut burst, &mut staging, &mut pool, &mut c, x, &mut limiter, me),
+                    None => dispatch(&mut burst, &mut staging, &mut pool, &mut c),
+                }
                 transmit(&mut staging, &mut self.tx, &mut pool, &mut c);
             }
             let dt = cycles().wrapping_sub(t0);
@@ -145,6 +185,7 @@ impl Worker {
             // the counters are exact whenever the worker is idle.
             if unpublished && (got == 0 || c.bursts.is_multiple_of(PUBLISH_EVERY)) {
                 c.stage = pipeline.stage_counters();
+                exception_counters(&mut c, &limiter);
                 self.stats.publish(&c);
                 self.stats.generation.store(snap.generation, Ordering::Relaxed);
                 unpublished = false;
@@ -167,6 +208,7 @@ impl Worker {
             }
         }
         c.stage = pipeline.stage_counters();
+        exception_counters(&mut c, &limiter);
         self.stats.publish(&c);
         c
     }
@@ -174,6 +216,13 @@ impl Worker {
     pub fn spawn(self) -> std::io::Result<JoinHandle<Counters>> {
         std::thread::Builder::new().name(format!("worker-{}", self.cfg.id)).spawn(move || self.run())
     }
+}
+
+fn exception_counters(c: &mut Counters, l: &PuntLimiter) {
+    let e = &mut c.stage[EXCEPTION_COUNTERS..];
+    e[..4].copy_from_slice(&l.punted);
+    e[4] = l.limited[PuntClass::Error as usize];
+    e[5] = c.injected;
 }
 
 /// Moves the packets of a parsed burst whose flows other workers own onto

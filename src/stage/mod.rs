@@ -24,6 +24,9 @@ pub enum Punt {
     Host = 0,
     /// TCP to 169.254.169.254:80 from an internal network: the metadata proxy.
     Metadata = 1,
+    /// Routed, but the next hop's MAC is not known yet: held while the host
+    /// stack resolves it (`Meta::out_port` and `Meta::nh` say where it goes).
+    Resolve = 2,
 }
 
 macro_rules! drop_reasons {
@@ -119,6 +122,10 @@ drop_reasons! {
     InputPolicy = "firewall: not allowed to the appliance",
     /// To the management address but arrived on another interface.
     ManagementAddressElsewhere = "firewall: management address from another interface",
+    /// The exception path's rate limit for this class of packet was spent.
+    PuntLimited = "punt: rate limited",
+    /// The ring to the host stack was full.
+    PuntRingFull = "punt: ring full",
     /// The ring to the worker owning the flow was full.
     HandoffFull = "handoff: ring to owning worker full",
     /// Transmit queue full after a retry.

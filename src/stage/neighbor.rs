@@ -3,7 +3,7 @@
 //! tag of the ingress frame is stripped by writing the new header right in
 //! front of the IP header.
 
-use super::{AdjKind, DropReason as D, Snapshot};
+use super::{AdjKind, DropReason as D, Punt, Snapshot};
 use crate::packet::ethernet::{ETHER_HEADER_LEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
 use crate::packet::{Burst, L3, Mac, Meta, PacketBuf, Verdict};
 
@@ -15,6 +15,9 @@ pub struct NeighborCounters {
 #[derive(Default)]
 pub struct Neighbor {
     pub counters: NeighborCounters,
+    /// A host stack is there to resolve: packets whose next hop has no MAC
+    /// yet go to it (`Punt::Resolve`) instead of being dropped.
+    pub punt_unresolved: bool,
 }
 
 impl Neighbor {
@@ -28,6 +31,10 @@ impl Neighbor {
                 Ok(dst_mac) => {
                     rewrite_l2(pkt, m, dst_mac, snap.ports[m.out_port as usize].mac);
                     self.counters.rewritten += 1;
+                }
+                Err(D::NoNeighbor) if self.punt_unresolved => {
+                    m.verdict = Verdict::Local;
+                    m.punt = Punt::Resolve as u8;
                 }
                 Err(r) => m.drop(r as u8),
             }

@@ -3,7 +3,8 @@
 
 use crate::packet::Mac;
 use crate::table::addrmap::AddrMap;
-use crate::table::{Acl, Lpm4, Lpm6, NeighborTable};
+use crate::table::{Acl, Lpm4, Lpm6, NeighborSource, NeighborTable};
+use std::sync::Arc;
 
 /// What a port is for, from the network type bound to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -68,13 +69,15 @@ impl Adjacency {
     }
 }
 
-/// Everything a worker needs to forward, frozen.
+/// Everything a worker needs to forward, frozen. The large tables are
+/// shared, so a copy with new neighbours (ARP/ND learning) is cheap.
+#[derive(Clone)]
 pub struct Snapshot {
     /// Increases by one with every published snapshot.
     pub generation: u64,
     pub ports: Vec<PortInfo>,
-    pub fib4: Lpm4,
-    pub fib6: Lpm6,
+    pub fib4: Arc<Lpm4>,
+    pub fib6: Arc<Lpm6>,
     /// Adjacencies; route tables hold indices into this.
     pub adj: Vec<Adjacency>,
     /// ECMP group members (adjacency indices).
@@ -82,7 +85,7 @@ pub struct Snapshot {
     pub neighbors: NeighborTable,
     pub nat: NatConfig,
     /// The forwarding policy (`anchors`), evaluated once per new flow.
-    pub acl: Acl,
+    pub acl: Arc<Acl>,
     /// The router's own addresses and the port each belongs to (INPUT policy).
     pub own: Vec<(u128, bool, u16)>,
 }
@@ -91,6 +94,26 @@ impl Snapshot {
     #[inline]
     pub fn port(&self, p: u16) -> Option<&PortInfo> {
         self.ports.get(p as usize)
+    }
+
+    /// A copy whose learned neighbours are `learned` (configured entries
+    /// stay and win), with the gateways' MACs resolved again.
+    pub fn with_learned(&self, learned: &NeighborTable) -> Snapshot {
+        let mut s = self.clone();
+        let mut n = NeighborTable::new();
+        for (port, ip, e) in self.neighbors.entries() {
+            if e.source == NeighborSource::Static {
+                n.insert(port, ip, e.mac, NeighborSource::Static);
+            }
+        }
+        for (port, ip, e) in learned.entries() {
+            n.insert(port, ip, e.mac, NeighborSource::Learned);
+        }
+        for a in s.adj.iter_mut().filter(|a| a.kind == AdjKind::Gateway) {
+            a.mac = if a.gw_v4 { n.get_v4(a.port, a.gw as u32) } else { n.get_v6(a.port, a.gw) };
+        }
+        s.neighbors = n;
+        s
     }
 }
 

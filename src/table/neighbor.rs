@@ -48,6 +48,14 @@ impl NeighborTable {
         }
     }
 
+    /// Inserts an entry for an address of either family.
+    pub fn insert(&mut self, port: u16, ip: std::net::IpAddr, mac: Mac, source: NeighborSource) {
+        match ip {
+            std::net::IpAddr::V4(a) => self.insert_v4(port, a.into(), mac, source),
+            std::net::IpAddr::V6(a) => self.insert_v6(port, a.into(), mac, source),
+        }
+    }
+
     #[inline]
     pub fn get_v4(&self, port: u16, ip: u32) -> Option<Mac> {
         self.v4.get(&(port, ip)).map(|n| n.mac)
