@@ -5,7 +5,10 @@
 //! ```text
 //!  inside (adpNi)                    router (adpNr)                   outside (adpNo)
 //!  i0 192.168.1.20/24  ── veth ──  ge2 | astara-dp | ge1  ── veth ──  o0 203.0.113.1/24
-//!     192.168.1.5/24 (floating 203.0.113.50)      external 203.0.113.10
+//!     192.168.1.5/24 (floating 203.0.113.50)  |   external 203.0.113.10
+//!                                            ge0 fdca:3ba5:a17a:acda::2 (kernel: the API)
+//!                                             |
+//!                                   orchestrator (adpNm) m0 fdca:3ba5:a17a:acda::1
 //! ```
 //!
 //! Needs root, iproute2, iputils-ping, curl, python3, iperf3 and ethtool
@@ -23,6 +26,8 @@ struct Topo {
     ns_in: String,
     ns_rt: String,
     ns_out: String,
+    /// The orchestrator's side of the management network.
+    ns_mgt: String,
     dir: tempfile::TempDir,
     children: Vec<Child>,
     router: Option<Child>,
@@ -50,11 +55,12 @@ impl Topo {
             ns_in: format!("{tag}i"),
             ns_rt: format!("{tag}r"),
             ns_out: format!("{tag}o"),
+            ns_mgt: format!("{tag}m"),
             dir: tempfile::tempdir().unwrap(),
             children: Vec::new(),
             router: None,
         };
-        for ns in [&t.ns_in, &t.ns_rt, &t.ns_out] {
+        for ns in [&t.ns_in, &t.ns_rt, &t.ns_out, &t.ns_mgt] {
             must(&["ip", "netns", "add", ns]);
             // No DNS in here: `ip netns exec` mounts this over /etc/resolv.conf,
             // so name lookups (http.server's getfqdn) fail at once instead
@@ -83,7 +89,34 @@ impl Topo {
         t.exec(&t.ns_in, &["ip", "route", "add", "default", "via", "192.168.1.1"]);
         t.exec(&t.ns_out, &["ip", "addr", "add", "203.0.113.1/24", "dev", "o0"]);
         t.exec(&t.ns_out, &["ip", "link", "set", "o0", "up"]);
+        // The management network stays the kernel's, as in Astara: the
+        // appliance's API is a kernel socket on ge0's address.
+        must(&[
+            "ip", "link", "add", "m0", "netns", &t.ns_mgt, "type", "veth", "peer", "name", "ge0", "netns", &t.ns_rt,
+        ]);
+        t.exec(&t.ns_rt, &["ip", "addr", "add", "fdca:3ba5:a17a:acda::2/64", "dev", "ge0", "nodad"]);
+        t.exec(&t.ns_rt, &["ip", "link", "set", "ge0", "up"]);
+        t.exec(&t.ns_mgt, &["ip", "addr", "add", "fdca:3ba5:a17a:acda::1/64", "dev", "m0", "nodad"]);
+        t.exec(&t.ns_mgt, &["ip", "link", "set", "m0", "up"]);
         t
+    }
+
+    /// The API's base URL, as the orchestrator reaches it.
+    const API: &'static str = "http://[fdca:3ba5:a17a:acda::2]:5000";
+
+    /// An orchestrator's call: (status, body).
+    fn api(&self, method: &str, path: &str, body: Option<&serde_json::Value>) -> (u16, String) {
+        let url = format!("{}{path}", Self::API);
+        let mut args = vec!["curl", "-g", "-s", "-m", "90", "-X", method, "-w", "\n%{http_code}"];
+        let data;
+        if let Some(b) = body {
+            data = b.to_string();
+            args.extend(["-H", "Content-Type: application/json", "--data-binary", &data]);
+        }
+        args.push(&url);
+        let out = self.exec(&self.ns_mgt, &args);
+        let (body, code) = out.trim_end().rsplit_once('\n').unwrap_or(("", out.trim()));
+        (code.parse().unwrap_or(0), body.to_string())
     }
 
     fn cmd(&self, ns: &str, args: &[&str]) -> Command {
@@ -117,13 +150,13 @@ impl Topo {
                 r#"
 state_dir = "{}"
 [api]
-listen = "127.0.0.1"
+listen = "management"
 [conntrack]
 sessions_per_worker = 65536
 [[ports]]
 name = "ge0"
-mac = "02:00:5e:00:00:10"
-backend = "null"
+backend = "kernel"
+interface = "ge0"
 [[ports]]
 name = "ge1"
 backend = "af_packet"
@@ -153,10 +186,8 @@ interface = "ge2"
         // Up when the API answers.
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            let o = self.try_exec(
-                &self.ns_rt,
-                &["curl", "-s", "-o", "/dev/null", "-m", "1", "http://127.0.0.1:5000/v1/firewall/rules"],
-            );
+            let url = format!("{}/v1/firewall/rules", Self::API);
+            let o = self.try_exec(&self.ns_mgt, &["curl", "-g", "-s", "-o", "/dev/null", "-m", "1", &url]);
             if o.status.success() {
                 return;
             }
@@ -187,7 +218,7 @@ interface = "ge2"
     }
 
     fn metrics(&self) -> String {
-        self.exec(&self.ns_rt, &["curl", "-s", "-m", "3", "http://127.0.0.1:5000/metrics"])
+        self.api("GET", "/metrics", None).1
     }
 
     /// Output of a background child so far (kills it).
@@ -215,7 +246,7 @@ impl Drop for Topo {
         if std::thread::panicking() {
             eprintln!("router log:\n{}", self.router_log());
         }
-        for ns in [&self.ns_in, &self.ns_rt, &self.ns_out] {
+        for ns in [&self.ns_in, &self.ns_rt, &self.ns_out, &self.ns_mgt] {
             let _ = run(&["ip", "netns", "del", ns]);
             let _ = std::fs::remove_dir_all(format!("/etc/netns/{ns}"));
         }
@@ -344,4 +375,57 @@ fn iperf3_tcp_through_nat() {
     let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
     eprintln!("iperf3 through astara-dp (af_packet, NAT): {:.1} Mbit/s", bps / 1e6);
     assert!(bps > 1e6, "{bps}");
+}
+
+/// The MAC of `ifc` in namespace `ns`, as the kernel reports it.
+fn mac_of(t: &Topo, ns: &str, ifc: &str) -> String {
+    let j: serde_json::Value = serde_json::from_str(&t.exec(ns, &["ip", "-j", "link", "show", ifc])).unwrap();
+    j[0]["address"].as_str().unwrap().to_string()
+}
+
+#[test]
+#[ignore = "needs root, iproute2, iputils-ping, curl: run with --include-ignored"]
+fn orchestrator_over_the_management_network_moves_a_floating_ip_while_ping_runs() {
+    let mut t = Topo::new();
+    t.start_router();
+    let (ns_in, ns_out, ns_rt) = (t.ns_in.clone(), t.ns_out.clone(), t.ns_rt.clone());
+
+    // Liveness, as is_alive() asks it.
+    assert_eq!(t.api("GET", "/v1/firewall/rules", None).0, 200);
+    // Interfaces: the MACs are the router's veths'.
+    let (code, body) = t.api("GET", "/v1/system/interfaces", None);
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let ifs = v["interfaces"].as_array().unwrap();
+    for name in ["ge0", "ge1", "ge2"] {
+        let i = ifs.iter().find(|i| i["ifname"] == name).unwrap_or_else(|| panic!("{name} missing: {body}"));
+        assert_eq!(i["lladdr"], mac_of(&t, &ns_rt, name).as_str(), "{name}");
+        assert_eq!(i["state"], "up", "{name}");
+    }
+    let ge1 = ifs.iter().find(|i| i["ifname"] == "ge1").unwrap();
+    assert_eq!(ge1["addresses"][0], "203.0.113.10/24");
+
+    // The outside host pings the floating IP; the orchestrator moves it.
+    let o = t.try_exec(&ns_out, &["ping", "-c", "3", "-i", "0.2", "-W", "2", "203.0.113.50"]);
+    assert!(o.status.success(), "ping 203.0.113.50: {}", String::from_utf8_lossy(&o.stdout));
+    let pinger = t.spawn(&ns_out, &["ping", "-i", "0.1", "-W", "1", "203.0.113.50"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut doc = document();
+    doc["floating_ips"][0]["floating_ip"] = "203.0.113.60".into();
+    let (code, body) = t.api("PUT", "/v1/system/config", Some(&doc));
+    assert_eq!(code, 200, "{body}");
+    let applied: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(applied["configuration"]["floating_ips"][0]["floating_ip"], "203.0.113.60");
+    std::thread::sleep(Duration::from_millis(500));
+    let log = t.finish(pinger);
+    assert!(log.contains("bytes from 203.0.113.50"), "answered before the move: {log}");
+    // The new floating IP answers (announced by gratuitous ARP); the old one
+    // does not any more.
+    let o = t.try_exec(&ns_out, &["ping", "-c", "3", "-i", "0.2", "-W", "2", "203.0.113.60"]);
+    assert!(o.status.success(), "ping 203.0.113.60: {}", String::from_utf8_lossy(&o.stdout));
+    let o = t.try_exec(&ns_out, &["ping", "-c", "2", "-i", "0.2", "-W", "1", "203.0.113.50"]);
+    assert!(!o.status.success(), "the old floating ip still answers: {}", String::from_utf8_lossy(&o.stdout));
+    // And the inside host's own pings still leave through the masquerade.
+    let o = t.try_exec(&ns_in, &["ping", "-c", "2", "-i", "0.2", "-W", "2", "203.0.113.1"]);
+    assert!(o.status.success());
 }

@@ -70,6 +70,16 @@ fn build_ports(rt: &Runtime, workers: usize) -> Result<BuiltPorts, String> {
                 objs.push(Arc::new(port));
                 continue;
             }
+            Backend::Kernel { interface } => {
+                let port = af_packet::KernelPort::open(interface, spec)
+                    .map_err(|e| format!("ports[{pi}] ({}): {e}", pc.name))?;
+                for wq in queues.iter_mut() {
+                    wq.1.push(None);
+                }
+                log::info!("{}: kernel interface {interface}, mac {}", pc.name, port.spec().mac);
+                objs.push(Arc::new(port));
+                continue;
+            }
         };
         if let Some(f) = rx {
             let frames = read_capture(&rt.path(f)).map_err(|e| format!("ports[{pi}].rx: {e}"))?;

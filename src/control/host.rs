@@ -22,7 +22,7 @@ use super::state::Control;
 use crate::dataplane::{Exception, PuntClass, Punted, Snapshots};
 use crate::packet::checksum::checksum;
 use crate::packet::{L3, Mac, PacketBuf, Pkt};
-use crate::stage::{AdjKind, DropReason, Snapshot};
+use crate::stage::{AdjKind, DropReason, PortRole, Snapshot};
 use crate::table::{NeighborSource, NeighborTable};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -310,7 +310,8 @@ impl HostStack {
     fn gratuitous_arp(&self, snap: &Snapshot) {
         let mut sent = 0;
         for &(a, v4, port) in &snap.own {
-            if v4 && let Some(info) = snap.port(port).filter(|i| i.up) {
+            // (The management port's neighbours are the kernel's business.)
+            if v4 && let Some(info) = snap.port(port).filter(|i| i.up && i.role != PortRole::Management) {
                 let ip = a as u32;
                 self.send(0, arp_frame(1, info.mac, ip, Mac::ZERO, Mac([0xff; 6]), ip), port);
                 sent += 1;

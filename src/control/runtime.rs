@@ -31,6 +31,9 @@ pub enum Backend {
     /// A Linux interface through AF_PACKET rings (one pair per worker,
     /// spread over the workers by PACKET_FANOUT).
     AfPacket { interface: String },
+    /// A Linux interface the kernel keeps (the management port: the API and
+    /// SSH use the kernel's TCP on its address); reported, never forwarded on.
+    Kernel { interface: String },
 }
 
 // No deny_unknown_fields here: serde does not support it with `flatten`.
@@ -254,12 +257,14 @@ impl Runtime {
                         return Err(format!("ports[{i}].mac: {mac} is used twice"));
                     }
                 }
-                (None, Backend::AfPacket { .. }) => {}
+                (None, Backend::AfPacket { .. } | Backend::Kernel { .. }) => {}
                 (None, _) => {
-                    return Err(format!("ports[{i}].mac: missing (only af_packet ports read it from the interface)"));
+                    return Err(format!(
+                        "ports[{i}].mac: missing (only af_packet and kernel ports read it from the interface)"
+                    ));
                 }
             }
-            if let Backend::AfPacket { interface } = &p.backend
+            if let Backend::AfPacket { interface } | Backend::Kernel { interface } = &p.backend
                 && !ifaces.insert(interface.clone())
             {
                 return Err(format!("ports[{i}].interface: {interface} is used twice"));
@@ -296,7 +301,8 @@ impl Runtime {
         self.ports
             .iter()
             .map(|p| {
-                let default_mtu = if matches!(p.backend, Backend::AfPacket { .. }) { 0 } else { 1500 };
+                let default_mtu =
+                    if matches!(p.backend, Backend::AfPacket { .. } | Backend::Kernel { .. }) { 0 } else { 1500 };
                 PortSpec {
                     name: p.name.clone(),
                     mac: p.mac.as_deref().and_then(|m| m.parse().ok()).unwrap_or(Mac::ZERO),

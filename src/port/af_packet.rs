@@ -292,6 +292,39 @@ impl Port for AfPacketPort {
     }
 }
 
+/// A port the kernel keeps (the management port): the appliance reports
+/// it and binds the API to its address, but no worker reads or writes it.
+pub struct KernelPort {
+    spec: PortSpec,
+    ifname: String,
+}
+
+impl KernelPort {
+    /// `spec.mac` and `spec.mtu` are taken from the interface when zero.
+    pub fn open(ifname: &str, mut spec: PortSpec) -> Result<KernelPort, String> {
+        let info = if_info(ifname)?;
+        if spec.mac == Mac::ZERO {
+            spec.mac = info.mac;
+        }
+        if spec.mtu == 0 {
+            spec.mtu = info.mtu.min(MAX_FRAME as u16 - 22);
+        }
+        Ok(KernelPort { spec, ifname: ifname.to_string() })
+    }
+}
+
+impl Port for KernelPort {
+    fn spec(&self) -> &PortSpec {
+        &self.spec
+    }
+    fn link_up(&self) -> bool {
+        link_up(&self.ifname)
+    }
+    fn stats(&self) -> PortStats {
+        PortStats::default()
+    }
+}
+
 /// Opens `ifname` for `queues` workers: a receive and a transmit queue each.
 /// `spec.mac` and `spec.mtu` are taken from the interface when zero.
 /// `fanout_id` names the fanout group (unique per interface in a process).
