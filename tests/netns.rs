@@ -88,7 +88,10 @@ impl Topo {
         t.exec(&t.ns_in, &["ip", "link", "set", "i0", "up"]);
         t.exec(&t.ns_in, &["ip", "route", "add", "default", "via", "192.168.1.1"]);
         t.exec(&t.ns_out, &["ip", "addr", "add", "203.0.113.1/24", "dev", "o0"]);
+        t.exec(&t.ns_out, &["ip", "addr", "add", "2001:db8:ff::1/64", "dev", "o0", "nodad"]);
         t.exec(&t.ns_out, &["ip", "link", "set", "o0", "up"]);
+        // IPv6 is routed, not translated: the outside knows the way back.
+        t.exec(&t.ns_out, &["ip", "-6", "route", "add", "fdd6:a1fa:cfa8:1::/64", "via", "2001:db8:ff::10"]);
         // The management network stays the kernel's, as in Astara: the
         // appliance's API is a kernel socket on ge0's address.
         must(&[
@@ -267,15 +270,19 @@ fn document() -> serde_json::Value {
              "subnets": [], "allocations": []},
             {"network_id": "b7fc9b39-401c-47cc-a07d-9f8cde75ccbf", "name": "public", "network_type": "external",
              "v4_conf_service": "static", "v6_conf_service": "static",
-             "interface": {"ifname": "ge1", "addresses": ["203.0.113.10/24"]},
+             "interface": {"ifname": "ge1", "addresses": ["203.0.113.10/24", "2001:db8:ff::10/64"]},
              "subnets": [{"id": "8c58b558-be54-45de-9873-169fe845bb80", "cidr": "203.0.113.0/24",
-                          "gateway_ip": "203.0.113.1", "dhcp_enabled": false, "dns_nameservers": [], "host_routes": []}],
+                          "gateway_ip": "203.0.113.1", "dhcp_enabled": false, "dns_nameservers": [], "host_routes": []},
+                         {"id": "89fe7a9d-be92-469c-9a1e-503a39462ed1", "cidr": "2001:db8:ff::/64",
+                          "gateway_ip": "2001:db8:ff::1", "dhcp_enabled": false, "dns_nameservers": [], "host_routes": []}],
              "allocations": []},
             {"network_id": "1c3d6b6e-2b4a-4d5e-9f10-6a7b8c9d0e1f", "name": "web", "network_type": "internal",
-             "v4_conf_service": "static", "v6_conf_service": "static",
-             "interface": {"ifname": "ge2", "addresses": ["192.168.1.1/24"]},
+             "v4_conf_service": "static", "v6_conf_service": "slaac",
+             "interface": {"ifname": "ge2", "addresses": ["192.168.1.1/24", "fdd6:a1fa:cfa8:1::1/64"]},
              "subnets": [{"id": "2f1e0d9c-8b7a-4654-a3b2-c1d0e9f8a7b6", "cidr": "192.168.1.0/24",
-                          "gateway_ip": "192.168.1.1", "dhcp_enabled": true, "dns_nameservers": [], "host_routes": []}],
+                          "gateway_ip": "192.168.1.1", "dhcp_enabled": true, "dns_nameservers": [], "host_routes": []},
+                         {"id": "3a2b1c0d-9e8f-4a6b-8c5d-4e3f2a1b0c9d", "cidr": "fdd6:a1fa:cfa8:1::/64",
+                          "gateway_ip": "fdd6:a1fa:cfa8:1::1", "dhcp_enabled": false, "dns_nameservers": [], "host_routes": []}],
              "allocations": []}
         ]
     })
@@ -428,4 +435,43 @@ fn orchestrator_over_the_management_network_moves_a_floating_ip_while_ping_runs(
     // And the inside host's own pings still leave through the masquerade.
     let o = t.try_exec(&ns_in, &["ping", "-c", "2", "-i", "0.2", "-W", "2", "203.0.113.1"]);
     assert!(o.status.success());
+}
+
+#[test]
+#[ignore = "needs root, iproute2, iputils-ping, curl: run with --include-ignored"]
+fn ipv6_slaac_from_router_advertisements_neighbour_discovery_and_hop_limit() {
+    let mut t = Topo::new();
+    t.start_router();
+    let ns_in = t.ns_in.clone();
+    // The inside host configures itself from the router's advertisement
+    // (prefix fdd6:a1fa:cfa8:1::/64, default route via the router).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut addr = String::new();
+    while Instant::now() < deadline {
+        let out = t.exec(&ns_in, &["ip", "-6", "-o", "addr", "show", "dev", "i0", "scope", "global"]);
+        if let Some(a) = out.split_whitespace().find(|w| w.starts_with("fdd6:a1fa:cfa8:1:") && !w.contains("tentative"))
+        {
+            let routes = t.exec(&ns_in, &["ip", "-6", "route", "show", "default"]);
+            if routes.contains("via fe80::") && !out.contains("tentative") {
+                addr = a.split('/').next().unwrap().to_string();
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(!addr.is_empty(), "no SLAAC address from the router's advertisement; metrics:\n{}", t.metrics());
+    // The router's own address, then the outside host (neighbour discovery
+    // on both sides of the router).
+    let o = t.try_exec(&ns_in, &["ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", "fdd6:a1fa:cfa8:1::1"]);
+    assert!(o.status.success(), "ping6 router: {}", String::from_utf8_lossy(&o.stdout));
+    let o = t.try_exec(&ns_in, &["ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", "2001:db8:ff::1"]);
+    assert!(o.status.success(), "ping6 outside: {}\n{}", String::from_utf8_lossy(&o.stdout), t.metrics());
+    // Hop limit 1: time exceeded from the router.
+    let o = t.try_exec(&ns_in, &["ping", "-6", "-c", "1", "-t", "1", "-W", "2", "2001:db8:ff::1"]);
+    let text = String::from_utf8_lossy(&o.stdout).to_lowercase();
+    assert!(text.contains("time exceeded"), "{text}");
+    let m = t.metrics();
+    assert!(counter(&m, "router advertisements sent") >= 1, "{m}");
+    assert!(counter(&m, "neighbour solicitations sent") >= 1, "{m}");
+    assert!(counter(&m, "neighbour advertisements sent") >= 1, "{m}");
 }

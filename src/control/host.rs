@@ -20,7 +20,7 @@
 
 use super::state::Control;
 use crate::dataplane::{Exception, PuntClass, Punted, Snapshots};
-use crate::packet::checksum::checksum;
+use crate::packet::checksum::{checksum, fold, pseudo_v6, sum};
 use crate::packet::{L3, Mac, PacketBuf, Pkt};
 use crate::stage::{AdjKind, DropReason, PortRole, Snapshot};
 use crate::table::{NeighborSource, NeighborTable};
@@ -38,6 +38,12 @@ const STALE_LIMIT: Duration = Duration::from_secs(90);
 const ICMP_ERRORS_PER_SEC: u32 = 1000;
 /// An ICMP error quotes at most this much, so it fits in 576 bytes (RFC 1812).
 const ICMP_QUOTE: usize = 576 - 20 - 8;
+/// ICMPv6 errors quote up to the minimum IPv6 MTU (RFC 4443 2.4 c).
+const ICMP6_QUOTE: usize = 1280 - 40 - 8;
+/// Unsolicited router advertisements (RFC 4861 MinRtrAdvInterval 200 s).
+const RA_INTERVAL: Duration = Duration::from_secs(200);
+/// IPv4 addresses in the neighbour maps: ::ffff:a.b.c.d.
+const V4_MAPPED: u128 = 0xffff_0000_0000;
 
 /// What the host stack did, for `/metrics` and `ctl`.
 #[derive(Default)]
@@ -55,6 +61,9 @@ pub struct HostStats {
     pub held_dropped: AtomicU64,
     pub inject_full: AtomicU64,
     pub not_handled: AtomicU64,
+    pub neighbor_solicitations: AtomicU64,
+    pub neighbor_advertisements: AtomicU64,
+    pub router_advertisements: AtomicU64,
 }
 
 impl HostStats {
@@ -73,6 +82,9 @@ impl HostStats {
             ("held packets dropped unresolved", self.held_dropped.load(Relaxed)),
             ("frames lost on a full inject ring", self.inject_full.load(Relaxed)),
             ("punted packets not handled", self.not_handled.load(Relaxed)),
+            ("neighbour solicitations sent", self.neighbor_solicitations.load(Relaxed)),
+            ("neighbour advertisements sent", self.neighbor_advertisements.load(Relaxed)),
+            ("router advertisements sent", self.router_advertisements.load(Relaxed)),
         ]
     }
 }
@@ -94,8 +106,11 @@ pub struct HostStack {
     control: Arc<Control>,
     snapshots: Snapshots,
     stats: Arc<HostStats>,
-    learned: HashMap<(u16, u32), Entry>,
-    pending: HashMap<(u16, u32), Pending>,
+    /// Keyed by port and address (IPv4 as ::ffff:a.b.c.d, see `v4key`).
+    learned: HashMap<(u16, u128), Entry>,
+    pending: HashMap<(u16, u128), Pending>,
+    /// When router advertisements were last sent.
+    last_ra: Option<Instant>,
     held_total: usize,
     dirty: bool,
     generation: u64,
@@ -119,6 +134,7 @@ impl HostStack {
             generation: 0,
             icmp_tokens: ICMP_ERRORS_PER_SEC,
             icmp_refill: Instant::now(),
+            last_ra: None,
         }
     }
 
@@ -151,6 +167,8 @@ impl HostStack {
         if snap.generation != self.generation {
             self.generation = snap.generation;
             self.gratuitous_arp(&snap);
+            self.router_advertisements(&snap, None);
+            self.last_ra = Some(now);
         }
         let mut n = 0;
         for w in 0..self.exc.workers() {
@@ -175,6 +193,10 @@ impl HostStack {
                 self.exc.recycle(w, pkt);
             }
             PuntClass::Host if meta.l3 == L3::Ipv4 && meta.proto == 1 => self.echo(snap, pkt, &meta, w),
+            PuntClass::Host if meta.l3 == L3::Ipv6 && meta.proto == 58 => {
+                self.icmp6(snap, &pkt, &meta, w, now);
+                self.exc.recycle(w, pkt);
+            }
             PuntClass::Resolve => self.resolve(snap, pkt, meta, worker, now),
             PuntClass::Error => {
                 self.icmp_error(snap, &pkt, &meta, w, now);
@@ -221,9 +243,10 @@ impl HostStack {
         if sip != 0 && !smac.is_multicast() && !Self::answers_for(snap, port, sip) {
             // Learn from replies, and from requests for us (as Linux does);
             // otherwise only refresh what is already known or awaited.
-            let known = self.learned.contains_key(&(port, sip)) || self.pending.contains_key(&(port, sip));
+            let k = v4key(sip);
+            let known = self.learned.contains_key(&(port, k)) || self.pending.contains_key(&(port, k));
             if known || (op == 1 && for_us) || op == 2 {
-                self.learn(snap, port, sip, smac, now);
+                self.learn(snap, port, k, smac, now);
             }
         }
         if op == 1 && for_us && sip != tip {
@@ -234,7 +257,7 @@ impl HostStack {
         }
     }
 
-    fn learn(&mut self, snap: &Snapshot, port: u16, ip: u32, mac: Mac, now: Instant) {
+    fn learn(&mut self, snap: &Snapshot, port: u16, ip: u128, mac: Mac, now: Instant) {
         let changed = match self.learned.insert((port, ip), Entry { mac, confirmed: now, probed: None }) {
             Some(old) => old.mac != mac,
             None => {
@@ -255,11 +278,13 @@ impl HostStack {
     }
 
     /// The address to resolve for a packet routed to adjacency `m.nh`.
-    fn next_hop(snap: &Snapshot, m: &crate::packet::Meta) -> Option<u32> {
+    fn next_hop(snap: &Snapshot, m: &crate::packet::Meta) -> Option<u128> {
         let adj = snap.adj.get(m.nh as usize)?;
         match adj.kind {
-            AdjKind::Gateway if adj.gw_v4 => Some(adj.gw as u32),
-            AdjKind::Connected if m.l3 == L3::Ipv4 => Some(m.dst as u32),
+            AdjKind::Gateway if adj.gw_v4 => Some(v4key(adj.gw as u32)),
+            AdjKind::Gateway => Some(adj.gw),
+            AdjKind::Connected if m.l3 == L3::Ipv4 => Some(v4key(m.dst as u32)),
+            AdjKind::Connected => Some(m.dst),
             _ => None,
         }
     }
@@ -267,7 +292,6 @@ impl HostStack {
     fn resolve(&mut self, snap: &Snapshot, mut pkt: Pkt, meta: crate::packet::Meta, worker: u16, now: Instant) {
         let port = meta.out_port;
         let Some(ip) = Self::next_hop(snap, &meta) else {
-            // IPv6 next hops wait for neighbour discovery (not done here).
             self.stats.held_dropped.fetch_add(1, Relaxed);
             self.exc.recycle(worker as usize, pkt);
             return;
@@ -298,13 +322,28 @@ impl HostStack {
         }
     }
 
-    /// Sends an ARP request for `ip` on `port` (unicast to `to` to refresh).
-    fn request(&self, snap: &Snapshot, port: u16, ip: u32, to: Option<Mac>) {
+    /// Sends an ARP request or a neighbour solicitation for `ip` on `port`
+    /// (unicast to `to` to refresh an entry).
+    fn request(&self, snap: &Snapshot, port: u16, ip: u128, to: Option<Mac>) {
         let Some(info) = snap.port(port) else { return };
-        let Some(src) = Self::port_addr(snap, port) else { return };
-        let frame = arp_frame(1, info.mac, src, to.unwrap_or(Mac::ZERO), to.unwrap_or(Mac([0xff; 6])), ip);
-        self.send(0, frame, port);
-        self.stats.arp_requests.fetch_add(1, Relaxed);
+        if let Some(ip4) = unmap(ip) {
+            let Some(src) = Self::port_addr(snap, port) else { return };
+            let frame = arp_frame(1, info.mac, src, to.unwrap_or(Mac::ZERO), to.unwrap_or(Mac([0xff; 6])), ip4);
+            self.send(0, frame, port);
+            self.stats.arp_requests.fetch_add(1, Relaxed);
+            return;
+        }
+        let src = Self::port_addr6(snap, port).unwrap_or(link_local(info.mac));
+        let (dst, dmac) = match to {
+            Some(mac) => (ip, mac),
+            None => (solicited_node(ip), multicast_mac(solicited_node(ip))),
+        };
+        let mut body = vec![135, 0, 0, 0, 0, 0, 0, 0];
+        body.extend_from_slice(&ip.to_be_bytes());
+        body.extend_from_slice(&[1, 1]);
+        body.extend_from_slice(&info.mac.0);
+        self.send(0, icmp6_frame(dmac, info.mac, src, dst, 255, body), port);
+        self.stats.neighbor_solicitations.fetch_add(1, Relaxed);
     }
 
     fn gratuitous_arp(&self, snap: &Snapshot) {
@@ -377,6 +416,10 @@ impl HostStack {
         for (port, ip, mac) in refresh {
             self.request(&snap, port, ip, Some(mac));
         }
+        if self.last_ra.is_none_or(|t| now.duration_since(t) >= RA_INTERVAL) {
+            self.router_advertisements(&snap, None);
+            self.last_ra = Some(now);
+        }
         if self.dirty {
             self.publish();
         }
@@ -385,7 +428,10 @@ impl HostStack {
     fn publish(&mut self) {
         let mut t = NeighborTable::new();
         for (&(port, ip), e) in &self.learned {
-            t.insert_v4(port, ip, e.mac, NeighborSource::Learned);
+            match unmap(ip) {
+                Some(a) => t.insert_v4(port, a, e.mac, NeighborSource::Learned),
+                None => t.insert_v6(port, ip, e.mac, NeighborSource::Learned),
+            }
         }
         self.control.publish_learned(t);
         self.snapshots.load();
@@ -426,7 +472,26 @@ impl HostStack {
         }
     }
 
+    /// One token of the ICMP error budget (shared by both families).
+    fn icmp_token(&mut self, now: Instant) -> bool {
+        if now.duration_since(self.icmp_refill) >= Duration::from_millis(10) {
+            let add =
+                (now.duration_since(self.icmp_refill).as_millis() as u32).saturating_mul(ICMP_ERRORS_PER_SEC) / 1000;
+            self.icmp_tokens = (self.icmp_tokens + add).min(ICMP_ERRORS_PER_SEC);
+            self.icmp_refill = now;
+        }
+        if self.icmp_tokens == 0 {
+            self.stats.icmp_errors_limited.fetch_add(1, Relaxed);
+            return false;
+        }
+        self.icmp_tokens -= 1;
+        true
+    }
+
     fn icmp_error(&mut self, snap: &Snapshot, pkt: &Pkt, m: &crate::packet::Meta, worker: usize, now: Instant) {
+        if m.l3 == L3::Ipv6 {
+            return self.icmp6_error(snap, pkt, m, worker, now);
+        }
         if m.l3 != L3::Ipv4 {
             self.stats.not_handled.fetch_add(1, Relaxed);
             return;
@@ -488,6 +553,231 @@ impl HostStack {
             self.stats.icmp_errors.fetch_add(1, Relaxed);
         }
     }
+}
+
+impl HostStack {
+    /// The router's first global IPv6 address on `port`.
+    fn port_addr6(snap: &Snapshot, port: u16) -> Option<u128> {
+        snap.own.iter().find(|&&(a, v4, p)| !v4 && p == port && a >> 118 != 0x3fa).map(|&(a, _, _)| a)
+    }
+
+    /// Whether `a` is one of the router's IPv6 addresses on `port` (its
+    /// link-local address included).
+    fn is_ours6(snap: &Snapshot, port: u16, a: u128) -> bool {
+        snap.port(port).is_some_and(|i| link_local(i.mac) == a)
+            || snap.own.iter().any(|&(o, v4, p)| !v4 && p == port && o == a)
+    }
+
+    /// Neighbour discovery, echo and router solicitations.
+    fn icmp6(&mut self, snap: &Snapshot, pkt: &Pkt, m: &crate::packet::Meta, worker: usize, now: Instant) {
+        let d = pkt.data();
+        let (l3, l4) = (m.l3_off as usize, m.l4_off as usize);
+        let plen = u16::from_be_bytes([d[l3 + 4], d[l3 + 5]]) as usize;
+        let end = (l3 + 40 + plen).min(d.len());
+        if m.frag != 0 || end < l4 + 8 {
+            self.stats.not_handled.fetch_add(1, Relaxed);
+            return;
+        }
+        let hop = d[l3 + 7];
+        let (src, dst) = (m.src, m.dst);
+        let port = m.in_port;
+        let Some(info) = snap.port(port) else { return };
+        let opt_mac = |from: usize, kind: u8| -> Option<Mac> {
+            let mut o = from;
+            while o + 8 <= end {
+                let len = d[o + 1] as usize * 8;
+                if len == 0 {
+                    return None;
+                }
+                if d[o] == kind && len >= 8 {
+                    return Some(Mac(d[o + 2..o + 8].try_into().unwrap_or_default()));
+                }
+                o += len;
+            }
+            None
+        };
+        match d[l4] {
+            // Neighbour solicitation for one of our addresses (RFC 4861 7.2.3).
+            135 if hop == 255 && end >= l4 + 24 => {
+                let target = u128::from_be_bytes(d[l4 + 8..l4 + 24].try_into().unwrap_or_default());
+                if !Self::is_ours6(snap, port, target) {
+                    return;
+                }
+                let sll = opt_mac(l4 + 24, 1);
+                if src != 0
+                    && let Some(mac) = sll
+                {
+                    self.learn(snap, port, src, mac, now);
+                }
+                let (to, to_mac, flags) = match (src, sll) {
+                    (0, _) => (ALL_NODES, multicast_mac(ALL_NODES), 0xa0u8),
+                    (s, Some(mac)) => (s, mac, 0xe0),
+                    (s, None) => (s, Mac(d[6..12].try_into().unwrap_or_default()), 0xe0),
+                };
+                let mut body = vec![136, 0, 0, 0, flags, 0, 0, 0];
+                body.extend_from_slice(&target.to_be_bytes());
+                body.extend_from_slice(&[2, 1]);
+                body.extend_from_slice(&info.mac.0);
+                self.send(0, icmp6_frame(to_mac, info.mac, target, to, 255, body), port);
+                self.stats.neighbor_advertisements.fetch_add(1, Relaxed);
+            }
+            // Neighbour advertisement: learn what we asked for or knew.
+            136 if hop == 255 && end >= l4 + 24 => {
+                let target = u128::from_be_bytes(d[l4 + 8..l4 + 24].try_into().unwrap_or_default());
+                let mac = opt_mac(l4 + 24, 2).unwrap_or(Mac(d[6..12].try_into().unwrap_or_default()));
+                let k = (port, target);
+                if self.pending.contains_key(&k) || self.learned.contains_key(&k) || d[l4 + 4] & 0x40 != 0 {
+                    self.learn(snap, port, target, mac, now);
+                }
+            }
+            // Router solicitation: answer with an advertisement.
+            133 if hop == 255 => {
+                self.router_advertisements(snap, Some(port));
+            }
+            // Echo request to one of our addresses.
+            128 if Self::is_ours6(snap, port, dst) => {
+                let mut body = d[l4..end].to_vec();
+                body[0] = 129;
+                let mac = Mac(d[6..12].try_into().unwrap_or_default());
+                self.send(worker, icmp6_frame(mac, info.mac, dst, src, 64, body), port);
+                self.stats.echo_replies.fetch_add(1, Relaxed);
+            }
+            _ => {
+                self.stats.not_handled.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// Router advertisements on internal networks whose IPv6 configuration
+    /// is `slaac`, `ra` or `dhcp` (all of them, or only `only`'s).
+    fn router_advertisements(&self, snap: &Snapshot, only: Option<u16>) {
+        let Some(cfg) = self.control.current() else { return };
+        for n in &cfg.networks {
+            use super::model::{NetworkType, V6ConfService};
+            if n.network_type != NetworkType::Internal || n.v6_conf_service == V6ConfService::Static {
+                continue;
+            }
+            let Some(port) = snap
+                .ports
+                .iter()
+                .position(|p| p.name == n.interface.ifname || n.interface.lladdr.is_some_and(|l| l == p.mac))
+            else {
+                continue;
+            };
+            let port = port as u16;
+            if only.is_some_and(|o| o != port) {
+                continue;
+            }
+            let Some(info) = snap.port(port).filter(|i| i.up) else { continue };
+            let dhcp = n.v6_conf_service == V6ConfService::Dhcp;
+            // Managed (M) and other-config (O) for DHCPv6; autonomous otherwise.
+            let flags: u8 = if dhcp { 0xc0 } else { 0 };
+            let mut body = vec![134, 0, 0, 0, 64, flags];
+            body.extend_from_slice(&1800u16.to_be_bytes());
+            body.extend_from_slice(&[0; 8]);
+            body.extend_from_slice(&[1, 1]);
+            body.extend_from_slice(&info.mac.0);
+            body.extend_from_slice(&[5, 1, 0, 0]);
+            body.extend_from_slice(&(info.mtu as u32).to_be_bytes());
+            for sn in n.subnets.iter().filter(|s| !s.cidr.is_v4()) {
+                let pflags: u8 = if dhcp { 0x80 } else { 0xc0 };
+                body.extend_from_slice(&[3, 4, sn.cidr.len, pflags]);
+                body.extend_from_slice(&2_592_000u32.to_be_bytes());
+                body.extend_from_slice(&604_800u32.to_be_bytes());
+                body.extend_from_slice(&[0; 4]);
+                body.extend_from_slice(&sn.cidr.network().to_be_bytes());
+            }
+            let frame = icmp6_frame(multicast_mac(ALL_NODES), info.mac, link_local(info.mac), ALL_NODES, 255, body);
+            self.send(0, frame, port);
+            self.stats.router_advertisements.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn icmp6_error(&mut self, snap: &Snapshot, pkt: &Pkt, m: &crate::packet::Meta, worker: usize, now: Instant) {
+        let (ty, code, param) = match DropReason::from_u8(m.reason) {
+            DropReason::HopLimitExpired => (3, 0, 0),
+            DropReason::NoRoute => (1, 0, 0),
+            DropReason::PacketTooBig => (2, 0, snap.port(m.out_port).map_or(1280, |p| p.mtu as u32)),
+            DropReason::BlockedByRule | DropReason::ToManagement => (1, 1, 0),
+            _ => {
+                self.stats.not_handled.fetch_add(1, Relaxed);
+                return;
+            }
+        };
+        let d = pkt.data();
+        let l3 = m.l3_off as usize;
+        // Never about an ICMPv6 error, a later fragment, or an unanswerable
+        // source (RFC 4443 2.4 e); Packet Too Big is sent for multicast too.
+        let is_error = m.proto == 58 && d.get(m.l4_off as usize).is_some_and(|&t| t < 128);
+        let src = m.src;
+        let never = m.frag == 2
+            || is_error
+            || src == 0
+            || src == 1
+            || src >> 120 == 0xff
+            || (m.dst >> 120 == 0xff && ty != 2)
+            || d.len() < 12;
+        if never || !self.icmp_token(now) {
+            return;
+        }
+        let Some(info) = snap.port(m.in_port) else { return };
+        let from = Self::port_addr6(snap, m.in_port).unwrap_or(link_local(info.mac));
+        let mut body = vec![ty, code, 0, 0];
+        body.extend_from_slice(&param.to_be_bytes());
+        body.extend_from_slice(&d[l3..d.len().min(l3 + ICMP6_QUOTE)]);
+        let mac = Mac(d[6..12].try_into().unwrap_or_default());
+        self.send(worker, icmp6_frame(mac, info.mac, from, src, 64, body), m.in_port);
+        self.stats.icmp_errors.fetch_add(1, Relaxed);
+    }
+}
+
+const ALL_NODES: u128 = 0xff02 << 112 | 1;
+
+#[inline]
+fn v4key(a: u32) -> u128 {
+    V4_MAPPED | a as u128
+}
+
+#[inline]
+fn unmap(k: u128) -> Option<u32> {
+    (k >> 32 == V4_MAPPED >> 32).then_some(k as u32)
+}
+
+/// fe80::/64 with the modified EUI-64 of `mac` (RFC 4291 appendix A).
+pub fn link_local(mac: Mac) -> u128 {
+    let m = mac.0;
+    let iid = u64::from_be_bytes([m[0] ^ 0x02, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]]);
+    (0xfe80u128 << 112) | iid as u128
+}
+
+/// ff02::1:ffXX:XXXX for `a` (RFC 4291 2.7.1).
+fn solicited_node(a: u128) -> u128 {
+    (0xff02u128 << 112) | (1 << 32) | (0xff << 24) | (a & 0xff_ffff)
+}
+
+/// 33:33 + the low 32 bits of a multicast group (RFC 2464 7).
+fn multicast_mac(group: u128) -> Mac {
+    let g = (group as u32).to_be_bytes();
+    Mac([0x33, 0x33, g[0], g[1], g[2], g[3]])
+}
+
+/// Ethernet + IPv6 + ICMPv6 `body` (its checksum filled in).
+fn icmp6_frame(dst_mac: Mac, src_mac: Mac, src: u128, dst: u128, hop: u8, mut body: Vec<u8>) -> Pkt {
+    body[2] = 0;
+    body[3] = 0;
+    let c = !fold(pseudo_v6(src, dst, 58, body.len() as u32) + sum(&body));
+    body[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut f = Vec::with_capacity(54 + body.len());
+    f.extend_from_slice(&dst_mac.0);
+    f.extend_from_slice(&src_mac.0);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0]);
+    f.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[58, hop]);
+    f.extend_from_slice(&src.to_be_bytes());
+    f.extend_from_slice(&dst.to_be_bytes());
+    f.extend_from_slice(&body);
+    Pkt::from_slice(&f).unwrap_or_default()
 }
 
 /// Ethernet + ARP: `op` 1 request, 2 reply.
