@@ -147,6 +147,7 @@ impl HostStack {
         std::thread::Builder::new().name("host-stack".into()).spawn(move || {
             self.exc.set_active(true);
             let mut last_tick = Instant::now();
+            let mut idle = 0u32;
             while !stop.load(Relaxed) {
                 let n = self.poll(Instant::now());
                 if last_tick.elapsed() >= Duration::from_millis(100) {
@@ -154,7 +155,12 @@ impl HostStack {
                     self.tick(last_tick);
                 }
                 if n == 0 {
-                    std::thread::sleep(Duration::from_micros(50));
+                    // Short naps while traffic is about, longer ones when
+                    // quiet, so an idle appliance leaves the CPUs alone.
+                    idle = idle.saturating_add(1);
+                    std::thread::sleep(Duration::from_micros(if idle < 200 { 50 } else { 1000 }));
+                } else {
+                    idle = 0;
                 }
             }
             self.exc.set_active(false);

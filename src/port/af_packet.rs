@@ -242,7 +242,7 @@ impl Drop for Ring {
 
 /// One worker's receive queue on an interface.
 pub struct AfPacketRx {
-    _fd: OwnedFd,
+    fd: OwnedFd,
     ring: Ring,
     /// Block being read, packets left in it, offset of the next one.
     block: u32,
@@ -269,6 +269,33 @@ pub struct AfPacketPort {
     ifname: String,
     rx: Vec<Arc<QueueCounters>>,
     tx: Vec<Arc<QueueCounters>>,
+    /// Duplicates of the receive sockets, to read the kernel's ring drops
+    /// (PACKET_STATISTICS, which resets on read: summed into `ring_drops`).
+    stat_fds: Vec<OwnedFd>,
+    ring_drops: std::sync::atomic::AtomicU64,
+}
+
+impl AfPacketPort {
+    /// Frames the kernel could not put in a receive ring (it was full).
+    pub fn ring_drops(&self) -> u64 {
+        for fd in &self.stat_fds {
+            let mut st: libc::tpacket_stats_v3 = unsafe { std::mem::zeroed() };
+            let mut len = std::mem::size_of::<libc::tpacket_stats_v3>() as libc::socklen_t;
+            let r = unsafe {
+                libc::getsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_PACKET,
+                    libc::PACKET_STATISTICS,
+                    (&mut st as *mut libc::tpacket_stats_v3).cast(),
+                    &mut len,
+                )
+            };
+            if r == 0 {
+                self.ring_drops.fetch_add(st.tp_drops as u64, Ordering::Relaxed);
+            }
+        }
+        self.ring_drops.load(Ordering::Relaxed)
+    }
 }
 
 impl Port for AfPacketPort {
@@ -284,6 +311,7 @@ impl Port for AfPacketPort {
             let (p, b, d) = q.read();
             (s.rx_packets, s.rx_bytes, s.rx_dropped) = (s.rx_packets + p, s.rx_bytes + b, s.rx_dropped + d);
         }
+        s.rx_dropped += self.ring_drops();
         for q in &self.tx {
             let (p, b, d) = q.read();
             (s.tx_packets, s.tx_bytes, s.tx_dropped) = (s.tx_packets + p, s.tx_bytes + b, s.tx_dropped + d);
@@ -350,11 +378,17 @@ pub fn open(
         rxs.push(open_rx(ifname, info.index, (queues > 1).then_some(fanout_id))?);
         txs.push(open_tx(ifname, info.index)?);
     }
+    let stat_fds = rxs
+        .iter()
+        .map(|q| q.fd.try_clone().map_err(|e| format!("{ifname}: dup of a packet socket: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
     let port = AfPacketPort {
         spec,
         ifname: ifname.to_string(),
         rx: rxs.iter().map(|q| q.counters.clone()).collect(),
         tx: txs.iter().map(|q| q.counters.clone()).collect(),
+        stat_fds,
+        ring_drops: Default::default(),
     };
     Ok((port, rxs, txs))
 }
@@ -391,7 +425,7 @@ fn open_rx(ifname: &str, index: u32, fanout: Option<u16>) -> Result<AfPacketRx, 
         setsockopt(&fd, libc::SOL_PACKET, libc::PACKET_FANOUT, &arg, "PACKET_FANOUT", ifname)?;
     }
     Ok(AfPacketRx {
-        _fd: fd,
+        fd,
         ring,
         block: 0,
         left: 0,
