@@ -83,6 +83,9 @@ impl Topo {
         // the veth) but leave their checksums to "hardware", as VMs do.
         t.exec(&t.ns_in, &["ethtool", "-K", "i0", "tso", "off", "gso", "off"]);
         t.exec(&t.ns_out, &["ethtool", "-K", "o0", "tso", "off", "gso", "off"]);
+        // The MAC of the instance's port in the document's allocations
+        // (the router takes allocations as configured neighbours).
+        t.exec(&t.ns_in, &["ip", "link", "set", "i0", "address", "fa:16:3e:00:00:20"]);
         t.exec(&t.ns_in, &["ip", "addr", "add", "192.168.1.20/24", "dev", "i0"]);
         t.exec(&t.ns_in, &["ip", "addr", "add", "192.168.1.5/24", "dev", "i0"]);
         t.exec(&t.ns_in, &["ip", "link", "set", "i0", "up"]);
@@ -283,7 +286,8 @@ fn document() -> serde_json::Value {
                           "gateway_ip": "192.168.1.1", "dhcp_enabled": true, "dns_nameservers": [], "host_routes": []},
                          {"id": "3a2b1c0d-9e8f-4a6b-8c5d-4e3f2a1b0c9d", "cidr": "fdd6:a1fa:cfa8:1::/64",
                           "gateway_ip": "fdd6:a1fa:cfa8:1::1", "dhcp_enabled": false, "dns_nameservers": [], "host_routes": []}],
-             "allocations": []}
+             "allocations": [{"mac_address": "fa:16:3e:00:00:20", "ip_addresses": {"192.168.1.20": true},
+                              "hostname": "vm-20", "device_id": "0f2b44e5-9c0a-4f7e-8d55-1b2c3d4e5f20"}]}
         ]
     })
 }
@@ -373,9 +377,12 @@ fn iperf3_tcp_through_nat() {
     let mut t = Topo::new();
     t.start_router();
     let (ns_in, ns_out) = (t.ns_in.clone(), t.ns_out.clone());
-    let srv = t.spawn(&ns_out, &["iperf3", "-s", "-B", "203.0.113.1", "-1"]);
+    let srv = t.spawn(&ns_out, &["timeout", "40", "iperf3", "-s", "-B", "203.0.113.1", "-1"]);
     std::thread::sleep(Duration::from_millis(500));
-    let o = t.try_exec(&ns_in, &["iperf3", "-c", "203.0.113.1", "-t", "5", "-J"]);
+    let o = t.try_exec(
+        &ns_in,
+        &["timeout", "30", "iperf3", "-c", "203.0.113.1", "-t", "5", "-J", "--connect-timeout", "3000"],
+    );
     let _ = t.finish(srv);
     assert!(o.status.success(), "iperf3: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
@@ -474,4 +481,75 @@ fn ipv6_slaac_from_router_advertisements_neighbour_discovery_and_hop_limit() {
     assert!(counter(&m, "router advertisements sent") >= 1, "{m}");
     assert!(counter(&m, "neighbour solicitations sent") >= 1, "{m}");
     assert!(counter(&m, "neighbour advertisements sent") >= 1, "{m}");
+}
+
+/// A fake orchestrator metadata service: answers every GET with the
+/// request's path and headers.
+const FAKE_METADATA: &str = r#"
+import http.server, socket
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("path=%s\n" % self.path + "".join("%s: %s\n" % kv for kv in self.headers.items())).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+class S(http.server.HTTPServer):
+    address_family = socket.AF_INET6
+S(("fdca:3ba5:a17a:acda::1", 9697), H).serve_forever()
+"#;
+
+#[test]
+#[ignore = "needs root, iproute2, curl, python3: run with --include-ignored"]
+fn metadata_requests_reach_the_orchestrator_with_the_instance_headers() {
+    let mut t = Topo::new();
+    t.start_router();
+    let (ns_in, ns_mgt) = (t.ns_in.clone(), t.ns_mgt.clone());
+    let orch = t.spawn(&ns_mgt, &["python3", "-c", FAKE_METADATA]);
+    wait_http(&t, &ns_mgt, "http://[fdca:3ba5:a17a:acda::1]:9697/");
+    let body = t.http(&ns_in, "http://169.254.169.254/latest/meta-data/", Some("192.168.1.20"));
+    for want in [
+        "path=/latest/meta-data/",
+        "X-Forwarded-For: 192.168.1.20",
+        "X-Instance-ID: 0f2b44e5-9c0a-4f7e-8d55-1b2c3d4e5f20",
+        "X-Quantum-Network-ID: 1c3d6b6e-2b4a-4d5e-9f10-6a7b8c9d0e1f",
+        "X-Tenant-ID: d22b149cee9b4eac8349c517eda00b89",
+    ] {
+        assert!(body.contains(want), "{want} missing from what the orchestrator saw:\n{body}");
+    }
+    // An instance cannot claim to be another one.
+    let o = t.exec(
+        &ns_in,
+        &[
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            "-H",
+            "X-Instance-ID: someone-else",
+            "http://169.254.169.254/openstack/latest/meta_data.json",
+        ],
+    );
+    assert!(!o.contains("someone-else") && o.contains("X-Instance-ID: 0f2b44e5"), "{o}");
+    // Several at once.
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            let mut c =
+                t.cmd(&ns_in, &["curl", "-s", "-m", "5", &format!("http://169.254.169.254/latest/meta-data/{i}")]);
+            std::thread::spawn(move || c.output().unwrap())
+        })
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        let o = h.join().unwrap();
+        assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("path=/latest/meta-data/{i}")), "{o:?}");
+    }
+    // The orchestrator gone: a quick 502, not a hang.
+    let _ = t.finish(orch);
+    let started = Instant::now();
+    let code =
+        t.exec(&ns_in, &["curl", "-s", "-o", "/dev/null", "-m", "10", "-w", "%{http_code}", "http://169.254.169.254/"]);
+    assert_eq!(code, "502");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    let m = t.metrics();
+    assert!(counter(&m, "metadata requests proxied") >= 7, "{m}");
 }

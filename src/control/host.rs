@@ -18,6 +18,7 @@
 //! It runs on its own thread beside the API's, polling the rings and
 //! sleeping briefly when they are empty.
 
+use super::metadata::MetadataProxy;
 use super::state::Control;
 use crate::dataplane::{Exception, PuntClass, Punted, Snapshots};
 use crate::packet::checksum::{checksum, fold, pseudo_v6, sum};
@@ -64,6 +65,8 @@ pub struct HostStats {
     pub neighbor_solicitations: AtomicU64,
     pub neighbor_advertisements: AtomicU64,
     pub router_advertisements: AtomicU64,
+    pub metadata_requests: AtomicU64,
+    pub metadata_errors: AtomicU64,
 }
 
 impl HostStats {
@@ -85,6 +88,8 @@ impl HostStats {
             ("neighbour solicitations sent", self.neighbor_solicitations.load(Relaxed)),
             ("neighbour advertisements sent", self.neighbor_advertisements.load(Relaxed)),
             ("router advertisements sent", self.router_advertisements.load(Relaxed)),
+            ("metadata requests proxied", self.metadata_requests.load(Relaxed)),
+            ("metadata requests answered with an error", self.metadata_errors.load(Relaxed)),
         ]
     }
 }
@@ -111,6 +116,9 @@ pub struct HostStack {
     pending: HashMap<(u16, u128), Pending>,
     /// When router advertisements were last sent.
     last_ra: Option<Instant>,
+    /// TCP to 169.254.169.254:80, terminated here and proxied.
+    metadata: MetadataProxy,
+    metadata_pending: bool,
     held_total: usize,
     dirty: bool,
     generation: u64,
@@ -135,6 +143,8 @@ impl HostStack {
             icmp_tokens: ICMP_ERRORS_PER_SEC,
             icmp_refill: Instant::now(),
             last_ra: None,
+            metadata: MetadataProxy::new(),
+            metadata_pending: false,
         }
     }
 
@@ -184,6 +194,17 @@ impl HostStack {
                 self.handle(&snap, p, now);
             }
         }
+        if self.metadata_pending || self.metadata.busy() {
+            self.metadata_pending = false;
+            let cfg = self.control.current();
+            let out = self.metadata.poll(cfg.as_deref(), |p| snap.port(p).map(|i| i.mac));
+            for (port, frame) in out {
+                self.send(0, frame, port);
+            }
+            let m = self.metadata.stats;
+            self.stats.metadata_requests.store(m.requests, Relaxed);
+            self.stats.metadata_errors.store(m.upstream_errors + m.refused, Relaxed);
+        }
         if self.dirty {
             self.publish();
         }
@@ -204,6 +225,11 @@ impl HostStack {
                 self.exc.recycle(w, pkt);
             }
             PuntClass::Resolve => self.resolve(snap, pkt, meta, worker, now),
+            PuntClass::Metadata => {
+                self.metadata.deliver(&pkt, &meta);
+                self.metadata_pending = true;
+                self.exc.recycle(w, pkt);
+            }
             PuntClass::Error => {
                 self.icmp_error(snap, &pkt, &meta, w, now);
                 self.exc.recycle(w, pkt);
