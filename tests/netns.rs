@@ -273,7 +273,7 @@ fn document() -> serde_json::Value {
              "subnets": [], "allocations": []},
             {"network_id": "b7fc9b39-401c-47cc-a07d-9f8cde75ccbf", "name": "public", "network_type": "external",
              "v4_conf_service": "static", "v6_conf_service": "static",
-             "interface": {"ifname": "ge1", "addresses": ["203.0.113.10/24", "2001:db8:ff::10/64"]},
+             "interface": {"ifname": "ge1", "addresses": ["203.0.113.10/24", "2001:db8:ff::10/64"], "mtu": 1400},
              "subnets": [{"id": "8c58b558-be54-45de-9873-169fe845bb80", "cidr": "203.0.113.0/24",
                           "gateway_ip": "203.0.113.1", "dhcp_enabled": false, "dns_nameservers": [], "host_routes": []},
                          {"id": "89fe7a9d-be92-469c-9a1e-503a39462ed1", "cidr": "2001:db8:ff::/64",
@@ -361,6 +361,14 @@ fn ping_and_http_through_masquerade_floating_ip_and_hairpin() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("192.168.1.1") && text.to_lowercase().contains("time to live exceeded"), "{text}");
 
+    // The external network's MTU is 1400: a larger packet with DF set gets
+    // "fragmentation needed" with that MTU (path MTU discovery).
+    let o = t.try_exec(&ns_in, &["ping", "-c", "1", "-M", "do", "-s", "1450", "-W", "2", "203.0.113.1"]);
+    let text = String::from_utf8_lossy(&o.stdout).to_lowercase() + &String::from_utf8_lossy(&o.stderr).to_lowercase();
+    assert!(text.contains("frag needed") && text.contains("1400"), "{text}");
+    let o = t.try_exec(&ns_in, &["ping", "-c", "2", "-i", "0.2", "-M", "do", "-s", "1372", "-W", "2", "203.0.113.1"]);
+    assert!(o.status.success(), "a packet that fits: {}", String::from_utf8_lossy(&o.stdout));
+
     // No route: the outside host is on-link only, so the router's
     // connected routes are all it has beyond the default; an address the
     // default route sends out still works, so check the counters instead.
@@ -389,6 +397,11 @@ fn iperf3_tcp_through_nat() {
     let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
     eprintln!("iperf3 through astara-dp (af_packet, NAT): {:.1} Mbit/s", bps / 1e6);
     assert!(bps > 1e6, "{bps}");
+    // The external MTU is 1400: TCP got there by path MTU discovery, from
+    // "fragmentation needed" errors that quote the segment as the client
+    // sent it (before the masquerade), or it would not have matched them.
+    let cache = t.exec(&ns_in, &["ip", "route", "get", "203.0.113.1"]);
+    assert!(cache.contains("mtu 1400"), "{cache}");
 }
 
 /// The MAC of `ifc` in namespace `ns`, as the kernel reports it.

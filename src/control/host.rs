@@ -23,6 +23,7 @@ use super::state::Control;
 use crate::dataplane::{Exception, PuntClass, Punted, Snapshots};
 use crate::packet::checksum::{checksum, fold, pseudo_v6, sum};
 use crate::packet::{L3, Mac, PacketBuf, Pkt};
+use crate::stage::nat::{Tuple4, rewrite_v4};
 use crate::stage::{AdjKind, DropReason, PortRole, Snapshot};
 use crate::table::{NeighborSource, NeighborTable};
 use std::collections::{HashMap, VecDeque};
@@ -540,7 +541,21 @@ impl HostStack {
         };
         let d = pkt.data();
         let l3 = m.l3_off as usize;
-        let src = m.src as u32;
+        // What the sender sent: a translated packet is quoted as it arrived
+        // (else the sender cannot match the error to its flow), and the
+        // error goes to its original source.
+        let mut ip = d[l3.min(d.len())..].to_vec();
+        let src = if m.xlated {
+            let now = Tuple4 { src: m.src as u32, dst: m.dst as u32, sport: m.sport, dport: m.dport };
+            let was = Tuple4 { src: m.orig_src, dst: m.orig_dst, sport: m.orig_sport, dport: m.orig_dport };
+            let l4 = (m.l4_off as usize).saturating_sub(l3);
+            if ip.len() >= l4 + 8 && l4 >= 20 {
+                rewrite_v4(&mut ip, 0, l4, m.proto, m.frag != 2, now, was);
+            }
+            m.orig_src
+        } else {
+            m.src as u32
+        };
         let first = (src >> 24) as u8;
         let never = m.frag == 2
             || (m.proto == 1 && (d.get(m.l4_off as usize).is_none_or(|&t| !matches!(t, 0 | 8 | 13 | 14 | 15 | 16))))
@@ -568,7 +583,7 @@ impl HostStack {
         self.icmp_tokens -= 1;
         let Some(info) = snap.port(m.in_port) else { return };
         let Some(from) = Self::port_addr(snap, m.in_port) else { return };
-        let quote = &d[l3..d.len().min(l3 + ICMP_QUOTE)];
+        let quote = &ip[..ip.len().min(ICMP_QUOTE)];
         let mut f = Vec::with_capacity(14 + 28 + quote.len());
         f.extend_from_slice(&d[6..12]);
         f.extend_from_slice(&info.mac.0);

@@ -75,7 +75,18 @@ pub struct Meta {
     pub icmp_type: u8,
     /// Why a `Local` packet goes to the exception path (`stage::Punt`).
     pub punt: u8,
+    /// The packet was translated (NAT): `orig_*` hold its IPv4 addresses and
+    /// ports as it arrived, for an ICMP error about it (which must quote
+    /// what the sender sent). These fit in what was padding.
+    pub xlated: bool,
+    pub orig_sport: u16,
+    pub orig_dport: u16,
+    pub orig_src: u32,
+    pub orig_dst: u32,
 }
+
+// The metadata of a packet stays within 80 bytes (a burst of 32 in 40 lines).
+const _: () = assert!(std::mem::size_of::<Meta>() <= 80);
 
 impl Meta {
     /// The symmetric 5-tuple hash, computed on first use: most packets

@@ -183,6 +183,10 @@ fn tuple_of(m: &Meta) -> Tuple4 {
 
 #[inline]
 fn set_tuple(m: &mut Meta, t: Tuple4) {
+    if !m.xlated {
+        m.xlated = true;
+        (m.orig_src, m.orig_dst, m.orig_sport, m.orig_dport) = (m.src as u32, m.dst as u32, m.sport, m.dport);
+    }
     m.src = t.src as u128;
     m.dst = t.dst as u128;
     m.sport = t.sport;
