@@ -46,6 +46,10 @@ enum Cmd {
         /// symmetric RSS hash (no cross-worker handoff: the reference).
         #[arg(long)]
         steer_by_owner: bool,
+        /// Attach the host stack (punt/inject rings, ARP, ICMP) as `run`
+        /// does; with a scenario's `arp_every` it answers those requests.
+        #[arg(long)]
+        host_stack: bool,
     },
     /// Write a scenario's traffic to a pcap file.
     Gen {
@@ -119,7 +123,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.cmd {
-        Cmd::Bench { scenario, cores, seconds, burst, json, quiet, push_every, warmup, steer_by_owner } => {
+        Cmd::Bench { scenario, cores, seconds, burst, json, quiet, push_every, warmup, steer_by_owner, host_stack } => {
             let o = bench::BenchOptions {
                 cores,
                 seconds,
@@ -129,6 +133,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 push_every,
                 warmup,
                 steer_by_owner,
+                host_stack,
                 ..Default::default()
             };
             let r = bench::run(&scenario, &o)?;

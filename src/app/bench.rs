@@ -38,6 +38,8 @@ pub struct BenchOptions {
     pub warmup: f64,
     /// Give each worker the frames of the flows it owns (no handoff).
     pub steer_by_owner: bool,
+    /// Run the host stack beside the workers, as `run` does.
+    pub host_stack: bool,
 }
 
 impl Default for BenchOptions {
@@ -52,6 +54,7 @@ impl Default for BenchOptions {
             push_every: None,
             warmup: 0.0,
             steer_by_owner: false,
+            host_stack: false,
         }
     }
 }
@@ -252,6 +255,9 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
     let stop = Arc::new(AtomicBool::new(false));
     // Several workers: each flow is processed by the worker that owns it.
     let handoff = (cores > 1).then(|| Arc::new(crate::dataplane::Handoff::new(cores, 1024)));
+    let exception = o
+        .host_stack
+        .then(|| Arc::new(crate::dataplane::Exception::new(cores, 4096, crate::dataplane::PuntLimits::default())));
     let mut handles = Vec::new();
     let mut stats = Vec::new();
     let mut expects = Vec::new();
@@ -291,13 +297,21 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
             stats: st.clone(),
             stop: stop.clone(),
             handoff: handoff.clone(),
-            exception: None,
+            exception: exception.clone(),
         };
         handles.push(worker.spawn().map_err(|e| format!("cannot start worker {w}: {e}"))?);
         stats.push(st);
         expects.push(exp);
     }
 
+    let host = match &exception {
+        Some(x) => {
+            let h = crate::control::host::HostStack::new(x.clone(), control.clone());
+            let stats = h.stats();
+            Some((h.spawn(stop.clone()).map_err(|e| format!("cannot start the host stack: {e}"))?, stats))
+        }
+        None => None,
+    };
     let ports: Vec<SoftPort> = p
         .ports
         .iter()
@@ -376,6 +390,19 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
         per_worker.push((exp, c));
     }
     let elapsed = start.elapsed().as_secs_f64();
+    if let Some((h, stats)) = host {
+        let _ = h.join();
+        println!(
+            "  host stack: {}",
+            stats
+                .list()
+                .into_iter()
+                .filter(|(_, v)| *v > 0)
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let (pushes, push_secs) = pusher.map_or((0, 0.0), |h| h.join().unwrap_or((0, 0.0)));
     let tsc_ghz = cycles().wrapping_sub(tsc0) as f64 / elapsed / 1e9;
     if o.progress {

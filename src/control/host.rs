@@ -33,6 +33,8 @@ use std::time::{Duration, Instant};
 
 const HOLD_PER_NEXT_HOP: usize = 16;
 const HOLD_TOTAL: usize = 4096;
+/// Punted buffers kept per worker for frames the stack sends.
+const SPARE_PER_WORKER: usize = 256;
 const ARP_TRIES: u32 = 3;
 const ARP_RETRY: Duration = Duration::from_secs(1);
 const REACHABLE: Duration = Duration::from_secs(60);
@@ -119,6 +121,8 @@ pub struct HostStack {
     last_ra: Option<Instant>,
     /// TCP to 169.254.169.254:80, terminated here and proxied.
     metadata: MetadataProxy,
+    /// Punted buffers by the worker they came from (see `send_frame`).
+    spare: Vec<Vec<Pkt>>,
     metadata_pending: bool,
     held_total: usize,
     dirty: bool,
@@ -130,6 +134,7 @@ pub struct HostStack {
 
 impl HostStack {
     pub fn new(exc: Arc<Exception>, control: Arc<Control>) -> HostStack {
+        let workers = exc.workers();
         let snapshots = control.snapshots();
         HostStack {
             exc,
@@ -145,6 +150,7 @@ impl HostStack {
             icmp_refill: Instant::now(),
             last_ra: None,
             metadata: MetadataProxy::new(),
+            spare: (0..workers).map(|_| Vec::with_capacity(SPARE_PER_WORKER)).collect(),
             metadata_pending: false,
         }
     }
@@ -200,7 +206,7 @@ impl HostStack {
             let cfg = self.control.current();
             let out = self.metadata.poll(cfg.as_deref(), |p| snap.port(p).map(|i| i.mac));
             for (port, frame) in out {
-                self.send(0, frame, port);
+                self.send_frame(0, &frame, port);
             }
             let m = self.metadata.stats;
             self.stats.metadata_requests.store(m.requests, Relaxed);
@@ -217,35 +223,55 @@ impl HostStack {
         let w = worker as usize;
         match class {
             PuntClass::Host if meta.l3 == L3::Arp => {
-                self.arp(snap, &pkt, &meta, now);
-                self.exc.recycle(w, pkt);
+                self.arp(snap, &pkt, &meta, w, now);
+                self.give_back(w, pkt);
             }
             PuntClass::Host if meta.l3 == L3::Ipv4 && meta.proto == 1 => self.echo(snap, pkt, &meta, w),
             PuntClass::Host if meta.l3 == L3::Ipv6 && meta.proto == 58 => {
                 self.icmp6(snap, &pkt, &meta, w, now);
-                self.exc.recycle(w, pkt);
+                self.give_back(w, pkt);
             }
             PuntClass::Resolve => self.resolve(snap, pkt, meta, worker, now),
             PuntClass::Metadata => {
                 self.metadata.deliver(&pkt, &meta);
                 self.metadata_pending = true;
-                self.exc.recycle(w, pkt);
+                self.give_back(w, pkt);
             }
             PuntClass::Error => {
                 self.icmp_error(snap, &pkt, &meta, w, now);
-                self.exc.recycle(w, pkt);
+                self.give_back(w, pkt);
             }
             _ => {
                 self.stats.not_handled.fetch_add(1, Relaxed);
-                self.exc.recycle(w, pkt);
+                self.give_back(w, pkt);
             }
         }
     }
 
-    /// Sends a frame through `worker`'s transmit path on `port`.
-    fn send(&self, worker: usize, frame: Pkt, port: u16) {
-        if self.exc.inject(worker, frame, port).is_err() {
+    /// Sends a packet through `worker`'s transmit path on `port`.
+    fn send(&mut self, worker: usize, frame: Pkt, port: u16) {
+        if let Err(p) = self.exc.inject(worker, frame, port) {
             self.stats.inject_full.fetch_add(1, Relaxed);
+            self.give_back(worker, p);
+        }
+    }
+
+    /// Sends `frame` in a buffer that came from `worker` (a punted packet
+    /// this stack is done with), so the worker's pool gets back what it
+    /// punted and nobody allocates or frees across threads.
+    fn send_frame(&mut self, worker: usize, frame: &[u8], port: u16) {
+        let mut p = self.spare.get_mut(worker).and_then(|s| s.pop()).unwrap_or_default();
+        if p.fill(frame) {
+            self.send(worker, p, port);
+        }
+    }
+
+    /// Keeps a finished punted buffer for the next frame to `worker`, or
+    /// returns it to the worker's pool when enough are kept.
+    fn give_back(&mut self, worker: usize, p: Pkt) {
+        match self.spare.get_mut(worker) {
+            Some(s) if s.len() < SPARE_PER_WORKER => s.push(p),
+            _ => self.exc.recycle(worker, p),
         }
     }
 
@@ -260,7 +286,7 @@ impl HostStack {
         snap.own.iter().find(|&&(_, v4, p)| v4 && p == port).map(|&(a, _, _)| a as u32)
     }
 
-    fn arp(&mut self, snap: &Snapshot, pkt: &Pkt, m: &crate::packet::Meta, now: Instant) {
+    fn arp(&mut self, snap: &Snapshot, pkt: &Pkt, m: &crate::packet::Meta, worker: usize, now: Instant) {
         let d = pkt.data();
         let o = m.l3_off as usize;
         if d.len() < o + 28 || d[o..o + 6] != [0, 1, 8, 0, 6, 4] {
@@ -285,7 +311,7 @@ impl HostStack {
         if op == 1 && for_us && sip != tip {
             let Some(info) = snap.port(port) else { return };
             let reply = arp_frame(2, info.mac, tip, smac, smac, sip);
-            self.send(0, reply, port);
+            self.send_frame(worker, &reply, port);
             self.stats.arp_replies.fetch_add(1, Relaxed);
         }
     }
@@ -326,7 +352,7 @@ impl HostStack {
         let port = meta.out_port;
         let Some(ip) = Self::next_hop(snap, &meta) else {
             self.stats.held_dropped.fetch_add(1, Relaxed);
-            self.exc.recycle(worker as usize, pkt);
+            self.give_back(worker as usize, pkt);
             return;
         };
         if let Some(e) = self.learned.get(&(port, ip)) {
@@ -338,31 +364,38 @@ impl HostStack {
             return;
         }
         let first = !self.pending.contains_key(&(port, ip));
+        let full = self.held_total >= HOLD_TOTAL;
         let p =
-            self.pending.entry((port, ip)).or_insert_with(|| Pending { held: VecDeque::new(), tries: 0, last: now });
-        if p.held.len() >= HOLD_PER_NEXT_HOP || self.held_total >= HOLD_TOTAL {
-            self.stats.held_dropped.fetch_add(1, Relaxed);
-            self.exc.recycle(worker as usize, pkt);
+            self.pending.entry((port, ip)).or_insert_with(|| Pending { held: VecDeque::new(), tries: 1, last: now });
+        let refused = if full || p.held.len() >= HOLD_PER_NEXT_HOP {
+            Some(pkt)
         } else {
             p.held.push_back((pkt, meta, worker));
-            self.held_total += 1;
-            self.stats.held.fetch_add(1, Relaxed);
+            None
+        };
+        match refused {
+            Some(pkt) => {
+                self.stats.held_dropped.fetch_add(1, Relaxed);
+                self.give_back(worker as usize, pkt);
+            }
+            None => {
+                self.held_total += 1;
+                self.stats.held.fetch_add(1, Relaxed);
+            }
         }
         if first {
-            p.tries = 1;
-            p.last = now;
             self.request(snap, port, ip, None);
         }
     }
 
     /// Sends an ARP request or a neighbour solicitation for `ip` on `port`
     /// (unicast to `to` to refresh an entry).
-    fn request(&self, snap: &Snapshot, port: u16, ip: u128, to: Option<Mac>) {
+    fn request(&mut self, snap: &Snapshot, port: u16, ip: u128, to: Option<Mac>) {
         let Some(info) = snap.port(port) else { return };
         if let Some(ip4) = unmap(ip) {
             let Some(src) = Self::port_addr(snap, port) else { return };
             let frame = arp_frame(1, info.mac, src, to.unwrap_or(Mac::ZERO), to.unwrap_or(Mac([0xff; 6])), ip4);
-            self.send(0, frame, port);
+            self.send_frame(0, &frame, port);
             self.stats.arp_requests.fetch_add(1, Relaxed);
             return;
         }
@@ -375,17 +408,17 @@ impl HostStack {
         body.extend_from_slice(&ip.to_be_bytes());
         body.extend_from_slice(&[1, 1]);
         body.extend_from_slice(&info.mac.0);
-        self.send(0, icmp6_frame(dmac, info.mac, src, dst, 255, body), port);
+        self.send_frame(0, &icmp6_frame(dmac, info.mac, src, dst, 255, body), port);
         self.stats.neighbor_solicitations.fetch_add(1, Relaxed);
     }
 
-    fn gratuitous_arp(&self, snap: &Snapshot) {
+    fn gratuitous_arp(&mut self, snap: &Snapshot) {
         let mut sent = 0;
         for &(a, v4, port) in &snap.own {
             // (The management port's neighbours are the kernel's business.)
             if v4 && let Some(info) = snap.port(port).filter(|i| i.up && i.role != PortRole::Management) {
                 let ip = a as u32;
-                self.send(0, arp_frame(1, info.mac, ip, Mac::ZERO, Mac([0xff; 6]), ip), port);
+                self.send_frame(0, &arp_frame(1, info.mac, ip, Mac::ZERO, Mac([0xff; 6]), ip), port);
                 sent += 1;
             }
         }
@@ -393,7 +426,7 @@ impl HostStack {
             && let Some(info) = snap.port(ext)
         {
             for (fip, _) in snap.nat.dnat.iter() {
-                self.send(0, arp_frame(1, info.mac, fip, Mac::ZERO, Mac([0xff; 6]), fip), ext);
+                self.send_frame(0, &arp_frame(1, info.mac, fip, Mac::ZERO, Mac([0xff; 6]), fip), ext);
                 sent += 1;
             }
         }
@@ -424,7 +457,7 @@ impl HostStack {
                 self.held_total -= p.held.len();
                 self.stats.held_dropped.fetch_add(p.held.len() as u64, Relaxed);
                 for (pkt, _, w) in p.held {
-                    self.exc.recycle(w as usize, pkt);
+                    self.give_back(w as usize, pkt);
                 }
             }
         }
@@ -478,11 +511,11 @@ impl HostStack {
         let total = u16::from_be_bytes([d[l3 + 2], d[l3 + 3]]) as usize;
         if m.frag != 0 || d.len() < l4 + 8 || d[l4] != 8 || l3 + total > d.len() || total < l4 - l3 + 8 {
             self.stats.not_handled.fetch_add(1, Relaxed);
-            self.exc.recycle(worker, pkt);
+            self.give_back(worker, pkt);
             return;
         }
         let Some(info) = snap.port(m.in_port) else {
-            self.exc.recycle(worker, pkt);
+            self.give_back(worker, pkt);
             return;
         };
         let payload = &d[l4..l3 + total];
@@ -498,11 +531,9 @@ impl HostStack {
         f[icmp_at + 3] = 0;
         let c = checksum(&f[icmp_at..]);
         f[icmp_at + 2..icmp_at + 4].copy_from_slice(&c.to_be_bytes());
-        self.exc.recycle(worker, pkt);
-        if let Some(out) = Pkt::from_slice(&f) {
-            self.send(worker, out, m.in_port);
-            self.stats.echo_replies.fetch_add(1, Relaxed);
-        }
+        self.give_back(worker, pkt);
+        self.send_frame(worker, &f, m.in_port);
+        self.stats.echo_replies.fetch_add(1, Relaxed);
     }
 
     /// One token of the ICMP error budget (shared by both families).
@@ -595,10 +626,8 @@ impl HostStack {
         f.extend_from_slice(quote);
         let c = checksum(&f[at..]);
         f[at + 2..at + 4].copy_from_slice(&c.to_be_bytes());
-        if let Some(out) = Pkt::from_slice(&f) {
-            self.send(worker, out, m.in_port);
-            self.stats.icmp_errors.fetch_add(1, Relaxed);
-        }
+        self.send_frame(worker, &f, m.in_port);
+        self.stats.icmp_errors.fetch_add(1, Relaxed);
     }
 }
 
@@ -665,7 +694,7 @@ impl HostStack {
                 body.extend_from_slice(&target.to_be_bytes());
                 body.extend_from_slice(&[2, 1]);
                 body.extend_from_slice(&info.mac.0);
-                self.send(0, icmp6_frame(to_mac, info.mac, target, to, 255, body), port);
+                self.send_frame(worker, &icmp6_frame(to_mac, info.mac, target, to, 255, body), port);
                 self.stats.neighbor_advertisements.fetch_add(1, Relaxed);
             }
             // Neighbour advertisement: learn what we asked for or knew.
@@ -686,7 +715,7 @@ impl HostStack {
                 let mut body = d[l4..end].to_vec();
                 body[0] = 129;
                 let mac = Mac(d[6..12].try_into().unwrap_or_default());
-                self.send(worker, icmp6_frame(mac, info.mac, dst, src, 64, body), port);
+                self.send_frame(worker, &icmp6_frame(mac, info.mac, dst, src, 64, body), port);
                 self.stats.echo_replies.fetch_add(1, Relaxed);
             }
             _ => {
@@ -697,7 +726,7 @@ impl HostStack {
 
     /// Router advertisements on internal networks whose IPv6 configuration
     /// is `slaac`, `ra` or `dhcp` (all of them, or only `only`'s).
-    fn router_advertisements(&self, snap: &Snapshot, only: Option<u16>) {
+    fn router_advertisements(&mut self, snap: &Snapshot, only: Option<u16>) {
         let Some(cfg) = self.control.current() else { return };
         for n in &cfg.networks {
             use super::model::{NetworkType, V6ConfService};
@@ -735,7 +764,7 @@ impl HostStack {
                 body.extend_from_slice(&sn.cidr.network().to_be_bytes());
             }
             let frame = icmp6_frame(multicast_mac(ALL_NODES), info.mac, link_local(info.mac), ALL_NODES, 255, body);
-            self.send(0, frame, port);
+            self.send_frame(0, &frame, port);
             self.stats.router_advertisements.fetch_add(1, Relaxed);
         }
     }
@@ -773,7 +802,7 @@ impl HostStack {
         body.extend_from_slice(&param.to_be_bytes());
         body.extend_from_slice(&d[l3..d.len().min(l3 + ICMP6_QUOTE)]);
         let mac = Mac(d[6..12].try_into().unwrap_or_default());
-        self.send(worker, icmp6_frame(mac, info.mac, from, src, 64, body), m.in_port);
+        self.send_frame(worker, &icmp6_frame(mac, info.mac, from, src, 64, body), m.in_port);
         self.stats.icmp_errors.fetch_add(1, Relaxed);
     }
 }
@@ -809,7 +838,7 @@ fn multicast_mac(group: u128) -> Mac {
 }
 
 /// Ethernet + IPv6 + ICMPv6 `body` (its checksum filled in).
-fn icmp6_frame(dst_mac: Mac, src_mac: Mac, src: u128, dst: u128, hop: u8, mut body: Vec<u8>) -> Pkt {
+fn icmp6_frame(dst_mac: Mac, src_mac: Mac, src: u128, dst: u128, hop: u8, mut body: Vec<u8>) -> Vec<u8> {
     body[2] = 0;
     body[3] = 0;
     let c = !fold(pseudo_v6(src, dst, 58, body.len() as u32) + sum(&body));
@@ -824,11 +853,11 @@ fn icmp6_frame(dst_mac: Mac, src_mac: Mac, src: u128, dst: u128, hop: u8, mut bo
     f.extend_from_slice(&src.to_be_bytes());
     f.extend_from_slice(&dst.to_be_bytes());
     f.extend_from_slice(&body);
-    Pkt::from_slice(&f).unwrap_or_default()
+    f
 }
 
 /// Ethernet + ARP: `op` 1 request, 2 reply.
-fn arp_frame(op: u16, smac: Mac, sip: u32, tmac: Mac, dst: Mac, tip: u32) -> Pkt {
+fn arp_frame(op: u16, smac: Mac, sip: u32, tmac: Mac, dst: Mac, tip: u32) -> [u8; 60] {
     let mut f = [0u8; 60];
     f[0..6].copy_from_slice(&dst.0);
     f[6..12].copy_from_slice(&smac.0);
@@ -839,7 +868,7 @@ fn arp_frame(op: u16, smac: Mac, sip: u32, tmac: Mac, dst: Mac, tip: u32) -> Pkt
     f[28..32].copy_from_slice(&sip.to_be_bytes());
     f[32..38].copy_from_slice(&tmac.0);
     f[38..42].copy_from_slice(&tip.to_be_bytes());
-    Pkt::from_slice(&f).unwrap_or_default()
+    f
 }
 
 /// Appends an IPv4 header (TTL 64, DF clear) for `payload` bytes.

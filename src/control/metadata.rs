@@ -176,7 +176,7 @@ impl MetadataProxy {
     /// Runs the TCP stack and the requests; returns frames to send as
     /// (port, frame). `cfg`: the document in force; `src_of(port)`: the
     /// port's MAC.
-    pub fn poll(&mut self, cfg: Option<&AstaraConfig>, port_mac: impl Fn(u16) -> Option<Mac>) -> Vec<(u16, Pkt)> {
+    pub fn poll(&mut self, cfg: Option<&AstaraConfig>, port_mac: impl Fn(u16) -> Option<Mac>) -> Vec<(u16, Vec<u8>)> {
         let now = self.now();
         self.iface.poll(now, &mut self.dev, &mut self.sockets);
         let mut listening = 0;
@@ -287,9 +287,7 @@ impl MetadataProxy {
             f.extend_from_slice(&src.0);
             f.extend_from_slice(&0x0800u16.to_be_bytes());
             f.extend_from_slice(&ip);
-            if let Some(p) = Pkt::from_slice(&f) {
-                out.push((c.port, p));
-            }
+            out.push((c.port, f));
         }
         out
     }

@@ -332,7 +332,7 @@ impl Control {
                 "worker": i, "rx": c.rx, "tx": c.tx, "local": c.local, "dropped": c.dropped(),
                 "bursts": c.bursts, "busy_cycles": c.busy_cycles, "idle_cycles": c.idle_cycles,
             })).collect::<Vec<_>>(),
-            // tx counts the host stack's frames (injected) with the forwarded ones.
+            // tx: forwarded packets; injected: the host stack's frames.
             "totals": {
                 "rx": total.rx, "tx": total.tx, "local": total.local, "dropped": total.dropped(),
                 "injected": total.stage[crate::dataplane::counters::EXCEPTION_COUNTERS + 5],

@@ -68,6 +68,7 @@ impl Worker {
         };
         let mut burst: Burst<Pkt> = Burst::new(self.cfg.burst);
         let mut staging: Vec<Vec<Pkt>> = (0..ports).map(|_| Vec::with_capacity(self.cfg.burst)).collect();
+        let mut host_out: Vec<Vec<Pkt>> = (0..ports).map(|_| Vec::with_capacity(self.cfg.burst)).collect();
         let mut pipeline = Pipeline::new(ConntrackConfig { worker: self.cfg.id, ..self.cfg.conntrack });
         // Session time: whole seconds since the worker started, from 1.
         let start = std::time::Instant::now();
@@ -94,23 +95,36 @@ impl Worker {
             if let Some(x) = host {
                 limiter.tick(elapsed.as_millis() as u64);
                 x.refill(self.cfg.id, &mut pool);
+                // The host stack's frames: sent on this worker's queues,
+                // counted apart from forwarded traffic (`injected`).
                 let mut injected = 0;
                 while injected < self.cfg.burst
                     && let Some((p, port)) = x.pop_injected(self.cfg.id)
                 {
-                    match staging.get_mut(port as usize) {
+                    match host_out.get_mut(port as usize) {
                         Some(q) => q.push(p),
-                        None => {
-                            c.drop(DropReason::Internal, 1);
-                            p.release(&mut pool);
-                        }
+                        None => p.release(&mut pool),
                     }
                     injected += 1;
                 }
                 if injected > 0 {
-                    c.injected += injected as u64;
-                    transmit(&mut staging, &mut self.tx, &mut pool, &mut c);
                     got += injected;
+                    for (port, q) in host_out.iter_mut().enumerate() {
+                        if q.is_empty() {
+                            continue;
+                        }
+                        if let Some(Some(tx)) = self.tx.get_mut(port) {
+                            c.injected += tx.tx_burst(&mut pool, q) as u64;
+                            if !q.is_empty() {
+                                c.injected += tx.tx_burst(&mut pool, q) as u64;
+                            }
+                        }
+                        // What found no room (or no queue) is lost, as a full
+                        // NIC queue would lose it; the host stack retries ARP.
+                        for p in q.drain(..) {
+                            p.release(&mut pool);
+                        }
+                    }
                 }
             }
             // Packets other workers received for flows this one owns.

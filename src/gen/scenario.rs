@@ -121,6 +121,11 @@ pub struct TrafficSpec {
     pub packets: Option<usize>,
     #[serde(default = "ttl")]
     pub ttl: u8,
+    /// Every Nth packet of the pattern is an ARP request for the ingress
+    /// port's address instead (load on the exception path; with `bench
+    /// --host-stack` the host stack answers them).
+    #[serde(default)]
+    pub arp_every: Option<usize>,
 }
 
 fn any_port() -> [u16; 2] {

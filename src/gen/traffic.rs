@@ -153,8 +153,20 @@ pub fn generate_traffic(s: &Scenario, topo: &Topology, routes: &[GeneratedRoute]
     let n = s.pattern_len();
     let mut frames = Vec::with_capacity(n);
     let mut expect = Vec::with_capacity(n);
+    let arp_target = topo.ports[ingress].addrs.iter().find(|a| a.0).map(|a| a.1 as u32);
+    if t.arp_every.is_some() && (arp_target.is_none() || !v4) {
+        return Err("traffic.arp_every needs IPv4 traffic into a port with an IPv4 address".into());
+    }
     for k in 0..n {
         let f = &flows[k % flows.len()];
+        if let (Some(every), Some(target)) = (t.arp_every, arp_target)
+            && every > 0
+            && k % every == every - 1
+        {
+            frames.push(arp_request(f.src as u32, target));
+            expect.push(Expect::Local);
+            continue;
+        }
         let wire = s.traffic.size.size_of(k) as usize;
         let frame = build_frame(f, t.protocol, t.ttl, k, dst_mac, wire - 4)?;
         let ip_len = frame.len() - 14;
@@ -162,6 +174,20 @@ pub fn generate_traffic(s: &Scenario, topo: &Topology, routes: &[GeneratedRoute]
         frames.push(frame);
     }
     Ok(Traffic { ingress, frames, expect })
+}
+
+/// A broadcast ARP request from host `sender` for `target` (60 bytes).
+fn arp_request(sender: u32, target: u32) -> Vec<u8> {
+    let mac = [0x02, 0x00, (sender >> 24) as u8, (sender >> 16) as u8, (sender >> 8) as u8, sender as u8];
+    let mut f = vec![0u8; 60];
+    f[0..6].copy_from_slice(&[0xff; 6]);
+    f[6..12].copy_from_slice(&mac);
+    f[12..14].copy_from_slice(&[0x08, 0x06]);
+    f[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f[22..28].copy_from_slice(&mac);
+    f[28..32].copy_from_slice(&sender.to_be_bytes());
+    f[38..42].copy_from_slice(&target.to_be_bytes());
+    f
 }
 
 fn build_frame(
