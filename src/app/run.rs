@@ -26,9 +26,7 @@ const DEFAULT_MGMT_PREFIX: u128 = 0xfdca_3ba5_a17a_acda << 64;
 /// The SLAAC address of `mac` on the default management prefix (RFC 4291
 /// modified EUI-64): what the appliance holds before any document arrives.
 pub fn default_management_address(mac: Mac) -> IpAddr {
-    let m = mac.0;
-    let iid = u64::from_be_bytes([m[0] ^ 0x02, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]]);
-    IpAddr::V6(Ipv6Addr::from(DEFAULT_MGMT_PREFIX | iid as u128))
+    IpAddr::V6(Ipv6Addr::from(DEFAULT_MGMT_PREFIX | mac.eui64() as u128))
 }
 
 type WorkerQueues = (Vec<(u16, Box<dyn RxQueue>)>, Vec<Option<Box<dyn TxQueue>>>);

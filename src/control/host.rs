@@ -5,7 +5,7 @@
 //!   and for the floating IPs on the external port; resolves next hops on
 //!   demand, holding the packets that wait (16 per next hop, 4,096 in all,
 //!   dropped and counted after three unanswered requests); learns from
-//!   replies and from requests aimed at us; refreshes entries in use after
+//!   requests aimed at us and from replies to what it asked; refreshes entries in use after
 //!   60 s and forgets those unconfirmed for 90 s; publishes what it knows
 //!   to the workers with a new snapshot; sends gratuitous ARP for every
 //!   address and floating IP when a new document takes effect.
@@ -300,11 +300,12 @@ impl HostStack {
         let port = m.in_port;
         let for_us = Self::answers_for(snap, port, tip);
         if sip != 0 && !smac.is_multicast() && !Self::answers_for(snap, port, sip) {
-            // Learn from replies, and from requests for us (as Linux does);
-            // otherwise only refresh what is already known or awaited.
+            // Create entries from requests for us (as Linux does); replies
+            // and gratuitous ARP only answer or refresh what is awaited or
+            // known (an unsolicited reply cannot plant an entry).
             let k = v4key(sip);
             let known = self.learned.contains_key(&(port, k)) || self.pending.contains_key(&(port, k));
-            if known || (op == 1 && for_us) || op == 2 {
+            if known || (op == 1 && for_us) {
                 self.learn(snap, port, k, smac, now);
             }
         }
@@ -702,7 +703,8 @@ impl HostStack {
                 let target = u128::from_be_bytes(d[l4 + 8..l4 + 24].try_into().unwrap_or_default());
                 let mac = opt_mac(l4 + 24, 2).unwrap_or(Mac(d[6..12].try_into().unwrap_or_default()));
                 let k = (port, target);
-                if self.pending.contains_key(&k) || self.learned.contains_key(&k) || d[l4 + 4] & 0x40 != 0 {
+                // (RFC 4861 7.2.5: no entry, no learning from an advertisement.)
+                if self.pending.contains_key(&k) || self.learned.contains_key(&k) {
                     self.learn(snap, port, target, mac, now);
                 }
             }
@@ -819,11 +821,9 @@ fn unmap(k: u128) -> Option<u32> {
     (k >> 32 == V4_MAPPED >> 32).then_some(k as u32)
 }
 
-/// fe80::/64 with the modified EUI-64 of `mac` (RFC 4291 appendix A).
+/// fe80::/64 with the modified EUI-64 of `mac`.
 pub fn link_local(mac: Mac) -> u128 {
-    let m = mac.0;
-    let iid = u64::from_be_bytes([m[0] ^ 0x02, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]]);
-    (0xfe80u128 << 112) | iid as u128
+    (0xfe80u128 << 112) | mac.eui64() as u128
 }
 
 /// ff02::1:ffXX:XXXX for `a` (RFC 4291 2.7.1).

@@ -20,6 +20,13 @@ impl Mac {
     pub const BROADCAST: Mac = Mac([0xff; 6]);
     pub const ZERO: Mac = Mac([0; 6]);
 
+    /// The modified EUI-64 interface identifier of this MAC (RFC 4291
+    /// appendix A): what SLAAC and link-local addresses end with.
+    pub fn eui64(&self) -> u64 {
+        let m = self.0;
+        u64::from_be_bytes([m[0] ^ 0x02, m[1], m[2], 0xff, 0xfe, m[3], m[4], m[5]])
+    }
+
     /// Group (multicast or broadcast) addresses have the I/G bit set.
     pub fn is_multicast(&self) -> bool {
         self.0[0] & 1 != 0

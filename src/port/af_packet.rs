@@ -56,6 +56,18 @@ pub struct IfInfo {
     pub mtu: u16,
 }
 
+impl IfInfo {
+    /// Gives `spec` the interface's MAC and MTU where it has none (zero).
+    fn fill(&self, spec: &mut PortSpec) {
+        if spec.mac == Mac::ZERO {
+            spec.mac = self.mac;
+        }
+        if spec.mtu == 0 {
+            spec.mtu = self.mtu.min(MAX_FRAME as u16 - 22);
+        }
+    }
+}
+
 fn ifreq(ifname: &str) -> Result<libc::ifreq, String> {
     let mut r: libc::ifreq = unsafe { std::mem::zeroed() };
     let b = ifname.as_bytes();
@@ -330,13 +342,7 @@ pub struct KernelPort {
 impl KernelPort {
     /// `spec.mac` and `spec.mtu` are taken from the interface when zero.
     pub fn open(ifname: &str, mut spec: PortSpec) -> Result<KernelPort, String> {
-        let info = if_info(ifname)?;
-        if spec.mac == Mac::ZERO {
-            spec.mac = info.mac;
-        }
-        if spec.mtu == 0 {
-            spec.mtu = info.mtu.min(MAX_FRAME as u16 - 22);
-        }
+        if_info(ifname)?.fill(&mut spec);
         Ok(KernelPort { spec, ifname: ifname.to_string() })
     }
 }
@@ -363,12 +369,7 @@ pub fn open(
     fanout_id: u16,
 ) -> Result<(AfPacketPort, Vec<AfPacketRx>, Vec<AfPacketTx>), String> {
     let info = if_info(ifname)?;
-    if spec.mac == Mac::ZERO {
-        spec.mac = info.mac;
-    }
-    if spec.mtu == 0 {
-        spec.mtu = info.mtu.min(MAX_FRAME as u16 - 22);
-    }
+    info.fill(&mut spec);
     set_up(ifname)?;
     if let Err(e) = gro_off(ifname) {
         log::warn!("{e}: merged frames larger than a buffer will be dropped");
