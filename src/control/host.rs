@@ -599,20 +599,9 @@ impl HostStack {
             || m.dst as u32 == u32::MAX
             || d.len() < 12
             || d[0] & 1 == 1;
-        if never {
+        if never || !self.icmp_token(now) {
             return;
         }
-        if now.duration_since(self.icmp_refill) >= Duration::from_millis(10) {
-            let add =
-                (now.duration_since(self.icmp_refill).as_millis() as u32).saturating_mul(ICMP_ERRORS_PER_SEC) / 1000;
-            self.icmp_tokens = (self.icmp_tokens + add).min(ICMP_ERRORS_PER_SEC);
-            self.icmp_refill = now;
-        }
-        if self.icmp_tokens == 0 {
-            self.stats.icmp_errors_limited.fetch_add(1, Relaxed);
-            return;
-        }
-        self.icmp_tokens -= 1;
         let Some(info) = snap.port(m.in_port) else { return };
         let Some(from) = Self::port_addr(snap, m.in_port) else { return };
         let quote = &ip[..ip.len().min(ICMP_QUOTE)];

@@ -35,7 +35,6 @@ pub enum PuntClass {
 
 impl PuntClass {
     pub const COUNT: usize = 4;
-    pub const NAMES: [&'static str; Self::COUNT] = ["host", "metadata", "resolve", "icmp error"];
 }
 
 /// A packet on the punt ring, with what the pipeline learned of it.
@@ -145,10 +144,9 @@ pub struct PuntLimiter {
     milli: [u64; PuntClass::COUNT],
     rate: [u32; PuntClass::COUNT],
     last_ms: u64,
-    /// Packets punted and refused, by class.
+    /// Packets punted, and refused by the limit, by class.
     pub punted: [u64; PuntClass::COUNT],
     pub limited: [u64; PuntClass::COUNT],
-    pub ring_full: [u64; PuntClass::COUNT],
 }
 
 impl PuntLimiter {
@@ -160,7 +158,6 @@ impl PuntLimiter {
             last_ms: 0,
             punted: [0; PuntClass::COUNT],
             limited: [0; PuntClass::COUNT],
-            ring_full: [0; PuntClass::COUNT],
         }
     }
 

@@ -165,7 +165,6 @@ pub fn dispatch_punt(
                     limiter.punted[class as usize] += 1;
                 }
                 Err(back) => {
-                    limiter.ring_full[class as usize] += 1;
                     c.drop(DropReason::PuntRingFull, 1);
                     back.pkt.release(pool);
                 }
@@ -177,10 +176,8 @@ pub fn dispatch_punt(
             if answers_with_icmp(r) && limiter.allow(PuntClass::Error) {
                 match exc.punt(Punted { pkt: p, meta: *m, class: PuntClass::Error, worker }) {
                     Ok(()) => limiter.punted[PuntClass::Error as usize] += 1,
-                    Err(back) => {
-                        limiter.ring_full[PuntClass::Error as usize] += 1;
-                        back.pkt.release(pool);
-                    }
+                    // (Already counted under its drop reason.)
+                    Err(back) => back.pkt.release(pool),
                 }
             } else {
                 p.release(pool);

@@ -318,16 +318,8 @@ impl Port for AfPacketPort {
         link_up(&self.ifname)
     }
     fn stats(&self) -> PortStats {
-        let mut s = PortStats::default();
-        for q in &self.rx {
-            let (p, b, d) = q.read();
-            (s.rx_packets, s.rx_bytes, s.rx_dropped) = (s.rx_packets + p, s.rx_bytes + b, s.rx_dropped + d);
-        }
+        let mut s = PortStats::of_queues(&self.rx, &self.tx);
         s.rx_dropped += self.ring_drops();
-        for q in &self.tx {
-            let (p, b, d) = q.read();
-            (s.tx_packets, s.tx_bytes, s.tx_dropped) = (s.tx_packets + p, s.tx_bytes + b, s.tx_dropped + d);
-        }
         s
     }
 }

@@ -63,6 +63,26 @@ pub struct PortStats {
     pub tx_dropped: u64,
 }
 
+impl PortStats {
+    /// The sum of a port's receive and transmit queues' counters.
+    pub fn of_queues(rx: &[Arc<QueueCounters>], tx: &[Arc<QueueCounters>]) -> PortStats {
+        let mut s = PortStats::default();
+        for q in rx {
+            let (p, b, d) = q.read();
+            s.rx_packets += p;
+            s.rx_bytes += b;
+            s.rx_dropped += d;
+        }
+        for q in tx {
+            let (p, b, d) = q.read();
+            s.tx_packets += p;
+            s.tx_bytes += b;
+            s.tx_dropped += d;
+        }
+        s
+    }
+}
+
 /// A port as the control side sees it: identity, link and counters. The
 /// queues themselves belong to the workers.
 pub trait Port: Send + Sync {
@@ -108,19 +128,6 @@ impl Port for SoftPort {
         &self.spec
     }
     fn stats(&self) -> PortStats {
-        let mut s = PortStats::default();
-        for q in &self.rx {
-            let (p, b, d) = q.read();
-            s.rx_packets += p;
-            s.rx_bytes += b;
-            s.rx_dropped += d;
-        }
-        for q in &self.tx {
-            let (p, b, d) = q.read();
-            s.tx_packets += p;
-            s.tx_bytes += b;
-            s.tx_dropped += d;
-        }
-        s
+        PortStats::of_queues(&self.rx, &self.tx)
     }
 }
