@@ -279,7 +279,7 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
         let mut tx: Vec<Option<Box<dyn TxQueue>>> = Vec::new();
         for q in port_tx.iter_mut() {
             let null = NullTx::default();
-            q.push(null.counters().clone());
+            q.push(TxQueue::<crate::packet::Pkt>::counters(&null).clone());
             tx.push(Some(Box::new(null)));
         }
         let worker = Worker {

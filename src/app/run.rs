@@ -9,7 +9,9 @@ use crate::control::runtime::{Backend, Runtime};
 use crate::control::state::Control;
 use crate::dataplane::{Exception, PuntLimits};
 use crate::dataplane::{Worker, WorkerConfig, WorkerStats};
-use crate::packet::{Mac, rss_hash};
+use crate::packet::{Mac, Pkt, WorkerBuf, rss_hash};
+#[cfg(feature = "dpdk")]
+use crate::port::dpdk;
 use crate::port::null::NullTx;
 use crate::port::pcap::{Frames, PcapTx, ReplayRx, read_capture};
 use crate::port::{Port, PortSpec, QueueCounters, RxQueue, SoftPort, TxQueue, af_packet};
@@ -29,7 +31,7 @@ pub fn default_management_address(mac: Mac) -> IpAddr {
     IpAddr::V6(Ipv6Addr::from(DEFAULT_MGMT_PREFIX | mac.eui64() as u128))
 }
 
-type WorkerQueues = (Vec<(u16, Box<dyn RxQueue>)>, Vec<Option<Box<dyn TxQueue>>>);
+type WorkerQueues<P = Pkt> = (Vec<(u16, Box<dyn RxQueue<P>>)>, Vec<Option<Box<dyn TxQueue<P>>>>);
 
 /// `out.pcap` for worker 0, `out-w1.pcap` for worker 1, ...
 fn per_worker_path(p: &Path, w: usize) -> PathBuf {
@@ -42,8 +44,8 @@ fn per_worker_path(p: &Path, w: usize) -> PathBuf {
 }
 
 /// Every worker's queues, and one port object per port.
-struct BuiltPorts {
-    queues: Vec<WorkerQueues>,
+struct BuiltPorts<P: WorkerBuf = Pkt> {
+    queues: Vec<WorkerQueues<P>>,
     objs: Vec<Arc<dyn Port>>,
     /// The ports' specs, with what the backends read from the system.
     specs: Vec<PortSpec>,
@@ -69,15 +71,10 @@ fn build_ports(rt: &Runtime, workers: usize) -> Result<BuiltPorts, String> {
                 continue;
             }
             Backend::Kernel { interface } => {
-                let port = af_packet::KernelPort::open(interface, spec)
-                    .map_err(|e| format!("ports[{pi}] ({}): {e}", pc.name))?;
-                for wq in queues.iter_mut() {
-                    wq.1.push(None);
-                }
-                log::info!("{}: kernel interface {interface}, mac {}", pc.name, port.spec().mac);
-                objs.push(Arc::new(port));
+                kernel_port(pi, &pc.name, interface, spec, &mut queues, &mut objs)?;
                 continue;
             }
+            Backend::Dpdk { .. } => return Err(format!("ports[{pi}] ({}): a dpdk port among others", pc.name)),
         };
         if let Some(f) = rx {
             let frames = read_capture(&rt.path(f)).map_err(|e| format!("ports[{pi}].rx: {e}"))?;
@@ -113,11 +110,99 @@ fn build_ports(rt: &Runtime, workers: usize) -> Result<BuiltPorts, String> {
     Ok(BuiltPorts { queues, objs, specs })
 }
 
+/// A port the kernel keeps: reported, no queues.
+fn kernel_port<P: WorkerBuf>(
+    pi: usize,
+    name: &str,
+    interface: &str,
+    spec: PortSpec,
+    queues: &mut [WorkerQueues<P>],
+    objs: &mut Vec<Arc<dyn Port>>,
+) -> Result<(), String> {
+    let port = af_packet::KernelPort::open(interface, spec).map_err(|e| format!("ports[{pi}] ({name}): {e}"))?;
+    for wq in queues.iter_mut() {
+        wq.1.push(None);
+    }
+    log::info!("{name}: kernel interface {interface}, mac {}", port.spec().mac);
+    objs.push(Arc::new(port));
+    Ok(())
+}
+
+/// The ports of an appliance on DPDK: DPDK ethdevs, plus kernel-kept and
+/// null ports.
+#[cfg(feature = "dpdk")]
+fn build_dpdk_ports(rt: &Runtime, workers: usize) -> Result<BuiltPorts<dpdk::Mbuf>, String> {
+    let mut queues: Vec<WorkerQueues<dpdk::Mbuf>> = (0..workers).map(|_| (Vec::new(), Vec::new())).collect();
+    let mut objs: Vec<Arc<dyn Port>> = Vec::new();
+    for (pi, (pc, spec)) in rt.ports.iter().zip(rt.port_specs()).enumerate() {
+        match &pc.backend {
+            Backend::Dpdk { device } => {
+                let (port, rxs, txs) =
+                    dpdk::open(device, spec, workers).map_err(|e| format!("ports[{pi}] ({}): {e}", pc.name))?;
+                for (w, (r, t)) in rxs.into_iter().zip(txs).enumerate() {
+                    if let Some(r) = r {
+                        queues[w].0.push((pi as u16, Box::new(r)));
+                    }
+                    queues[w].1.push(Some(Box::new(t)));
+                }
+                objs.push(Arc::new(port));
+            }
+            Backend::Kernel { interface } => kernel_port(pi, &pc.name, interface, spec, &mut queues, &mut objs)?,
+            Backend::Null => {
+                let mut txc = Vec::new();
+                for wq in queues.iter_mut() {
+                    let q = NullTx::default();
+                    txc.push(TxQueue::<dpdk::Mbuf>::counters(&q).clone());
+                    wq.1.push(Some(Box::new(q)));
+                }
+                objs.push(Arc::new(SoftPort::new(spec, Vec::new(), txc)));
+            }
+            _ => return Err(format!("ports[{pi}] ({}): only dpdk, kernel and null ports go with DPDK", pc.name)),
+        }
+    }
+    let specs = objs.iter().map(|p| p.spec().clone()).collect();
+    Ok(BuiltPorts { queues, objs, specs })
+}
+
+#[cfg(feature = "dpdk")]
+fn dpdk_env(rt: &Runtime) -> dpdk::DpdkEnv {
+    let d = &rt.dpdk;
+    dpdk::DpdkEnv {
+        eal_args: d.eal_args.clone(),
+        mbufs: d.mbufs,
+        mbuf_cache: d.mbuf_cache,
+        rx_desc: d.rx_desc,
+        tx_desc: d.tx_desc,
+    }
+}
+
 pub fn run(runtime: &Path, config: Option<&Path>) -> Result<(), String> {
     let rt = Runtime::load(runtime)?;
+    let n = rt.workers.cores.len().max(1);
+    if rt.ports.iter().any(|p| matches!(p.backend, Backend::Dpdk { .. })) {
+        #[cfg(feature = "dpdk")]
+        {
+            dpdk::init(&dpdk_env(&rt))?;
+            let r = build_dpdk_ports(&rt, n).and_then(|ports| run_with(&rt, config, ports));
+            // Every worker has stopped and every mbuf is back: release the
+            // devices and the EAL's memory.
+            dpdk::shutdown();
+            return r;
+        }
+        #[cfg(not(feature = "dpdk"))]
+        return Err(
+            "ports with backend = \"dpdk\" need a build with DPDK: cargo build --release --features dpdk".into()
+        );
+    }
+    let ports = build_ports(&rt, n)?;
+    run_with(&rt, config, ports)
+}
+
+/// The appliance over built ports, until SIGINT or SIGTERM.
+fn run_with<P: WorkerBuf + Send>(rt: &Runtime, config: Option<&Path>, ports: BuiltPorts<P>) -> Result<(), String> {
     let cores = rt.workers.cores.clone();
     let n = cores.len().max(1);
-    let BuiltPorts { queues, objs: port_objs, specs } = build_ports(&rt, n)?;
+    let BuiltPorts { queues, objs: port_objs, specs } = ports;
     let base = CompileOptions {
         tbl8_groups: rt.tables.tbl8_groups,
         lpm6_groups: rt.tables.lpm6_groups,
@@ -147,7 +232,7 @@ pub fn run(runtime: &Path, config: Option<&Path>) -> Result<(), String> {
 
     let stop = Arc::new(AtomicBool::new(false));
     // Several workers: each flow is processed by the worker that owns it.
-    let handoff = (n > 1).then(|| Arc::new(crate::dataplane::Handoff::new(n, 1024)));
+    let handoff = (n > 1).then(|| Arc::new(crate::dataplane::Handoff::<P>::new(n, 1024)));
     // The exception path: every worker punts to the host stack and sends
     // what it injects.
     let exception = Arc::new(Exception::new(n, 1024, PuntLimits::default()));
@@ -185,7 +270,7 @@ pub fn run(runtime: &Path, config: Option<&Path>) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the control runtime: {e}"))?;
-    let served = tokio.block_on(serve(control.clone(), &rt));
+    let served = tokio.block_on(serve(control.clone(), rt));
     stop.store(true, Ordering::Relaxed);
     for h in handles {
         let _ = h.join();

@@ -34,6 +34,56 @@ pub enum Backend {
     /// A Linux interface the kernel keeps (the management port: the API and
     /// SSH use the kernel's TCP on its address); reported, never forwarded on.
     Kernel { interface: String },
+    /// A DPDK ethdev (feature `dpdk`): a PCI address (`0000:03:00.0`) or a
+    /// virtual device created by the `[dpdk]` EAL arguments (`net_pcap0`).
+    Dpdk { device: String },
+}
+
+/// DPDK's environment (`[dpdk]`), used when a port has `backend = "dpdk"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpdkRuntime {
+    /// EAL arguments as DPDK's own tools take them: `-a 0000:03:00.0`,
+    /// `--vdev net_pcap0,...`, `--no-huge -m 512`, `--file-prefix NAME`.
+    /// Without `--no-huge` the EAL runs `--in-memory` (hugepages without
+    /// files, released at exit) unless `--file-prefix` or `--huge-unlink`
+    /// says otherwise; without `-l`/`--lcores` it takes the first CPU this
+    /// process may use as its main lcore (the control thread's).
+    #[serde(default)]
+    pub eal_args: Vec<String>,
+    /// Packet buffers (mbufs) in the pool of each NUMA socket: every RX and
+    /// TX descriptor holds one, and each worker caches `mbuf_cache`.
+    #[serde(default = "default_mbufs")]
+    pub mbufs: u32,
+    #[serde(default = "default_mbuf_cache")]
+    pub mbuf_cache: u32,
+    /// Descriptors per RX and TX queue (rounded to what the device accepts).
+    #[serde(default = "default_desc")]
+    pub rx_desc: u16,
+    #[serde(default = "default_desc")]
+    pub tx_desc: u16,
+}
+
+impl Default for DpdkRuntime {
+    fn default() -> Self {
+        DpdkRuntime {
+            eal_args: Vec::new(),
+            mbufs: default_mbufs(),
+            mbuf_cache: default_mbuf_cache(),
+            rx_desc: default_desc(),
+            tx_desc: default_desc(),
+        }
+    }
+}
+
+fn default_mbufs() -> u32 {
+    32767
+}
+fn default_mbuf_cache() -> u32 {
+    256
+}
+fn default_desc() -> u16 {
+    1024
 }
 
 // No deny_unknown_fields here: serde does not support it with `flatten`.
@@ -195,6 +245,8 @@ pub struct Runtime {
     pub ports: Vec<PortConfig>,
     #[serde(default)]
     pub neighbors: Vec<NeighborConfig>,
+    #[serde(default)]
+    pub dpdk: DpdkRuntime,
     /// Directory of the runtime file (relative paths are resolved from it).
     #[serde(skip)]
     pub dir: PathBuf,
@@ -257,10 +309,10 @@ impl Runtime {
                         return Err(format!("ports[{i}].mac: {mac} is used twice"));
                     }
                 }
-                (None, Backend::AfPacket { .. } | Backend::Kernel { .. }) => {}
+                (None, Backend::AfPacket { .. } | Backend::Kernel { .. } | Backend::Dpdk { .. }) => {}
                 (None, _) => {
                     return Err(format!(
-                        "ports[{i}].mac: missing (only af_packet and kernel ports read it from the interface)"
+                        "ports[{i}].mac: missing (only af_packet, kernel and dpdk ports read it from the device)"
                     ));
                 }
             }
@@ -268,6 +320,11 @@ impl Runtime {
                 && !ifaces.insert(interface.clone())
             {
                 return Err(format!("ports[{i}].interface: {interface} is used twice"));
+            }
+            if let Backend::Dpdk { device } = &p.backend
+                && !ifaces.insert(format!("dpdk:{device}"))
+            {
+                return Err(format!("ports[{i}].device: {device} is used twice"));
             }
             if !names.insert(p.name.clone()) {
                 return Err(format!("ports[{i}].name: {} is used twice", p.name));
@@ -277,6 +334,29 @@ impl Runtime {
             {
                 return Err(format!("ports[{i}].mtu: {mtu} is outside 68..=9000"));
             }
+        }
+        // One buffer type per appliance: DPDK ports hand mbufs to the workers,
+        // the software and AF_PACKET ports our own buffers.
+        if let Some(d) = r.ports.iter().position(|p| matches!(p.backend, Backend::Dpdk { .. }))
+            && let Some(i) = r
+                .ports
+                .iter()
+                .position(|p| !matches!(p.backend, Backend::Dpdk { .. } | Backend::Kernel { .. } | Backend::Null))
+        {
+            return Err(format!(
+                "ports[{i}] ({}): cannot be mixed with the dpdk port ports[{d}]; with DPDK use its virtual \
+                 devices instead (--vdev net_pcap0,rx_pcap=F or net_af_packet0,iface=IF in dpdk.eal_args)",
+                r.ports[i].name
+            ));
+        }
+        if r.dpdk.mbufs < 1024 {
+            return Err(format!("dpdk.mbufs: {} is too few (at least 1024)", r.dpdk.mbufs));
+        }
+        if r.dpdk.mbuf_cache > 512 || r.dpdk.mbuf_cache as u64 * 3 > r.dpdk.mbufs as u64 * 2 {
+            return Err(format!("dpdk.mbuf_cache: {} must be at most 512 and 2/3 of dpdk.mbufs", r.dpdk.mbuf_cache));
+        }
+        if !(64..=16384).contains(&r.dpdk.rx_desc) || !(64..=16384).contains(&r.dpdk.tx_desc) {
+            return Err("dpdk.rx_desc and dpdk.tx_desc must be 64..=16384".into());
         }
         for (i, n) in r.neighbors.iter().enumerate() {
             n.mac.parse::<Mac>().map_err(|e| format!("neighbors[{i}].mac: {e}"))?;
@@ -301,8 +381,10 @@ impl Runtime {
         self.ports
             .iter()
             .map(|p| {
-                let default_mtu =
-                    if matches!(p.backend, Backend::AfPacket { .. } | Backend::Kernel { .. }) { 0 } else { 1500 };
+                let default_mtu = match p.backend {
+                    Backend::AfPacket { .. } | Backend::Kernel { .. } => 0,
+                    _ => 1500,
+                };
                 PortSpec {
                     name: p.name.clone(),
                     mac: p.mac.as_deref().and_then(|m| m.parse().ok()).unwrap_or(Mac::ZERO),

@@ -4,20 +4,20 @@
 //! shared spare stack rebalances the per-worker pools (a worker that gives
 //! away more buffers than it receives takes spares back).
 
-use crate::packet::{Burst, Meta, Pkt, Pool};
+use crate::packet::{Burst, Meta, Pkt, WorkerBuf};
 use crossbeam::queue::ArrayQueue;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-pub struct Handoff {
-    rings: Vec<ArrayQueue<(Pkt, Meta)>>,
-    spare: ArrayQueue<Pkt>,
+pub struct Handoff<P: WorkerBuf = Pkt> {
+    rings: Vec<ArrayQueue<(P, Meta)>>,
+    spare: ArrayQueue<P>,
     /// Workers that have stopped receiving (they still drain their ring).
     stopped: AtomicUsize,
 }
 
-impl Handoff {
+impl<P: WorkerBuf> Handoff<P> {
     /// Rings of `depth` packets for `workers` workers.
-    pub fn new(workers: usize, depth: usize) -> Handoff {
+    pub fn new(workers: usize, depth: usize) -> Handoff<P> {
         Handoff {
             rings: (0..workers).map(|_| ArrayQueue::new(depth.max(1))).collect(),
             spare: ArrayQueue::new((depth * workers).max(1)),
@@ -42,7 +42,7 @@ impl Handoff {
 
     /// Queues a packet for worker `to`; gives it back when the ring is full.
     #[inline]
-    pub fn send(&self, to: usize, p: Pkt, m: Meta) -> Result<(), Pkt> {
+    pub fn send(&self, to: usize, p: P, m: Meta) -> Result<(), P> {
         match self.rings.get(to) {
             Some(r) => r.push((p, m)).map_err(|(p, _)| p),
             None => Err(p),
@@ -52,7 +52,7 @@ impl Handoff {
     /// Moves packets queued for worker `me` into `burst`, up to its room;
     /// returns how many.
     #[inline]
-    pub fn recv_into(&self, me: usize, burst: &mut Burst<Pkt>) -> usize {
+    pub fn recv_into(&self, me: usize, burst: &mut Burst<P>) -> usize {
         let Some(ring) = self.rings.get(me) else { return 0 };
         let mut n = 0;
         while burst.room() > 0 {
@@ -64,20 +64,24 @@ impl Handoff {
     }
 
     /// Keeps `pool` between a low and a high mark of `burst`-sized steps,
-    /// through the shared spare stack.
-    pub fn balance(&self, pool: &mut Pool, burst: usize) {
-        let cap = pool.capacity();
+    /// through the shared spare stack. Buffers from a shared pool (DPDK
+    /// mbufs) need none of this.
+    pub fn balance(&self, pool: &mut P::Pool, burst: usize) {
+        if !P::PRIVATE_POOLS {
+            return;
+        }
+        let cap = P::pool_capacity(pool);
         let (low, high) = (cap / 4, cap * 3 / 4);
         for _ in 0..4 * burst {
-            if pool.available() < low {
+            if P::pool_available(pool) < low {
                 match self.spare.pop() {
-                    Some(p) => pool.free(p),
+                    Some(p) => p.release(pool),
                     None => break,
                 }
-            } else if pool.available() > high {
-                let Some(p) = pool.alloc() else { break };
+            } else if P::pool_available(pool) > high {
+                let Some(p) = P::pool_alloc(pool) else { break };
                 if let Err(p) = self.spare.push(p) {
-                    pool.free(p);
+                    p.release(pool);
                     break;
                 }
             } else {

@@ -3,7 +3,7 @@
 
 use super::counters::{Counters, STAGE_COUNTERS};
 use super::exception::{Exception, PuntClass, PuntLimiter, Punted};
-use crate::packet::{Burst, PacketBuf, Pkt, Pool, Verdict};
+use crate::packet::{Burst, PacketBuf, Verdict, WorkerBuf};
 use crate::port::TxQueue;
 use crate::stage::{Conntrack, ConntrackConfig, DropReason, Neighbor, Parse, Punt, Route, Snapshot};
 
@@ -137,10 +137,10 @@ fn answers_with_icmp(r: DropReason) -> bool {
 /// for an ICMP error are punted too while the limit allows (still counted
 /// under their own reason).
 #[inline]
-pub fn dispatch_punt(
-    burst: &mut Burst<Pkt>,
-    staging: &mut [Vec<Pkt>],
-    pool: &mut Pool,
+pub fn dispatch_punt<P: WorkerBuf>(
+    burst: &mut Burst<P>,
+    staging: &mut [Vec<P>],
+    pool: &mut P::Pool,
     c: &mut Counters,
     exc: &Exception,
     limiter: &mut PuntLimiter,
@@ -159,14 +159,20 @@ pub fn dispatch_punt(
                 p.release(pool);
                 return;
             }
-            match exc.punt(Punted { pkt: p, meta: *m, class, worker }) {
+            // (A backend with its own buffers copies here: no host buffer
+            // left counts as a full ring.)
+            let Some(pkt) = p.into_host(pool) else {
+                c.drop(DropReason::PuntRingFull, 1);
+                return;
+            };
+            match exc.punt(Punted { pkt, meta: *m, class, worker }) {
                 Ok(()) => {
                     c.local += 1;
                     limiter.punted[class as usize] += 1;
                 }
                 Err(back) => {
                     c.drop(DropReason::PuntRingFull, 1);
-                    back.pkt.release(pool);
+                    P::host_stock(pool).free(back.pkt);
                 }
             }
         }
@@ -174,10 +180,11 @@ pub fn dispatch_punt(
             let r = DropReason::from_u8(m.reason);
             c.drops[r as usize] += 1;
             if answers_with_icmp(r) && limiter.allow(PuntClass::Error) {
-                match exc.punt(Punted { pkt: p, meta: *m, class: PuntClass::Error, worker }) {
+                let Some(pkt) = p.into_host(pool) else { return };
+                match exc.punt(Punted { pkt, meta: *m, class: PuntClass::Error, worker }) {
                     Ok(()) => limiter.punted[PuntClass::Error as usize] += 1,
                     // (Already counted under its drop reason.)
-                    Err(back) => back.pkt.release(pool),
+                    Err(back) => P::host_stock(pool).free(back.pkt),
                 }
             } else {
                 p.release(pool);

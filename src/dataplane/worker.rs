@@ -8,8 +8,8 @@ use super::handoff::Handoff;
 use super::pipeline::{Pipeline, dispatch, dispatch_punt, transmit};
 use super::query::SessionQuery;
 use super::{Snapshots, cycles};
-use crate::packet::{Burst, Pkt, Pool};
-use crate::packet::{PacketBuf, Verdict};
+use crate::packet::{Burst, Pkt};
+use crate::packet::{Verdict, WorkerBuf};
 use crate::port::{RxQueue, TxQueue};
 use crate::stage::ConntrackConfig;
 use crate::stage::conntrack::owner;
@@ -33,25 +33,26 @@ pub struct WorkerConfig {
     pub conntrack: ConntrackConfig,
 }
 
-/// One worker and everything it owns.
-pub struct Worker {
+/// One worker and everything it owns, over one buffer type: `Pkt` for the
+/// software and AF_PACKET ports, DPDK mbufs for DPDK ports.
+pub struct Worker<P: WorkerBuf = Pkt> {
     pub cfg: WorkerConfig,
     /// (port index, queue) pairs this worker polls.
-    pub rx: Vec<(u16, Box<dyn RxQueue>)>,
+    pub rx: Vec<(u16, Box<dyn RxQueue<P>>)>,
     /// Transmit queue per port index (None: the port cannot transmit).
-    pub tx: Vec<Option<Box<dyn TxQueue>>>,
+    pub tx: Vec<Option<Box<dyn TxQueue<P>>>>,
     pub snapshots: Snapshots,
     pub stats: Arc<WorkerStats>,
     pub stop: Arc<AtomicBool>,
     /// Rings to the other workers (several workers with NAT): each packet
     /// is processed by the worker owning its flow.
-    pub handoff: Option<Arc<Handoff>>,
+    pub handoff: Option<Arc<Handoff<P>>>,
     /// Rings to and from the host stack (None: local packets are counted
     /// and freed, as in `bench` and `replay`).
     pub exception: Option<Arc<Exception>>,
 }
 
-impl Worker {
+impl<P: WorkerBuf> Worker<P> {
     /// Runs until `stop` is set; returns the final counters.
     pub fn run(mut self) -> Counters {
         if let Some(core) = self.cfg.core {
@@ -63,12 +64,12 @@ impl Worker {
         let ports = self.tx.len();
         // With handoff, buffers move between workers: room for twice as many.
         let mut pool = match self.handoff {
-            Some(_) => Pool::with_fill(2 * self.cfg.pool_size, self.cfg.pool_size),
-            None => Pool::new(self.cfg.pool_size),
+            Some(_) => P::worker_pool(2 * self.cfg.pool_size, self.cfg.pool_size),
+            None => P::worker_pool(self.cfg.pool_size, self.cfg.pool_size),
         };
-        let mut burst: Burst<Pkt> = Burst::new(self.cfg.burst);
-        let mut staging: Vec<Vec<Pkt>> = (0..ports).map(|_| Vec::with_capacity(self.cfg.burst)).collect();
-        let mut host_out: Vec<Vec<Pkt>> = (0..ports).map(|_| Vec::with_capacity(self.cfg.burst)).collect();
+        let mut burst: Burst<P> = Burst::new(self.cfg.burst);
+        let mut staging: Vec<Vec<P>> = (0..ports).map(|_| Vec::with_capacity(self.cfg.burst)).collect();
+        let mut host_out: Vec<Vec<P>> = (0..ports).map(|_| Vec::with_capacity(self.cfg.burst)).collect();
         let mut pipeline = Pipeline::new(ConntrackConfig { worker: self.cfg.id, ..self.cfg.conntrack });
         // Session time: whole seconds since the worker started, from 1.
         let start = std::time::Instant::now();
@@ -94,7 +95,7 @@ impl Worker {
             pipeline.neighbor.punt_unresolved = host.is_some();
             if let Some(x) = host {
                 limiter.tick(elapsed.as_millis() as u64);
-                x.refill(self.cfg.id, &mut pool);
+                x.refill(self.cfg.id, P::host_stock(&mut pool));
                 // The host stack's frames: sent on this worker's queues,
                 // counted apart from forwarded traffic (`injected`).
                 let mut injected = 0;
@@ -102,8 +103,12 @@ impl Worker {
                     && let Some((p, port)) = x.pop_injected(self.cfg.id)
                 {
                     match host_out.get_mut(port as usize) {
-                        Some(q) => q.push(p),
-                        None => p.release(&mut pool),
+                        Some(q) => {
+                            if let Some(p) = P::from_host(p, &mut pool) {
+                                q.push(p)
+                            }
+                        }
+                        None => P::host_stock(&mut pool).free(p),
                     }
                     injected += 1;
                 }
@@ -227,7 +232,10 @@ impl Worker {
         c
     }
 
-    pub fn spawn(self) -> std::io::Result<JoinHandle<Counters>> {
+    pub fn spawn(self) -> std::io::Result<JoinHandle<Counters>>
+    where
+        P: Send,
+    {
         std::thread::Builder::new().name(format!("worker-{}", self.cfg.id)).spawn(move || self.run())
     }
 }
@@ -242,13 +250,13 @@ fn exception_counters(c: &mut Counters, l: &PuntLimiter) {
 /// Moves the packets of a parsed burst whose flows other workers own onto
 /// their rings (a full ring drops, counted).
 #[allow(clippy::too_many_arguments)]
-fn hand_off(
-    h: &Handoff,
+fn hand_off<P: WorkerBuf>(
+    h: &Handoff<P>,
     me: usize,
     snap: &Snapshot,
-    burst: &mut Burst<Pkt>,
+    burst: &mut Burst<P>,
     owners: &mut [usize],
-    pool: &mut Pool,
+    pool: &mut P::Pool,
     pipeline: &mut Pipeline,
     c: &mut Counters,
 ) {

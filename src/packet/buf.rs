@@ -130,6 +130,66 @@ pub trait PacketBuf: Send + 'static {
     fn trim(&mut self, len: usize);
 }
 
+/// A buffer type a worker can run on: how it makes its pool, and how its
+/// packets cross to the host stack, which works on [`Pkt`] buffers.
+///
+/// For `Pkt` itself nothing is copied: the buffer moves. A backend with its
+/// own memory (DPDK mbufs) copies on this exception path only, through a
+/// small stock of `Pkt`s the worker keeps in its pool; the forwarding path
+/// never copies.
+pub trait WorkerBuf: PacketBuf + Sized {
+    /// Whether buffers live in per-worker pools that handoff between workers
+    /// must rebalance (`Pkt`), as opposed to one shared pool (a mempool).
+    const PRIVATE_POOLS: bool;
+    /// Called on the worker's own thread as it starts: its pool of
+    /// `capacity` buffers, `fill` of them allocated now.
+    fn worker_pool(capacity: usize, fill: usize) -> Self::Pool;
+    /// The worker's stock of host-stack buffers (refilled from the host's
+    /// recycle ring).
+    fn host_stock(pool: &mut Self::Pool) -> &mut Pool;
+    /// The packet as a host-stack buffer; None (the packet released) when
+    /// the stock is empty.
+    fn into_host(self, pool: &mut Self::Pool) -> Option<Pkt>;
+    /// A frame from the host stack as this buffer type; None when no buffer
+    /// is free (the frame's buffer goes back to the stock either way).
+    fn from_host(p: Pkt, pool: &mut Self::Pool) -> Option<Self>;
+    /// For handoff rebalancing (only called when `PRIVATE_POOLS`).
+    fn pool_alloc(pool: &mut Self::Pool) -> Option<Self>;
+    fn pool_available(pool: &Self::Pool) -> usize;
+    fn pool_capacity(pool: &Self::Pool) -> usize;
+}
+
+impl WorkerBuf for Pkt {
+    const PRIVATE_POOLS: bool = true;
+    fn worker_pool(capacity: usize, fill: usize) -> Pool {
+        Pool::with_fill(capacity, fill)
+    }
+    #[inline]
+    fn host_stock(pool: &mut Pool) -> &mut Pool {
+        pool
+    }
+    #[inline]
+    fn into_host(self, _: &mut Pool) -> Option<Pkt> {
+        Some(self)
+    }
+    #[inline]
+    fn from_host(p: Pkt, _: &mut Pool) -> Option<Pkt> {
+        Some(p)
+    }
+    #[inline]
+    fn pool_alloc(pool: &mut Pool) -> Option<Pkt> {
+        pool.alloc()
+    }
+    #[inline]
+    fn pool_available(pool: &Pool) -> usize {
+        pool.available()
+    }
+    #[inline]
+    fn pool_capacity(pool: &Pool) -> usize {
+        pool.capacity()
+    }
+}
+
 /// One pool buffer: offset and length of the frame, then the bytes.
 #[repr(C, align(64))]
 pub struct Buf {

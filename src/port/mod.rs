@@ -4,9 +4,11 @@
 //! Backends: `mem` (in-process rings, for tests and chaining), `pcap`
 //! (replay a capture from memory, write captures), `null` (a sink that counts
 //! and frees, like DPDK's net_null), `af_packet` (a Linux interface through
-//! TPACKET_V3/V2 rings).
+//! TPACKET_V3/V2 rings), `dpdk` (DPDK poll-mode drivers, feature `dpdk`).
 
 pub mod af_packet;
+#[cfg(feature = "dpdk")]
+pub mod dpdk;
 pub mod mem;
 pub mod null;
 pub mod pcap;

@@ -2,7 +2,7 @@
 //! I/O floor for benchmarks, where the worker counts what it sent.
 
 use super::{QueueCounters, TxQueue};
-use crate::packet::{PacketBuf, Pkt, Pool};
+use crate::packet::PacketBuf;
 use std::sync::Arc;
 
 #[derive(Default)]
@@ -10,9 +10,9 @@ pub struct NullTx {
     counters: Arc<QueueCounters>,
 }
 
-impl TxQueue for NullTx {
+impl<P: PacketBuf> TxQueue<P> for NullTx {
     #[inline]
-    fn tx_burst(&mut self, pool: &mut Pool, pkts: &mut Vec<Pkt>) -> usize {
+    fn tx_burst(&mut self, pool: &mut P::Pool, pkts: &mut Vec<P>) -> usize {
         let n = pkts.len();
         let mut bytes = 0;
         for p in pkts.drain(..) {
