@@ -119,6 +119,10 @@ enum Kind {
     New,
     /// Related to a known flow (ICMP error, later fragment): passes.
     Related,
+    /// Cannot belong to a session or start a translated one unless it is
+    /// routed out of the external port (see `deferrable`): looked at again
+    /// after routing, and then only if it is.
+    Deferred,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -270,12 +274,19 @@ impl Conntrack {
     pub fn pre_route<P: PacketBuf>(&mut self, snap: &Snapshot, burst: &mut Burst<P>) {
         let n = burst.len();
         self.expire(2 * n + 16);
+        // Without a forwarding policy, only flows through the external port
+        // and to translated addresses are tracked.
+        let defer = snap.acl.is_empty() && !snap.nat.track_all;
         // Pass 1: classify and gather the keys to look up.
         let mut lookups = 0;
         for i in 0..n {
             let (pkt, m) = burst.pair_mut(i);
             self.info[i] = Info::default();
             if m.verdict == Verdict::Drop || !matches!(m.l3, L3::Ipv4 | L3::Ipv6) {
+                continue;
+            }
+            if defer && deferrable(snap, m) {
+                self.info[i].kind = Kind::Deferred;
                 continue;
             }
             let key = key_of(m);
@@ -337,6 +348,24 @@ impl Conntrack {
                     self.new_flow_dnat(snap, pkt, m, i);
                 }
             }
+        }
+    }
+
+    /// The lookup `pre_route` deferred, for a packet routed out of the
+    /// external port (its destination is not translated, so the route
+    /// stands).
+    fn late_lookup<P: PacketBuf>(&mut self, pkt: &mut P, m: &mut Meta, i: usize) {
+        let key = key_of(m);
+        self.info[i] = Info { kind: Kind::New, orig: key, ..Info::default() };
+        let found = self.sessions.lookup(&key).filter(|&(idx, _)| !self.retire_if_expired(idx));
+        match found {
+            Some((idx, dir)) => {
+                self.info[i].kind = Kind::Hit;
+                self.counters.hits += 1;
+                self.apply(pkt, m, idx, dir);
+                self.sessions.touch(idx, dir, self.now, m.tcp_flags);
+            }
+            None => self.counters.new_flows += 1,
         }
     }
 
@@ -511,6 +540,23 @@ impl Conntrack {
     }
 
     pub fn post_route<P: PacketBuf>(&mut self, snap: &Snapshot, burst: &mut Burst<P>) {
+        // Deferred packets leaving by the external port, and those for the
+        // appliance (its INPUT policy), are tracked as any other.
+        let ext = snap.nat.external.map(|(p, _)| p);
+        for i in 0..burst.len() {
+            if self.info[i].kind != Kind::Deferred {
+                continue;
+            }
+            let (pkt, m) = burst.pair_mut(i);
+            match m.verdict {
+                Verdict::Forward if Some(m.out_port) == ext => self.late_lookup(pkt, m, i),
+                Verdict::Local => {
+                    self.info[i] = Info { kind: Kind::New, orig: key_of(m), ..Info::default() };
+                    self.counters.new_flows += 1;
+                }
+                _ => {}
+            }
+        }
         // Pass 1: policy and translation of new flows; the index lines of
         // both keys of each new session are prefetched for pass 2.
         self.planned.clear();
@@ -701,6 +747,32 @@ struct Plan {
     reply: FlowKey,
     orig_hash: u64,
     reply_hash: u64,
+}
+
+/// Whether a packet can wait until after routing to be looked at (when no
+/// forwarding policy is in force): it did not come in by the external port,
+/// is not a fragment or an ICMP error, and is not addressed to anything
+/// translated (a floating IP, the masquerade address, the metadata
+/// address). Every translation that rewrites a destination has one of
+/// those as its destination, so such a packet is routed as it is; it needs
+/// the session table only if it then leaves by the external port.
+#[inline]
+fn deferrable(snap: &Snapshot, m: &Meta) -> bool {
+    let nat = &snap.nat;
+    if m.frag != 0 || nat.external.is_some_and(|(p, _)| p == m.in_port) {
+        return false;
+    }
+    match m.l3 {
+        L3::Ipv4 => {
+            let d = m.dst as u32;
+            !(d == METADATA_ADDR
+                || nat.is_masquerade_addr(d)
+                || nat.dnat.contains_key(&d)
+                || m.proto == PROTO_ICMP && icmp_is_error(m.icmp_type))
+        }
+        L3::Ipv6 => !(m.proto == PROTO_ICMPV6 && (1..=4).contains(&m.icmp_type)),
+        _ => false,
+    }
 }
 
 fn release_mapping(ports: &mut NatMap, s: &Session) {
