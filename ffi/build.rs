@@ -92,7 +92,7 @@ fn main() {
         .layout_tests(true)
         .generate_comments(false)
         .generate()
-        .expect("astara-dp-ffi: bindgen failed on the DPDK headers (bindgen needs libclang: apt-get install -y libclang-dev)");
+        .expect("astara-dp-ffi: bindgen failed on the DPDK headers (bindgen needs libclang: apt-get install -y libclang1-14 libclang-common-14-dev)");
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("bindings.rs");
     bindings.write_to_file(&out).expect("astara-dp-ffi: cannot write the bindings");
 }
