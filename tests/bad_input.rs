@@ -228,20 +228,30 @@ fn options_are_forwarded_intact_and_frames_trimmed() {
 #[test]
 fn mtu_rules() {
     let snap = snapshot(|d| d["networks"][3]["interface"]["mtu"] = 1400.into());
+    // TCP to PostgreSQL on db: what the anchors let through to ge3.
     let big = |df: bool| {
         let mut h =
-            etherparse::Ipv4Header::new(0, 64, etherparse::IpNumber::UDP, [192, 168, 1, 5], [192, 168, 2, 7]).unwrap();
+            etherparse::Ipv4Header::new(0, 64, etherparse::IpNumber::TCP, [192, 168, 1, 5], [192, 168, 2, 7]).unwrap();
         h.dont_fragment = df;
         let mut v = Vec::new();
         PacketBuilder::ethernet2(PEER, GE2)
             .ip(etherparse::IpHeaders::Ipv4(h, Default::default()))
-            .udp(1, 2)
+            .tcp(40000, 5432, 1, 65535)
             .write(&mut v, &[0; 1450])
             .unwrap();
         v
     };
     assert_eq!(run(&snap, &big(true)).1, Some("route: exceeds egress mtu (df set)"));
-    assert_eq!(run(&snap, &big(false)).1, Some("route: needs fragmentation"));
+    // DF clear: forwarded whole through every stage, marked for the host
+    // stack to fragment on the way out (without one, dispatch drops it as
+    // "route: needs fragmentation").
+    let mut b: Burst = Burst::new(1);
+    b.push(Pkt::from_slice(&big(false)).unwrap(), GE2_PORT).unwrap();
+    Pipeline::default().process(&snap, &mut b);
+    assert_eq!(b.meta(0).verdict, Verdict::Forward);
+    assert_eq!(b.meta(0).punt, astara_dp::stage::Punt::Fragment as u8);
+    let (h, _) = etherparse::Ipv4Header::from_slice(&b.pkt(0).data()[14..]).unwrap();
+    assert_eq!((h.time_to_live, h.total_len), (63, 20 + 20 + 1450));
     // Larger than the ingress port's MTU (1500) but within a buffer.
     let mut v = Vec::new();
     PacketBuilder::ethernet2(PEER, GE2)

@@ -128,7 +128,9 @@ fn port_counter(stats: &serde_json::Value, port: &str, k: &str) -> u64 {
 }
 
 /// The runtime file of router.json's four ports, ge1..ge3 on DPDK devices.
-fn runtime(dir: &Path, api: u16, eal: &[String], dpdk_ports: &[(&str, &str)]) -> PathBuf {
+/// With `workers` workers (one unpinned, or pinned to CPUs 0, 1, ...).
+fn runtime(dir: &Path, api: u16, eal: &[String], dpdk_ports: &[(&str, &str)], workers: usize) -> PathBuf {
+    let cores: Vec<usize> = if workers == 1 { Vec::new() } else { (0..workers).collect() };
     let macs = [
         ("ge0", "fa:16:3e:e0:e1:b0"),
         ("ge1", "fa:16:3e:a0:80:82"),
@@ -136,7 +138,7 @@ fn runtime(dir: &Path, api: u16, eal: &[String], dpdk_ports: &[(&str, &str)]) ->
         ("ge3", "fa:16:3e:11:22:02"),
     ];
     let mut t = format!(
-        "log_level = \"info\"\nstate_dir = \"state\"\n[api]\nlisten = \"127.0.0.1\"\nport = {api}\n[workers]\ncores = []\n[dpdk]\neal_args = {eal:?}\nmbufs = 8191\n"
+        "log_level = \"info\"\nstate_dir = \"state\"\n[api]\nlisten = \"127.0.0.1\"\nport = {api}\n[workers]\ncores = {cores:?}\n[dpdk]\neal_args = {eal:?}\nmbufs = 8191\n"
     );
     for (name, mac) in macs {
         match dpdk_ports.iter().find(|(n, _)| *n == name) {
@@ -218,7 +220,7 @@ fn dpdk_net_pcap_agrees_with_replay_byte_for_byte() {
         ));
     }
     let api = free_port();
-    let rt = runtime(d, api, &eal, &[("ge1", "net_pcap0"), ("ge2", "net_pcap1"), ("ge3", "net_pcap2")]);
+    let rt = runtime(d, api, &eal, &[("ge1", "net_pcap0"), ("ge2", "net_pcap1"), ("ge3", "net_pcap2")], 1);
     let child = bin()
         .arg("run")
         .arg("--runtime")
@@ -284,7 +286,7 @@ fn dpdk_bad_eal_argument_fails_fast_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let mut eal = eal_base();
     eal.push("--no-such-eal-option".into());
-    let rt = runtime(dir.path(), free_port(), &eal, &[("ge1", "net_null0")]);
+    let rt = runtime(dir.path(), free_port(), &eal, &[("ge1", "net_null0")], 1);
     let t = Instant::now();
     let o = bin().arg("run").arg("--runtime").arg(&rt).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
@@ -295,7 +297,7 @@ fn dpdk_bad_eal_argument_fails_fast_with_a_clear_error() {
     // A device the EAL does not have: named, with what exists.
     let mut eal = eal_base();
     eal.extend(["--vdev".to_string(), "net_null0".to_string()]);
-    let rt = runtime(dir.path(), free_port(), &eal, &[("ge1", "net_null0"), ("ge2", "net_null7")]);
+    let rt = runtime(dir.path(), free_port(), &eal, &[("ge1", "net_null0"), ("ge2", "net_null7")], 1);
     let o = bin().arg("run").arg("--runtime").arg(&rt).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
@@ -344,7 +346,9 @@ fn dpdk_start_stop_cycles_return_every_hugepage() {
             "-m",
             "128",
             "--vdev",
-            &format!("net_pcap0,rx_pcap={},infinite_rx=1", d.join("in.pcap").display()),
+            // Two queue pairs: each worker needs a TX queue of its own
+            // (net_pcap has one per rx_pcap given).
+            &format!("net_pcap0,rx_pcap={0},rx_pcap={0},infinite_rx=1", d.join("in.pcap").display()),
             "--vdev",
             "net_null0",
         ]
@@ -352,7 +356,10 @@ fn dpdk_start_stop_cycles_return_every_hugepage() {
         .map(|s| s.to_string())
         .collect();
         let api = free_port();
-        let rt = runtime(d, api, &eal, &[("ge1", "net_null0"), ("ge2", "net_pcap0")]);
+        // Two workers: net_pcap has one RX queue, so the first worker
+        // receives and hands flows to the other (mbufs cross threads, and
+        // some are still on the rings when the stop comes).
+        let rt = runtime(d, api, &eal, &[("ge1", "net_null0"), ("ge2", "net_pcap0")], 2);
         let child = bin()
             .arg("run")
             .arg("--runtime")

@@ -371,6 +371,20 @@ fn ping_and_http_through_masquerade_floating_ip_and_hairpin() {
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("192.168.1.1") && text.to_lowercase().contains("time to live exceeded"), "{text}");
 
+    // DF clear and larger than the external MTU (1400): the router
+    // fragments (RFC 791); the outside host reassembles, and its reply
+    // (fragmented by the outside, whose link has the same MTU) comes back
+    // through the masquerade fragment by fragment.
+    t.exec(&ns_out, &["ip", "link", "set", "o0", "mtu", "1400"]);
+    let o = t.try_exec(&ns_in, &["ping", "-c", "2", "-i", "0.2", "-M", "dont", "-s", "1450", "-W", "2", "203.0.113.1"]);
+    if !o.status.success() {
+        let m = t.metrics();
+        let nz: Vec<&str> = m.lines().filter(|l| !l.starts_with('#') && !l.ends_with(" 0")).collect();
+        panic!("fragmented ping: {}\n{}", String::from_utf8_lossy(&o.stdout), nz.join("\n"));
+    }
+    let m = t.metrics();
+    assert!(counter(&m, "packets fragmented") >= 2 && counter(&m, "fragments sent") >= 4, "{m}");
+
     // The external network's MTU is 1400: a larger packet with DF set gets
     // "fragmentation needed" with that MTU (path MTU discovery).
     let o = t.try_exec(&ns_in, &["ping", "-c", "1", "-M", "do", "-s", "1450", "-W", "2", "203.0.113.1"]);

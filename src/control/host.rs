@@ -22,6 +22,7 @@ use super::metadata::MetadataProxy;
 use super::state::Control;
 use crate::dataplane::{Exception, PuntClass, Punted, Snapshots};
 use crate::packet::checksum::{checksum, fold, pseudo_v6, sum};
+use crate::packet::frag::fragment_v4;
 use crate::packet::{L3, Mac, PacketBuf, Pkt};
 use crate::stage::nat::{Tuple4, rewrite_v4};
 use crate::stage::{AdjKind, DropReason, PortRole, Snapshot};
@@ -70,6 +71,9 @@ pub struct HostStats {
     pub router_advertisements: AtomicU64,
     pub metadata_requests: AtomicU64,
     pub metadata_errors: AtomicU64,
+    pub fragmented: AtomicU64,
+    pub fragments_sent: AtomicU64,
+    pub fragment_errors: AtomicU64,
 }
 
 impl HostStats {
@@ -93,6 +97,9 @@ impl HostStats {
             ("router advertisements sent", self.router_advertisements.load(Relaxed)),
             ("metadata requests proxied", self.metadata_requests.load(Relaxed)),
             ("metadata requests answered with an error", self.metadata_errors.load(Relaxed)),
+            ("packets fragmented", self.fragmented.load(Relaxed)),
+            ("fragments sent", self.fragments_sent.load(Relaxed)),
+            ("packets that could not be fragmented", self.fragment_errors.load(Relaxed)),
         ]
     }
 }
@@ -241,6 +248,7 @@ impl HostStack {
                 self.icmp_error(snap, &pkt, &meta, w, now);
                 self.give_back(w, pkt);
             }
+            PuntClass::Fragment => self.send_fragmented(snap, w, pkt, &meta, meta.out_port),
             _ => {
                 self.stats.not_handled.fetch_add(1, Relaxed);
                 self.give_back(w, pkt);
@@ -264,6 +272,30 @@ impl HostStack {
         if p.fill(frame) {
             self.send(worker, p, port);
         }
+    }
+
+    /// Sends a forwarded IPv4 packet larger than `port`'s MTU as fragments
+    /// (RFC 791); the link header is already the egress one.
+    fn send_fragmented(&mut self, snap: &Snapshot, worker: usize, pkt: Pkt, m: &crate::packet::Meta, port: u16) {
+        let Some(mtu) = snap.port(port).map(|i| i.mtu as usize) else {
+            self.stats.fragment_errors.fetch_add(1, Relaxed);
+            self.give_back(worker, pkt);
+            return;
+        };
+        let mut frags: Vec<Vec<u8>> = Vec::new();
+        match fragment_v4(pkt.data(), m.l3_off as usize, mtu, |f| frags.push(f.to_vec())) {
+            Ok(_) => {
+                self.stats.fragmented.fetch_add(1, Relaxed);
+                self.stats.fragments_sent.fetch_add(frags.len() as u64, Relaxed);
+                for f in &frags {
+                    self.send_frame(worker, f, port);
+                }
+            }
+            Err(_) => {
+                self.stats.fragment_errors.fetch_add(1, Relaxed);
+            }
+        }
+        self.give_back(worker, pkt);
     }
 
     /// Keeps a finished punted buffer for the next frame to `worker`, or
@@ -329,10 +361,18 @@ impl HostStack {
         if let Some(p) = self.pending.remove(&(port, ip)) {
             self.held_total -= p.held.len();
             let src = snap.port(port).map_or(Mac::ZERO, |i| i.mac);
-            for (mut pkt, meta, worker) in p.held {
+            for (mut pkt, mut meta, worker) in p.held {
                 rewrite_l2(&mut pkt, &meta, mac, src);
-                self.send(worker as usize, pkt, port);
                 self.stats.held_sent.fetch_add(1, Relaxed);
+                // (The route stage's mark is gone: the neighbour stage set
+                // the packet aside for resolution.)
+                let ip_len = pkt.len() - 14;
+                if meta.l3 == L3::Ipv4 && snap.port(port).is_some_and(|i| ip_len > i.mtu as usize) {
+                    meta.l3_off = 14;
+                    self.send_fragmented(snap, worker as usize, pkt, &meta, port);
+                } else {
+                    self.send(worker as usize, pkt, port);
+                }
             }
         }
     }

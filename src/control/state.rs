@@ -335,7 +335,7 @@ impl Control {
             // tx: forwarded packets; injected: the host stack's frames.
             "totals": {
                 "rx": total.rx, "tx": total.tx, "local": total.local, "dropped": total.dropped(),
-                "injected": total.stage[crate::dataplane::counters::EXCEPTION_COUNTERS + 5],
+                "injected": total.stage[crate::dataplane::counters::EXCEPTION_COUNTERS + crate::dataplane::PuntClass::COUNT + 1],
             },
             "drops": total.drop_list().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
             "stages": STAGE_COUNTERS.iter().zip(total.stage).collect::<std::collections::BTreeMap<_, _>>(),

@@ -40,12 +40,13 @@ pub const STAGE_COUNTERS: &[&str] = &[
     "exception: punted to the metadata proxy",
     "exception: punted for neighbour resolution",
     "exception: punted for an icmp error",
+    "exception: punted for fragmentation",
     "exception: icmp errors over the rate limit",
     "exception: frames injected by the host stack",
 ];
 
 /// Index of the first exception-path counter in [`STAGE_COUNTERS`].
-pub const EXCEPTION_COUNTERS: usize = STAGE_COUNTERS.len() - 6;
+pub const EXCEPTION_COUNTERS: usize = STAGE_COUNTERS.len() - 7;
 
 /// A worker's own, unsynchronised counters.
 #[derive(Debug, Clone)]

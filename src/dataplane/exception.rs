@@ -31,10 +31,13 @@ pub enum PuntClass {
     Resolve = 2,
     /// Dropped; the host answers with an ICMP error (`meta.reason` says why).
     Error = 3,
+    /// Forwarded, rewritten, but larger than the egress MTU with DF clear:
+    /// the host fragments it and sends the fragments (RFC 791).
+    Fragment = 4,
 }
 
 impl PuntClass {
-    pub const COUNT: usize = 4;
+    pub const COUNT: usize = 5;
 }
 
 /// A packet on the punt ring, with what the pipeline learned of it.
@@ -55,8 +58,9 @@ impl Default for PuntLimits {
     fn default() -> Self {
         // Host traffic (ARP, pings, the metadata proxy's TCP) is answered at
         // line rate of a management path; ICMP errors follow Linux's default
-        // of 1,000 per second.
-        PuntLimits { per_sec: [200_000, 100_000, 20_000, 1_000] }
+        // of 1,000 per second. Fragmentation is a slow path for the rare
+        // oversized packet whose sender did not ask for path MTU discovery.
+        PuntLimits { per_sec: [200_000, 100_000, 20_000, 1_000, 100_000] }
     }
 }
 
@@ -199,7 +203,7 @@ mod tests {
 
     #[test]
     fn the_limiter_admits_the_rate_and_no_more() {
-        let mut l = PuntLimiter::new(PuntLimits { per_sec: [1000, 1000, 1000, 100] });
+        let mut l = PuntLimiter::new(PuntLimits { per_sec: [1000, 1000, 1000, 100, 1000] });
         let mut ok = 0;
         for ms in 0..1000u64 {
             l.tick(ms + 1);
@@ -209,7 +213,7 @@ mod tests {
         }
         // 100 per second plus the initial tenth of a second.
         assert!((100..=111).contains(&ok), "{ok}");
-        let mut slow = PuntLimiter::new(PuntLimits { per_sec: [1; 4] });
+        let mut slow = PuntLimiter::new(PuntLimits { per_sec: [1; 5] });
         assert!(slow.allow(PuntClass::Host) && !slow.allow(PuntClass::Host));
         slow.tick(999);
         assert!(!slow.allow(PuntClass::Host));

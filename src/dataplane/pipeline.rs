@@ -91,6 +91,7 @@ impl Pipeline {
             0,
             0,
             0,
+            0,
         ]
     }
 }
@@ -101,6 +102,11 @@ impl Pipeline {
 #[inline]
 pub fn dispatch<P: PacketBuf>(burst: &mut Burst<P>, staging: &mut [Vec<P>], pool: &mut P::Pool, c: &mut Counters) {
     burst.drain(|p, m| match m.verdict {
+        // Without a host stack nothing fragments: counted as before.
+        Verdict::Forward if m.punt == Punt::Fragment as u8 => {
+            c.drop(DropReason::NeedsFragmentation, 1);
+            p.release(pool);
+        }
         Verdict::Forward if (m.out_port as usize) < staging.len() => staging[m.out_port as usize].push(p),
         Verdict::Local => {
             c.local += 1;
@@ -147,6 +153,30 @@ pub fn dispatch_punt<P: WorkerBuf>(
     worker: u16,
 ) {
     burst.drain(|p, m| match m.verdict {
+        Verdict::Forward if m.punt == Punt::Fragment as u8 => {
+            let refused = if !limiter.allow(PuntClass::Fragment) {
+                Some(DropReason::PuntLimited)
+            } else {
+                match p.into_host(pool) {
+                    None => Some(DropReason::PuntRingFull),
+                    Some(pkt) => match exc.punt(Punted { pkt, meta: *m, class: PuntClass::Fragment, worker }) {
+                        Ok(()) => {
+                            // Handed to the host stack, like local packets.
+                            c.local += 1;
+                            limiter.punted[PuntClass::Fragment as usize] += 1;
+                            None
+                        }
+                        Err(back) => {
+                            P::host_stock(pool).free(back.pkt);
+                            Some(DropReason::PuntRingFull)
+                        }
+                    },
+                }
+            };
+            if let Some(r) = refused {
+                c.drop(r, 1);
+            }
+        }
         Verdict::Forward if (m.out_port as usize) < staging.len() => staging[m.out_port as usize].push(p),
         Verdict::Local => {
             let class = match m.punt {

@@ -242,9 +242,9 @@ impl<P: WorkerBuf> Worker<P> {
 
 fn exception_counters(c: &mut Counters, l: &PuntLimiter) {
     let e = &mut c.stage[EXCEPTION_COUNTERS..];
-    e[..4].copy_from_slice(&l.punted);
-    e[4] = l.limited[PuntClass::Error as usize];
-    e[5] = c.injected;
+    e[..PuntClass::COUNT].copy_from_slice(&l.punted);
+    e[PuntClass::COUNT] = l.limited[PuntClass::Error as usize];
+    e[PuntClass::COUNT + 1] = c.injected;
 }
 
 /// Moves the packets of a parsed burst whose flows other workers own onto

@@ -7,6 +7,7 @@
 pub mod buf;
 pub mod checksum;
 pub mod ethernet;
+pub mod frag;
 pub mod ipv4;
 pub mod ipv6;
 pub mod l4;

@@ -26,6 +26,7 @@ use super::firewall::{acl_key, input_policy};
 use super::nat::{Tuple4, quoted_v4, rewrite_v4, translate_icmp_error};
 use super::{DropReason as D, Filtering, Punt, Snapshot};
 use crate::dataplane::query::{SessionQuery, SessionView};
+use crate::packet::ipv4::Ipv4Packet;
 use crate::packet::ipv4::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use crate::packet::l4::{icmp_is_echo, icmp_is_error};
 use crate::packet::{Burst, L3, MAX_BURST, Meta, PacketBuf, Verdict};
@@ -123,6 +124,10 @@ enum Kind {
     /// routed out of the external port (see `deferrable`): looked at again
     /// after routing, and then only if it is.
     Deferred,
+    /// A later fragment whose first fragment is earlier in the same burst
+    /// (`Info::first`), not yet recorded: translated and routed as that one
+    /// was, at the end of `post_route`.
+    FragWait,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -134,6 +139,8 @@ struct Info {
     inbound: bool,
     /// The flow key as the packet arrived.
     orig: FlowKey,
+    /// For `FragWait`: the burst position of the first fragment.
+    first: u16,
 }
 
 /// A first fragment's translation, for the rest of its datagram.
@@ -293,6 +300,19 @@ impl Conntrack {
             self.info[i].orig = key;
             if m.frag == 2 {
                 self.later_fragment(pkt, m, i);
+                if m.verdict == Verdict::Drop && m.reason == D::FragmentWithoutFirst as u8 {
+                    // Fragments travel together: the first may be right
+                    // before it in this burst, not recorded yet.
+                    let (src, dst, id, proto) = (m.src, m.dst, m.frag_id, m.proto);
+                    let first = (0..i).rev().find(|&j| {
+                        let f = burst.meta(j);
+                        f.frag == 1 && f.src == src && f.dst == dst && f.frag_id == id && f.proto == proto
+                    });
+                    if let Some(j) = first {
+                        self.info[i].kind = Kind::FragWait;
+                        self.info[i].first = j as u16;
+                    }
+                }
                 continue;
             }
             if self.icmp_error(pkt, m) {
@@ -596,6 +616,71 @@ impl Conntrack {
                 self.record_fragment(&m, &info.orig);
             }
         }
+        // Later fragments that came in the same burst as their first.
+        for i in 0..burst.len() {
+            if self.info[i].kind == Kind::FragWait {
+                let first = *burst.meta(self.info[i].first as usize);
+                let (pkt, m) = burst.pair_mut(i);
+                self.fragment_as_first(snap, pkt, m, i, &first);
+            }
+        }
+    }
+
+    /// Translates and routes a later fragment as its first fragment `first`
+    /// was (the same datagram goes the same way); it stays dropped when the
+    /// first was not forwarded.
+    fn fragment_as_first<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, m: &mut Meta, i: usize, first: &Meta) {
+        if first.verdict != Verdict::Forward {
+            return;
+        }
+        m.verdict = Verdict::Pending;
+        self.later_fragment(pkt, m, i);
+        if m.verdict == Verdict::Drop {
+            return;
+        }
+        let mtu = snap.port(first.out_port).map_or(0, |p| p.mtu as usize);
+        let l3 = m.l3_off as usize;
+        let data = pkt.data_mut();
+        match m.l3 {
+            L3::Ipv4 => {
+                let Ok(mut ip) = Ipv4Packet::new_checked(&mut data[l3..]) else {
+                    m.drop(D::Internal as u8);
+                    return;
+                };
+                if ip.ttl() <= 1 {
+                    m.drop(D::TtlExpired as u8);
+                    return;
+                }
+                ip.set_ttl(ip.ttl() - 1);
+                if ip.total_len() > mtu {
+                    if ip.dont_frag() {
+                        m.drop(D::MtuExceeded as u8);
+                        return;
+                    }
+                    m.punt = Punt::Fragment as u8;
+                }
+            }
+            _ => {
+                // IPv6: hop limit at byte 7, no header checksum; a router
+                // never fragments IPv6.
+                let Some(hl) = data.get(l3 + 7).copied() else {
+                    m.drop(D::Internal as u8);
+                    return;
+                };
+                if hl <= 1 {
+                    m.drop(D::HopLimitExpired as u8);
+                    return;
+                }
+                data[l3 + 7] = hl - 1;
+                if data.len() - l3 > mtu {
+                    m.drop(D::PacketTooBig as u8);
+                    return;
+                }
+            }
+        }
+        m.out_port = first.out_port;
+        m.nh = first.nh;
+        m.verdict = Verdict::Forward;
     }
 
     /// The policy and translation of a new forwarded flow: None when it is

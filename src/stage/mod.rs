@@ -27,6 +27,10 @@ pub enum Punt {
     /// Routed, but the next hop's MAC is not known yet: held while the host
     /// stack resolves it (`Meta::out_port` and `Meta::nh` say where it goes).
     Resolve = 2,
+    /// Set on a *forwarded* IPv4 packet larger than the egress MTU with DF
+    /// clear: it goes through every stage whole (NAT rewrites it once) and
+    /// the host stack fragments it on the way out.
+    Fragment = 3,
 }
 
 macro_rules! drop_reasons {

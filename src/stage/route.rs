@@ -5,7 +5,7 @@
 //! every first-level entry, the second reads them, so the cache misses of a
 //! large table overlap instead of queueing one after another.
 
-use super::{AdjKind, DropReason as D, PortRole, Snapshot};
+use super::{AdjKind, DropReason as D, PortRole, Punt, Snapshot};
 use crate::packet::ipv4::Ipv4Packet;
 use crate::packet::ipv6::{self, Ipv6Packet};
 use crate::packet::{Burst, L3, Meta, PacketBuf, Verdict};
@@ -93,7 +93,10 @@ impl Route {
         }
         let mtu = self.egress(snap, m, nh)?;
         if ip.total_len() > mtu {
-            return Err(if ip.dont_frag() { D::MtuExceeded } else { D::NeedsFragmentation });
+            if ip.dont_frag() {
+                return Err(D::MtuExceeded);
+            }
+            m.punt = Punt::Fragment as u8;
         }
         ip.set_ttl(ip.ttl() - 1);
         m.verdict = Verdict::Forward;
