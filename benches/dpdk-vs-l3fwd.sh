@@ -155,55 +155,22 @@ EOF
     echo "$WORK/$name.toml"
 }
 
-PORTS_ROUTE='[[ports]]
-name = "ge0"
-mac = "fa:16:3e:e0:e1:b0"
-backend = "null"
-[[ports]]
-name = "ge1"
-mac = "fa:16:3e:a0:80:82"
-backend = "null"
-[[ports]]
-name = "ge2"
-mac = "fa:16:3e:11:22:01"
-backend = "dpdk"
-device = "net_pcap0"
-[[ports]]
-name = "ge3"
-mac = "fa:16:3e:11:22:02"
-backend = "dpdk"
-device = "net_pcap1"
-[[neighbors]]
-port = "ge2"
-ip = "192.168.1.253"
-mac = "fa:16:3e:00:01:fd"
-[[neighbors]]
-port = "ge3"
-ip = "192.168.2.253"
-mac = "fa:16:3e:00:02:fd"'
-
-PORTS_FULL='[[ports]]
-name = "ge0"
-mac = "fa:16:3e:e0:e1:b0"
-backend = "null"
-[[ports]]
-name = "ge1"
-mac = "fa:16:3e:a0:80:82"
-backend = "dpdk"
-device = "net_pcap1"
-[[ports]]
-name = "ge2"
-mac = "fa:16:3e:11:22:01"
-backend = "dpdk"
-device = "net_pcap0"
-[[ports]]
-name = "ge3"
-mac = "fa:16:3e:11:22:02"
-backend = "null"
-[[neighbors]]
-port = "ge1"
-ip = "203.0.113.1"
-mac = "fa:16:3e:ff:00:01"'
+port() { # name mac [device]: a [[ports]] entry, dpdk when a device is given
+    printf '[[ports]]\nname = "%s"\nmac = "%s"\n' "$1" "$2"
+    if [ -n "${3:-}" ]; then printf 'backend = "dpdk"\ndevice = "%s"\n' "$3"; else printf 'backend = "null"\n'; fi
+}
+neighbor() { # port ip mac
+    printf '[[neighbors]]\nport = "%s"\nip = "%s"\nmac = "%s"\n' "$1" "$2" "$3"
+}
+# Routing: ge2 and ge3 are the devices, next hops pinned on each.
+PORTS_ROUTE=$(port ge0 fa:16:3e:e0:e1:b0; port ge1 fa:16:3e:a0:80:82
+    port ge2 fa:16:3e:11:22:01 net_pcap0; port ge3 fa:16:3e:11:22:02 net_pcap1
+    neighbor ge2 192.168.1.253 fa:16:3e:00:01:fd; neighbor ge3 192.168.2.253 fa:16:3e:00:02:fd)
+# Full pipeline: ge2 (web) and ge1 (public) are the devices, the upstream
+# gateway pinned.
+PORTS_FULL=$(port ge0 fa:16:3e:e0:e1:b0; port ge1 fa:16:3e:a0:80:82 net_pcap1
+    port ge2 fa:16:3e:11:22:01 net_pcap0; port ge3 fa:16:3e:11:22:02
+    neighbor ge1 203.0.113.1 fa:16:3e:ff:00:01)
 
 echo "one core (CPU $CORE), 2 x net_pcap infinite_rx, $PACKETS-packet 64-byte UDP captures, median of $WINDOWS x ${SECONDS_PER} s" >&2
 # shellcheck disable=SC2046

@@ -118,6 +118,21 @@ impl Running {
     }
 }
 
+/// `astara-dp run` with runtime file `rt` and configs/router.json.
+fn start(rt: &Path) -> Running {
+    let child = bin()
+        .arg("run")
+        .arg("--runtime")
+        .arg(rt)
+        .arg("--config")
+        .arg(repo().join("configs/router.json"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    Running(child)
+}
+
 fn get_json(api: u16, path: &str) -> Option<serde_json::Value> {
     let r = ureq::get(&format!("http://127.0.0.1:{api}{path}")).timeout(Duration::from_secs(2)).call().ok()?;
     serde_json::from_str(&r.into_string().ok()?).ok()
@@ -221,17 +236,7 @@ fn dpdk_net_pcap_agrees_with_replay_byte_for_byte() {
     }
     let api = free_port();
     let rt = runtime(d, api, &eal, &[("ge1", "net_pcap0"), ("ge2", "net_pcap1"), ("ge3", "net_pcap2")], 1);
-    let child = bin()
-        .arg("run")
-        .arg("--runtime")
-        .arg(&rt)
-        .arg("--config")
-        .arg(repo().join("configs/router.json"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let run = Running(child);
+    let run = start(&rt);
     let want_rx = (ge1.len() + ge2.len() + ge3.len()) as u64;
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last = None;
@@ -360,17 +365,7 @@ fn dpdk_start_stop_cycles_return_every_hugepage() {
         // receives and hands flows to the other (mbufs cross threads, and
         // some are still on the rings when the stop comes).
         let rt = runtime(d, api, &eal, &[("ge1", "net_null0"), ("ge2", "net_pcap0")], 2);
-        let child = bin()
-            .arg("run")
-            .arg("--runtime")
-            .arg(&rt)
-            .arg("--config")
-            .arg(repo().join("configs/router.json"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let run = Running(child);
+        let run = start(&rt);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(s) = get_json(api, "/v1/stats")
