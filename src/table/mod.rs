@@ -5,6 +5,7 @@ pub mod acl;
 pub mod addrmap;
 pub mod lpm4;
 pub mod lpm6;
+pub mod maglev;
 pub mod mem;
 pub mod natmap;
 pub mod neighbor;
