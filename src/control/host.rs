@@ -13,7 +13,8 @@
 //!   data path asks for: time exceeded, network unreachable, fragmentation
 //!   needed (with the egress MTU), administratively prohibited. Never about
 //!   an ICMP error, a later fragment, or a packet from a source that cannot
-//!   be answered (RFC 1812 4.3.2.7); at most `ICMP_ERRORS_PER_SEC`.
+//!   be answered (RFC 1812 4.3.2.7); at most `ICMP_ERRORS_PER_SEC`, and
+//!   per destination what `PeerLimiter` allows.
 //!
 //! It runs on its own thread beside the API's, polling the rings and
 //! sleeping briefly when they are empty.
@@ -137,6 +138,47 @@ pub struct HostStack {
     /// ICMP error tokens and when they were last topped up.
     icmp_tokens: u32,
     icmp_refill: Instant,
+    /// The per-destination budget on top of the global one.
+    icmp_peers: PeerLimiter,
+}
+
+/// Linux's per-destination ICMP error limit (`net.ipv4.icmp_ratelimit`,
+/// 1 s, with a burst of 6, `XRLIM_BURST_FACTOR`): one host sending into a
+/// black hole cannot take the whole global budget from the others. Path MTU
+/// errors are not limited here, as in Linux (they must get through).
+#[derive(Debug, Default)]
+pub struct PeerLimiter {
+    /// Destination → (credit in ms, last update).
+    peers: HashMap<u128, (u64, Instant)>,
+}
+
+impl PeerLimiter {
+    /// One error per this long per destination, after the burst.
+    pub const INTERVAL_MS: u64 = 1000;
+    pub const BURST: u64 = 6;
+    /// Destinations remembered at once; idle ones are forgotten first.
+    pub const MAX_PEERS: usize = 4096;
+
+    pub fn allow(&mut self, dst: u128, now: Instant) -> bool {
+        let cap = Self::INTERVAL_MS * Self::BURST;
+        if self.peers.len() >= Self::MAX_PEERS && !self.peers.contains_key(&dst) {
+            // A destination idle for a whole burst has its full credit:
+            // forgetting it changes nothing.
+            self.peers.retain(|_, (_, last)| now.duration_since(*last).as_millis() < cap as u128);
+            if self.peers.len() >= Self::MAX_PEERS {
+                // Too many at once: the global limit still holds.
+                return true;
+            }
+        }
+        let (credit, last) = self.peers.entry(dst).or_insert((cap, now));
+        *credit = (*credit + now.duration_since(*last).as_millis() as u64).min(cap);
+        *last = now;
+        if *credit < Self::INTERVAL_MS {
+            return false;
+        }
+        *credit -= Self::INTERVAL_MS;
+        true
+    }
 }
 
 impl HostStack {
@@ -155,6 +197,7 @@ impl HostStack {
             generation: 0,
             icmp_tokens: ICMP_ERRORS_PER_SEC,
             icmp_refill: Instant::now(),
+            icmp_peers: PeerLimiter::default(),
             last_ra: None,
             metadata: MetadataProxy::new(),
             spare: (0..workers).map(|_| Vec::with_capacity(SPARE_PER_WORKER)).collect(),
@@ -577,8 +620,13 @@ impl HostStack {
         self.stats.echo_replies.fetch_add(1, Relaxed);
     }
 
-    /// One token of the ICMP error budget (shared by both families).
-    fn icmp_token(&mut self, now: Instant) -> bool {
+    /// One token of the ICMP error budget (shared by both families), and
+    /// of `dst`'s own unless the error is about the path MTU.
+    fn icmp_token(&mut self, now: Instant, dst: u128, path_mtu: bool) -> bool {
+        if !path_mtu && !self.icmp_peers.allow(dst, now) {
+            self.stats.icmp_errors_limited.fetch_add(1, Relaxed);
+            return false;
+        }
         if now.duration_since(self.icmp_refill) >= Duration::from_millis(10) {
             let add =
                 (now.duration_since(self.icmp_refill).as_millis() as u32).saturating_mul(ICMP_ERRORS_PER_SEC) / 1000;
@@ -639,7 +687,7 @@ impl HostStack {
             || m.dst as u32 == u32::MAX
             || d.len() < 12
             || d[0] & 1 == 1;
-        if never || !self.icmp_token(now) {
+        if never || !self.icmp_token(now, v4key(src), ty == 3 && code == 4) {
             return;
         }
         let Some(info) = snap.port(m.in_port) else { return };
@@ -824,7 +872,7 @@ impl HostStack {
             || src >> 120 == 0xff
             || (m.dst >> 120 == 0xff && ty != 2)
             || d.len() < 12;
-        if never || !self.icmp_token(now) {
+        if never || !self.icmp_token(now, src, ty == 2) {
             return;
         }
         let Some(info) = snap.port(m.in_port) else { return };
@@ -925,5 +973,46 @@ fn rewrite_l2(pkt: &mut Pkt, m: &crate::packet::Meta, dst: Mac, src: Mac) {
         h[0..6].copy_from_slice(&dst.0);
         h[6..12].copy_from_slice(&src.0);
         h[12..14].copy_from_slice(&ethertype.to_be_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_destination_icmp_limit_is_a_burst_of_six_then_one_a_second() {
+        let mut l = PeerLimiter::default();
+        let t0 = Instant::now();
+        let a = v4key(0xc0a8_0106);
+        let b = v4key(0xc0a8_0107);
+        let sent = (0..20).filter(|_| l.allow(a, t0)).count();
+        assert_eq!(sent, 6);
+        // Another destination has its own budget.
+        assert!(l.allow(b, t0));
+        // One more per second after that.
+        assert!(!l.allow(a, t0 + Duration::from_millis(999)));
+        assert!(l.allow(a, t0 + Duration::from_millis(1000)));
+        assert!(!l.allow(a, t0 + Duration::from_millis(1001)));
+        // Credit builds back up to the burst, no further.
+        let later = t0 + Duration::from_secs(60);
+        assert_eq!((0..20).filter(|_| l.allow(a, later)).count(), 6);
+    }
+
+    #[test]
+    fn per_destination_icmp_limit_stays_bounded() {
+        let mut l = PeerLimiter::default();
+        let t0 = Instant::now();
+        for i in 0..PeerLimiter::MAX_PEERS as u128 {
+            assert!(l.allow(i, t0));
+        }
+        // Full of busy destinations: a new one is let through (the global
+        // limit applies) without growing the map.
+        assert!(l.allow(1 << 40, t0));
+        assert_eq!(l.peers.len(), PeerLimiter::MAX_PEERS);
+        // Once they are idle for a whole burst they are forgotten.
+        let later = t0 + Duration::from_secs(7);
+        assert!(l.allow(1 << 41, later));
+        assert_eq!(l.peers.len(), 1);
     }
 }
