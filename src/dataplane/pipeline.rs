@@ -44,6 +44,10 @@ impl Pipeline {
         self.conntrack.pre_route(snap, burst);
         self.route.process(snap, burst);
         self.conntrack.post_route(snap, burst);
+        // Later fragments that waited for their first fragment's translation.
+        if self.conntrack.take_reroute() {
+            self.route.process(snap, burst);
+        }
         self.neighbor.process(snap, burst);
     }
 
@@ -138,8 +142,9 @@ fn answers_with_icmp(r: DropReason) -> bool {
     )
 }
 
-/// `dispatch` with a host stack attached: local packets go to the punt ring
-/// (rate-limited per class, refusals counted as drops), and drops that call
+/// `dispatch` with a host stack attached: local packets, and forwarded ones
+/// to be fragmented, go to the punt ring (rate-limited per class, refusals
+/// counted as drops), and drops that call
 /// for an ICMP error are punted too while the limit allows (still counted
 /// under their own reason).
 #[inline]
@@ -152,77 +157,55 @@ pub fn dispatch_punt<P: WorkerBuf>(
     limiter: &mut PuntLimiter,
     worker: u16,
 ) {
-    burst.drain(|p, m| match m.verdict {
-        Verdict::Forward if m.punt == Punt::Fragment as u8 => {
-            let refused = if !limiter.allow(PuntClass::Fragment) {
-                Some(DropReason::PuntLimited)
-            } else {
-                match p.into_host(pool) {
-                    None => Some(DropReason::PuntRingFull),
-                    Some(pkt) => match exc.punt(Punted { pkt, meta: *m, class: PuntClass::Fragment, worker }) {
-                        Ok(()) => {
-                            // Handed to the host stack, like local packets.
-                            c.local += 1;
-                            limiter.punted[PuntClass::Fragment as usize] += 1;
-                            None
-                        }
-                        Err(back) => {
-                            P::host_stock(pool).free(back.pkt);
-                            Some(DropReason::PuntRingFull)
-                        }
-                    },
-                }
-            };
-            if let Some(r) = refused {
-                c.drop(r, 1);
+    burst.drain(|p, m| {
+        // What goes to the host stack, by class: local packets, and
+        // forwarded ones it must fragment.
+        let class = match (m.verdict, m.punt) {
+            (Verdict::Forward, x) if x == Punt::Fragment as u8 => PuntClass::Fragment,
+            (Verdict::Forward, _) if (m.out_port as usize) < staging.len() => {
+                return staging[m.out_port as usize].push(p);
             }
-        }
-        Verdict::Forward if (m.out_port as usize) < staging.len() => staging[m.out_port as usize].push(p),
-        Verdict::Local => {
-            let class = match m.punt {
-                x if x == Punt::Metadata as u8 => PuntClass::Metadata,
-                x if x == Punt::Resolve as u8 => PuntClass::Resolve,
-                _ => PuntClass::Host,
-            };
-            if !limiter.allow(class) {
-                c.drop(DropReason::PuntLimited, 1);
-                p.release(pool);
+            (Verdict::Local, x) if x == Punt::Metadata as u8 => PuntClass::Metadata,
+            (Verdict::Local, x) if x == Punt::Resolve as u8 => PuntClass::Resolve,
+            (Verdict::Local, _) => PuntClass::Host,
+            (Verdict::Drop, _) => {
+                let r = DropReason::from_u8(m.reason);
+                c.drops[r as usize] += 1;
+                if answers_with_icmp(r) && limiter.allow(PuntClass::Error) {
+                    let Some(pkt) = p.into_host(pool) else { return };
+                    match exc.punt(Punted { pkt, meta: *m, class: PuntClass::Error, worker }) {
+                        Ok(()) => limiter.punted[PuntClass::Error as usize] += 1,
+                        // (Already counted under its drop reason.)
+                        Err(back) => P::host_stock(pool).free(back.pkt),
+                    }
+                } else {
+                    p.release(pool);
+                }
                 return;
             }
-            // (A backend with its own buffers copies here: no host buffer
-            // left counts as a full ring.)
-            let Some(pkt) = p.into_host(pool) else {
+            _ => {
+                c.drop(DropReason::Internal, 1);
+                return p.release(pool);
+            }
+        };
+        if !limiter.allow(class) {
+            c.drop(DropReason::PuntLimited, 1);
+            return p.release(pool);
+        }
+        // (A backend with its own buffers copies here: no host buffer
+        // left counts as a full ring.)
+        let Some(pkt) = p.into_host(pool) else {
+            return c.drop(DropReason::PuntRingFull, 1);
+        };
+        match exc.punt(Punted { pkt, meta: *m, class, worker }) {
+            Ok(()) => {
+                c.local += 1;
+                limiter.punted[class as usize] += 1;
+            }
+            Err(back) => {
                 c.drop(DropReason::PuntRingFull, 1);
-                return;
-            };
-            match exc.punt(Punted { pkt, meta: *m, class, worker }) {
-                Ok(()) => {
-                    c.local += 1;
-                    limiter.punted[class as usize] += 1;
-                }
-                Err(back) => {
-                    c.drop(DropReason::PuntRingFull, 1);
-                    P::host_stock(pool).free(back.pkt);
-                }
+                P::host_stock(pool).free(back.pkt);
             }
-        }
-        Verdict::Drop => {
-            let r = DropReason::from_u8(m.reason);
-            c.drops[r as usize] += 1;
-            if answers_with_icmp(r) && limiter.allow(PuntClass::Error) {
-                let Some(pkt) = p.into_host(pool) else { return };
-                match exc.punt(Punted { pkt, meta: *m, class: PuntClass::Error, worker }) {
-                    Ok(()) => limiter.punted[PuntClass::Error as usize] += 1,
-                    // (Already counted under its drop reason.)
-                    Err(back) => P::host_stock(pool).free(back.pkt),
-                }
-            } else {
-                p.release(pool);
-            }
-        }
-        _ => {
-            c.drop(DropReason::Internal, 1);
-            p.release(pool);
         }
     });
 }

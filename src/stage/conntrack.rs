@@ -26,7 +26,6 @@ use super::firewall::{acl_key, input_policy};
 use super::nat::{Tuple4, quoted_v4, rewrite_v4, translate_icmp_error};
 use super::{DropReason as D, Filtering, Punt, Snapshot};
 use crate::dataplane::query::{SessionQuery, SessionView};
-use crate::packet::ipv4::Ipv4Packet;
 use crate::packet::ipv4::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use crate::packet::l4::{icmp_is_echo, icmp_is_error};
 use crate::packet::{Burst, L3, MAX_BURST, Meta, PacketBuf, Verdict};
@@ -125,8 +124,8 @@ enum Kind {
     /// after routing, and then only if it is.
     Deferred,
     /// A later fragment whose first fragment is earlier in the same burst
-    /// (`Info::first`), not yet recorded: translated and routed as that one
-    /// was, at the end of `post_route`.
+    /// (`Info::first`), not yet recorded: translated as that one was at the
+    /// end of `post_route`, then routed again.
     FragWait,
 }
 
@@ -171,6 +170,8 @@ pub struct Conntrack {
     hashes: Vec<u64>,
     /// New flows of the burst being planned: (position, plan).
     planned: Vec<(usize, Plan)>,
+    /// `post_route` left packets for the route stage (see `take_reroute`).
+    reroute: bool,
     /// Seconds, from the worker's clock or the capture's timestamps.
     pub now: u32,
     pub counters: ConntrackCounters,
@@ -218,6 +219,7 @@ impl Conntrack {
             found: vec![None; MAX_BURST],
             hashes: vec![0; MAX_BURST],
             planned: Vec::with_capacity(MAX_BURST),
+            reroute: false,
             now: 0,
             counters: ConntrackCounters::default(),
         }
@@ -621,66 +623,27 @@ impl Conntrack {
             if self.info[i].kind == Kind::FragWait {
                 let first = *burst.meta(self.info[i].first as usize);
                 let (pkt, m) = burst.pair_mut(i);
-                self.fragment_as_first(snap, pkt, m, i, &first);
+                self.fragment_as_first(pkt, m, i, &first);
             }
         }
     }
 
-    /// Translates and routes a later fragment as its first fragment `first`
-    /// was (the same datagram goes the same way); it stays dropped when the
-    /// first was not forwarded.
-    fn fragment_as_first<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, m: &mut Meta, i: usize, first: &Meta) {
+    /// Translates a later fragment as its first fragment `first` was, now
+    /// that it is recorded, and leaves it for routing again (`take_reroute`);
+    /// it stays dropped when the first was not forwarded.
+    fn fragment_as_first<P: PacketBuf>(&mut self, pkt: &mut P, m: &mut Meta, i: usize, first: &Meta) {
         if first.verdict != Verdict::Forward {
             return;
         }
         m.verdict = Verdict::Pending;
         self.later_fragment(pkt, m, i);
-        if m.verdict == Verdict::Drop {
-            return;
-        }
-        let mtu = snap.port(first.out_port).map_or(0, |p| p.mtu as usize);
-        let l3 = m.l3_off as usize;
-        let data = pkt.data_mut();
-        match m.l3 {
-            L3::Ipv4 => {
-                let Ok(mut ip) = Ipv4Packet::new_checked(&mut data[l3..]) else {
-                    m.drop(D::Internal as u8);
-                    return;
-                };
-                if ip.ttl() <= 1 {
-                    m.drop(D::TtlExpired as u8);
-                    return;
-                }
-                ip.set_ttl(ip.ttl() - 1);
-                if ip.total_len() > mtu {
-                    if ip.dont_frag() {
-                        m.drop(D::MtuExceeded as u8);
-                        return;
-                    }
-                    m.punt = Punt::Fragment as u8;
-                }
-            }
-            _ => {
-                // IPv6: hop limit at byte 7, no header checksum; a router
-                // never fragments IPv6.
-                let Some(hl) = data.get(l3 + 7).copied() else {
-                    m.drop(D::Internal as u8);
-                    return;
-                };
-                if hl <= 1 {
-                    m.drop(D::HopLimitExpired as u8);
-                    return;
-                }
-                data[l3 + 7] = hl - 1;
-                if data.len() - l3 > mtu {
-                    m.drop(D::PacketTooBig as u8);
-                    return;
-                }
-            }
-        }
-        m.out_port = first.out_port;
-        m.nh = first.nh;
-        m.verdict = Verdict::Forward;
+        self.reroute |= m.verdict == Verdict::Pending;
+    }
+
+    /// Whether `post_route` left packets to route (later fragments that
+    /// waited for their first fragment); clears the flag.
+    pub fn take_reroute(&mut self) -> bool {
+        std::mem::take(&mut self.reroute)
     }
 
     /// The policy and translation of a new forwarded flow: None when it is
