@@ -325,14 +325,11 @@ impl HostStack {
             self.give_back(worker, pkt);
             return;
         };
-        let mut frags: Vec<Vec<u8>> = Vec::new();
-        match fragment_v4(pkt.data(), m.l3_off as usize, mtu, |f| frags.push(f.to_vec())) {
-            Ok(_) => {
+        // (fragment_v4 checks everything before it emits the first fragment.)
+        match fragment_v4(pkt.data(), m.l3_off as usize, mtu, |f| self.send_frame(worker, f, port)) {
+            Ok(n) => {
                 self.stats.fragmented.fetch_add(1, Relaxed);
-                self.stats.fragments_sent.fetch_add(frags.len() as u64, Relaxed);
-                for f in &frags {
-                    self.send_frame(worker, f, port);
-                }
+                self.stats.fragments_sent.fetch_add(n as u64, Relaxed);
             }
             Err(_) => {
                 self.stats.fragment_errors.fetch_add(1, Relaxed);

@@ -20,7 +20,8 @@ pub enum FragError {
 /// header) in front, and hands them to `emit` in order. The first fragment
 /// keeps every option; later ones only those with the copied flag (RFC 791).
 /// Offsets and More Fragments continue those of the packet (it may itself
-/// be a fragment). Returns how many fragments were emitted.
+/// be a fragment). Returns how many fragments were emitted; on an error
+/// none was.
 pub fn fragment_v4(frame: &[u8], l3_off: usize, mtu: usize, mut emit: impl FnMut(&[u8])) -> Result<usize, FragError> {
     let ip = frame.get(l3_off..).ok_or(FragError::Malformed)?;
     if ip.len() < 20 || ip[0] >> 4 != 4 {
