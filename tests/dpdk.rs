@@ -92,28 +92,31 @@ fn icmp_error_from_router(f: &[u8]) -> bool {
 
 /// Kills the child on drop (a failed assertion must not leave a DPDK
 /// process running).
-struct Running(Child);
+struct Running(Option<Child>);
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
 impl Running {
     fn stop(mut self) -> std::process::Output {
+        let mut child = self.0.take().unwrap();
         // SAFETY: sends SIGTERM to our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if self.0.try_wait().unwrap().is_some() {
-                break;
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("astara-dp did not stop within 20 s of SIGTERM");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(self.0.try_wait().unwrap().is_some(), "astara-dp did not stop within 20 s of SIGTERM");
-        let child = std::mem::replace(&mut self.0, Command::new("true").spawn().unwrap());
         child.wait_with_output().unwrap()
     }
 }
@@ -130,7 +133,7 @@ fn start(rt: &Path) -> Running {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    Running(child)
+    Running(Some(child))
 }
 
 fn get_json(api: u16, path: &str) -> Option<serde_json::Value> {

@@ -75,7 +75,8 @@ pub fn eal_argv(args: &[String], first_cpu: usize) -> Vec<String> {
     let has = |o: &str| args.iter().any(|a| a == o || a.starts_with(&format!("{o}=")));
     let mut v = vec!["astara-dp".to_string()];
     v.extend(args.iter().cloned());
-    if !has("-l") && !has("-c") && !has("--lcores") && !args.iter().any(|a| a.starts_with("-l")) {
+    // (`-l 0`, `-l0`, `-c 0x1`, `--lcores=...`)
+    if !has("-c") && !has("--lcores") && !args.iter().any(|a| a.starts_with("-l")) {
         v.push("-l".into());
         v.push(first_cpu.to_string());
     }
