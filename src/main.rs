@@ -99,6 +99,13 @@ enum Cmd {
         /// RFC 4787 filtering: address-and-port-dependent or endpoint-independent.
         #[arg(long, default_value = "address-and-port-dependent", value_parser = str::parse::<astara_dp::stage::Filtering>)]
         filtering: astara_dp::stage::Filtering,
+        /// A new document taking effect at a capture time: SECONDS=FILE.json
+        /// (seconds since the epoch, as the capture's timestamps); repeatable.
+        #[arg(long = "config-at", value_parser = replay::parse_change)]
+        changes: Vec<(f64, PathBuf)>,
+        /// Load balancer source translation: always or never.
+        #[arg(long, default_value = "always", value_parser = str::parse::<astara_dp::stage::lb::LbSnat>)]
+        lb_snat: astara_dp::stage::lb::LbSnat,
     },
 }
 
@@ -155,7 +162,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             app::ctl::run(&api, &command)?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Replay { config, inputs, out_dir, neighbors, sessions, filtering } => {
+        Cmd::Replay { config, inputs, out_dir, neighbors, sessions, filtering, changes, lb_snat } => {
             let s = replay::run(&replay::ReplayOptions {
                 config,
                 inputs,
@@ -163,6 +170,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 neighbors,
                 sessions,
                 filtering,
+                changes,
+                lb_snat,
             })?;
             for w in &s.warnings {
                 eprintln!("warning: {w}");

@@ -11,15 +11,14 @@
 //! anchors: block in on ge1 from 198.51.100.0/24, pass in on ge2 TCP to
 //! db-servers port 5432, block IPv4 to db-servers.
 
-use astara_dp::app::replay::{ReplayOptions, ReplaySummary, run};
+use astara_dp::app::replay::ReplayOptions;
 use astara_dp::control::StaticNeighbor;
 use astara_dp::stage::Filtering;
-use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
-use std::collections::HashMap;
+use etherparse::PacketBuilder;
 use std::path::PathBuf;
-use std::time::Duration;
 
 mod common;
+use common::{In, Out, inet_sum_ok, on, tuple};
 
 const GE1: [u8; 6] = [0xfa, 0x16, 0x3e, 0xa0, 0x80, 0x82];
 const GE2: [u8; 6] = [0xfa, 0x16, 0x3e, 0x11, 0x22, 0x01];
@@ -29,68 +28,9 @@ const HOST: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x99];
 const EXT: [u8; 4] = [203, 0, 113, 10];
 const START: u64 = 1_000_000;
 
-/// RFC 1071, written independently of the product.
-fn inet_sum_ok(b: &[u8]) -> bool {
-    let mut s: u32 = 0;
-    for c in b.chunks(2) {
-        s += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
-    }
-    while s >> 16 != 0 {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s == 0xffff
-}
-
-/// One frame arriving on an interface at a time (seconds after the start).
-struct In {
-    port: &'static str,
-    at: f64,
-    frame: Vec<u8>,
-}
-
-fn on(port: &'static str, at: f64, frame: Vec<u8>) -> In {
-    In { port, at, frame }
-}
-
-struct Out {
-    summary: ReplaySummary,
-    /// Frames per output interface, and "punt".
-    frames: HashMap<String, Vec<Vec<u8>>>,
-}
-
-impl Out {
-    fn on(&self, port: &str) -> &[Vec<u8>] {
-        self.frames.get(port).map_or(&[], |v| v.as_slice())
-    }
-    fn drops(&self, reason: &str) -> u64 {
-        self.summary.drops.get(reason).copied().unwrap_or(0)
-    }
-    fn counter(&self, name: &str) -> u64 {
-        self.summary.counters.get(name).copied().unwrap_or(0)
-    }
-}
-
 fn replay(inputs: Vec<In>, tweak: impl FnOnce(&mut ReplayOptions)) -> Out {
-    let dir = tempfile::tempdir().unwrap();
-    let mut by_port: HashMap<&str, Vec<(Duration, Vec<u8>)>> = HashMap::new();
-    for (i, x) in inputs.into_iter().enumerate() {
-        // Microsecond steps keep the listed order for equal times.
-        let ts = Duration::from_secs(START) + Duration::from_secs_f64(x.at) + Duration::from_micros(i as u64);
-        by_port.entry(x.port).or_default().push((ts, x.frame));
-    }
-    let mut files = Vec::new();
-    for (port, frames) in &by_port {
-        let path = dir.path().join(format!("in-{port}.pcap"));
-        let mut w = pcap_file::pcap::PcapWriter::new(std::fs::File::create(&path).unwrap()).unwrap();
-        for (ts, f) in frames {
-            w.write_packet(&pcap_file::pcap::PcapPacket::new(*ts, f.len() as u32, f)).unwrap();
-        }
-        files.push((port.to_string(), path));
-    }
     let mut o = ReplayOptions {
         config: PathBuf::from(common::ROUTER_JSON),
-        inputs: files,
-        out_dir: dir.path().join("out"),
         neighbors: vec![
             common::upstream("02:00:5e:00:00:01"),
             StaticNeighbor {
@@ -102,18 +42,7 @@ fn replay(inputs: Vec<In>, tweak: impl FnOnce(&mut ReplayOptions)) -> Out {
         ..Default::default()
     };
     tweak(&mut o);
-    let summary = run(&o).unwrap();
-    let mut frames = HashMap::new();
-    for name in ["ge0", "ge1", "ge2", "ge3", "punt"] {
-        let f = std::fs::File::open(o.out_dir.join(format!("{name}.pcap"))).unwrap();
-        let mut r = pcap_file::pcap::PcapReader::new(f).unwrap();
-        let mut v = Vec::new();
-        while let Some(p) = r.next_packet() {
-            v.push(p.unwrap().data.into_owned());
-        }
-        frames.insert(name.to_string(), v);
-    }
-    Out { summary, frames }
+    common::replay_with(o, START, inputs)
 }
 
 fn udp(src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
@@ -163,35 +92,6 @@ fn icmp_error(from: [u8; 4], to: [u8; 4], type_: u8, code: u8, quoted: &[u8]) ->
     let mut v = Vec::new();
     PacketBuilder::ethernet2(UPSTREAM, GE1).ipv4(from, to, 64).icmpv4(t).write(&mut v, q).unwrap();
     v
-}
-
-/// The (src, dst, sport, dport) of an IPv4 frame, after checking every
-/// checksum in it (IP header; TCP/UDP with etherparse's pseudo-header sum;
-/// ICMP with the RFC 1071 sum).
-fn tuple(frame: &[u8]) -> ([u8; 4], [u8; 4], u16, u16) {
-    let p = SlicedPacket::from_ethernet(frame).unwrap();
-    let Some(NetSlice::Ipv4(ip)) = &p.net else { panic!("not ipv4") };
-    let h = ip.header().to_header();
-    assert!(inet_sum_ok(ip.header().slice()), "ip header checksum");
-    let (s, d) = (h.source, h.destination);
-    match p.transport.as_ref().unwrap() {
-        TransportSlice::Udp(u) => {
-            let uh = u.to_header();
-            assert_eq!(uh.checksum, uh.calc_checksum_ipv4(&h, u.payload()).unwrap(), "udp checksum");
-            (s, d, uh.source_port, uh.destination_port)
-        }
-        TransportSlice::Tcp(t) => {
-            let th = t.to_header();
-            assert_eq!(th.checksum, th.calc_checksum_ipv4(&h, t.payload()).unwrap(), "tcp checksum");
-            (s, d, th.source_port, th.destination_port)
-        }
-        TransportSlice::Icmpv4(i) => {
-            assert!(inet_sum_ok(i.slice()), "icmp checksum");
-            let id = u16::from_be_bytes([i.slice()[4], i.slice()[5]]);
-            (s, d, id, id)
-        }
-        _ => panic!("unexpected transport"),
-    }
 }
 
 // ---- RFC 4787 (UDP) ----

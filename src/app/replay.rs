@@ -25,6 +25,10 @@ pub struct ReplayOptions {
     /// Session table capacity.
     pub sessions: usize,
     pub filtering: Filtering,
+    /// Documents taking effect at capture times (seconds since the epoch),
+    /// in order; the ports stay those of `config`.
+    pub changes: Vec<(f64, PathBuf)>,
+    pub lb_snat: crate::stage::lb::LbSnat,
 }
 
 impl Default for ReplayOptions {
@@ -36,8 +40,20 @@ impl Default for ReplayOptions {
             neighbors: Vec::new(),
             sessions: 65536,
             filtering: Filtering::default(),
+            changes: Vec::new(),
+            lb_snat: Default::default(),
         }
     }
+}
+
+/// Parses `SECONDS=FILE` (a document change for replay).
+pub fn parse_change(s: &str) -> Result<(f64, PathBuf), String> {
+    let (t, f) = s.split_once('=').ok_or_else(|| format!("'{s}' is not SECONDS=FILE.json"))?;
+    let t: f64 = t.parse().map_err(|_| format!("'{t}' is not a time in seconds"))?;
+    if !t.is_finite() || t < 0.0 || f.is_empty() {
+        return Err(format!("'{s}' is not SECONDS=FILE.json"));
+    }
+    Ok((t, PathBuf::from(f)))
 }
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -71,9 +87,21 @@ pub fn parse_input(s: &str) -> Result<(String, PathBuf), String> {
 pub fn run(o: &ReplayOptions) -> Result<ReplaySummary, String> {
     let cfg = load_config(&o.config)?;
     let ports = ports_from_config(&cfg);
-    let opts = CompileOptions { neighbors: o.neighbors.clone(), filtering: o.filtering, ..Default::default() };
+    let lb = crate::control::lb::LbOptions { snat: o.lb_snat, ..Default::default() };
+    let mut opts = CompileOptions { neighbors: o.neighbors.clone(), filtering: o.filtering, lb, ..Default::default() };
     let compiled = compile(&cfg, &ports, &opts).map_err(|e| format!("{}: {e}", o.config.display()))?;
-    let snap = compiled.snapshot;
+    let mut snap = compiled.snapshot;
+    let mut warnings = compiled.warnings;
+    // Later documents, compiled up front (a bad one fails the run).
+    let mut changes = Vec::new();
+    for (t, f) in &o.changes {
+        opts.generation += 1;
+        let c = compile(&load_config(f)?, &ports, &opts).map_err(|e| format!("{}: {e}", f.display()))?;
+        warnings.extend(c.warnings);
+        changes.push((std::time::Duration::from_secs_f64(*t), c.snapshot));
+    }
+    changes.sort_by_key(|c| c.0);
+    let mut changes = changes.into_iter().peekable();
 
     // Every packet, tagged with (timestamp, input rank, position) for a stable merge.
     let mut packets = Vec::new();
@@ -101,6 +129,9 @@ pub fn run(o: &ReplayOptions) -> Result<ReplaySummary, String> {
     let mut staging: Vec<Vec<Pkt>> = (0..ports.len()).map(|_| Vec::with_capacity(1)).collect();
     let mut c = Counters::new(ports.len());
     for (ts, _, _, port, data) in packets {
+        while let Some((_, next)) = changes.next_if(|(at, _)| *at <= ts) {
+            snap = next;
+        }
         c.rx += 1;
         c.port_rx[port as usize] += 1;
         if data.len() > MAX_FRAME {
@@ -148,7 +179,7 @@ pub fn run(o: &ReplayOptions) -> Result<ReplaySummary, String> {
             .filter(|(_, v)| *v != 0)
             .map(|(k, v)| (k.to_string(), v))
             .collect(),
-        warnings: compiled.warnings,
+        warnings,
     };
     let text = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
     std::fs::write(o.out_dir.join("summary.json"), text + "\n").map_err(|e| format!("{}: {e}", o.out_dir.display()))?;

@@ -209,6 +209,7 @@ fn run_with<P: WorkerBuf + Send>(rt: &Runtime, config: Option<&Path>, ports: Bui
         neighbors: rt.static_neighbors(),
         generation: 1,
         filtering: rt.conntrack.filtering()?,
+        lb: rt.lb.options()?,
     };
     let conntrack = ConntrackConfig {
         capacity: rt.conntrack.sessions_per_worker,

@@ -32,6 +32,8 @@ pub struct CompileOptions {
     pub generation: u64,
     /// RFC 4787 filtering of the masquerade (runtime `[nat] filtering`).
     pub filtering: Filtering,
+    /// The load balancer's settings (runtime `[lb]`).
+    pub lb: super::lb::LbOptions,
 }
 
 impl Default for CompileOptions {
@@ -42,6 +44,7 @@ impl Default for CompileOptions {
             neighbors: Vec::new(),
             generation: 1,
             filtering: Filtering::default(),
+            lb: Default::default(),
         }
     }
 }
@@ -76,6 +79,7 @@ pub fn empty_snapshot(ports: &[PortSpec], generation: u64) -> Result<Snapshot, C
         nat: NatConfig { metadata: vec![false; ports.len()], ..Default::default() },
         acl: Arc::default(),
         own: Vec::new(),
+        lb: Arc::default(),
     })
 }
 
@@ -140,7 +144,9 @@ fn invalid(msg: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone, Copy)]
 enum RouteSource {
     DefaultV4,
-    DefaultV6(usize, usize),
+    /// A subnet's gateway as a default route (IPv6 on the external
+    /// network; IPv4 on a load balancer's network).
+    SubnetGateway(usize, usize),
     Static(usize),
     Host(usize, usize, usize),
 }
@@ -149,7 +155,7 @@ impl std::fmt::Display for RouteSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match *self {
             RouteSource::DefaultV4 => write!(f, "default_v4_gateway"),
-            RouteSource::DefaultV6(i, j) => write!(f, "networks[{i}].subnets[{j}].gateway_ip"),
+            RouteSource::SubnetGateway(i, j) => write!(f, "networks[{i}].subnets[{j}].gateway_ip"),
             RouteSource::Static(k) => write!(f, "static_routes[{k}]"),
             RouteSource::Host(i, j, k) => write!(f, "networks[{i}].subnets[{j}].host_routes[{k}]"),
         }
@@ -310,6 +316,19 @@ pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) ->
             return Err(invalid(format!("default_v4_gateway: {gw} is not an IPv4 address")));
         }
         add_route("0.0.0.0/0".parse().unwrap(), gw, RouteSource::DefaultV4);
+    } else if cfg.loadbalancer()?.is_some()
+        && let Some((i, j, gw)) = cfg
+            .networks
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.network_type == NetworkType::Loadbalancer)
+            .find_map(|(i, n)| {
+                n.subnets.iter().enumerate().find_map(|(j, s)| s.gateway_ip.filter(|g| g.is_ipv4()).map(|g| (i, j, g)))
+            })
+    {
+        // A load-balancer appliance has no external network: clients on
+        // other subnets are answered through the VIP subnet's gateway.
+        add_route("0.0.0.0/0".parse().unwrap(), gw, RouteSource::SubnetGateway(i, j));
     }
     // IPv6 default: the external subnet's gateway, as the appliance did.
     if let Some((i, j, gw)) =
@@ -317,7 +336,7 @@ pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) ->
             n.subnets.iter().enumerate().find_map(|(j, s)| s.gateway_ip.filter(|g| g.is_ipv6()).map(|g| (i, j, g)))
         })
     {
-        add_route("::/0".parse().unwrap(), gw, RouteSource::DefaultV6(i, j));
+        add_route("::/0".parse().unwrap(), gw, RouteSource::SubnetGateway(i, j));
     }
     for (k, r) in cfg.static_routes.iter().enumerate() {
         if r.destination.is_v4() != r.next_hop.is_ipv4() {
@@ -397,8 +416,18 @@ pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) ->
     }
 
     // NAT and the forwarding policy.
-    let own: Vec<(u128, bool, u16)> = b.connected.iter().map(|(c, p)| (c.bits(), c.is_v4(), *p)).collect();
-    let mut warnings = b.warnings;
+    let mut own: Vec<(u128, bool, u16)> = b.connected.iter().map(|(c, p)| (c.bits(), c.is_v4(), *p)).collect();
+    let mut warnings = std::mem::take(&mut b.warnings);
+    // The load balancer: its VIP is one of the appliance's addresses (it
+    // answers ARP and ping for it; traffic to a listener is balanced).
+    let lb = super::lb::compile_lb(cfg, &opts.lb, |ip| b.on_link(ip), &mut warnings)?;
+    for &(vip, port) in &lb.vip_addrs {
+        if !own.iter().any(|&(a, v4, _)| v4 && a == vip as u128) {
+            fib4.add(vip, 32, ADJ_LOCAL).map_err(table_err)?;
+            installed.push((true, vip as u128, 32, ADJ_LOCAL));
+            own.push((vip as u128, true, port));
+        }
+    }
     let nat = compile_nat(cfg, &net_port, ports.len(), &own, opts.filtering, &mut warnings)?;
     let ifport: HashMap<String, u16> =
         cfg.networks.iter().zip(&net_port).map(|(n, &p)| (n.interface.ifname.clone(), p)).collect();
@@ -416,6 +445,7 @@ pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) ->
             nat,
             acl: Arc::new(acl),
             own,
+            lb: Arc::new(lb),
         },
         routes: installed,
         warnings,

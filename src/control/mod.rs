@@ -4,6 +4,7 @@
 pub mod api;
 pub mod compile;
 pub mod host;
+pub mod lb;
 pub mod metadata;
 pub mod model;
 pub mod policy;

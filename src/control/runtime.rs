@@ -213,6 +213,58 @@ impl ConntrackRuntime {
     }
 }
 
+/// The load balancer (`[lb]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LbRuntime {
+    /// "always" (default: members see the appliance's address, as with the
+    /// original nginx proxy) or "never" (members see the client and must
+    /// route their replies through the appliance).
+    #[serde(default = "default_lb_snat")]
+    pub snat: String,
+    /// Seconds an administratively down member keeps its connections
+    /// (0: until they end).
+    #[serde(default = "default_drain")]
+    pub drain_timeout: u32,
+    /// Maglev table size: a prime, at least 10 per member.
+    #[serde(default = "default_maglev")]
+    pub maglev_size: u32,
+}
+
+impl Default for LbRuntime {
+    fn default() -> Self {
+        LbRuntime { snat: default_lb_snat(), drain_timeout: default_drain(), maglev_size: default_maglev() }
+    }
+}
+
+fn default_lb_snat() -> String {
+    "always".into()
+}
+fn default_drain() -> u32 {
+    300
+}
+fn default_maglev() -> u32 {
+    crate::table::maglev::DEFAULT_SIZE
+}
+
+impl LbRuntime {
+    pub fn options(&self) -> Result<crate::control::lb::LbOptions, String> {
+        let snat = self.snat.parse().map_err(|e| format!("lb.snat: {e}"))?;
+        if !crate::table::maglev::is_prime(self.maglev_size) || self.maglev_size < 11 {
+            return Err(format!("lb.maglev_size: {} is not a prime above 10", self.maglev_size));
+        }
+        if self.maglev_size > 1 << 24 {
+            return Err(format!("lb.maglev_size: {} is larger than 2^24", self.maglev_size));
+        }
+        Ok(crate::control::lb::LbOptions {
+            snat,
+            drain_timeout: self.drain_timeout,
+            maglev_size: self.maglev_size,
+            slots: Default::default(),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NeighborConfig {
@@ -247,6 +299,8 @@ pub struct Runtime {
     pub neighbors: Vec<NeighborConfig>,
     #[serde(default)]
     pub dpdk: DpdkRuntime,
+    #[serde(default)]
+    pub lb: LbRuntime,
     /// Directory of the runtime file (relative paths are resolved from it).
     #[serde(skip)]
     pub dir: PathBuf,
@@ -295,6 +349,7 @@ impl Runtime {
         }
         r.conntrack.filtering()?;
         r.conntrack.timeouts()?;
+        r.lb.options()?;
         if r.pool_size < 2 * r.burst {
             return Err("pool_size must hold at least two bursts".into());
         }

@@ -34,6 +34,8 @@ pub const STAGE_COUNTERS: &[&str] = &[
     "nat: port mappings in use",
     "nat: source ports preserved",
     "nat: port allocation failures",
+    "lb: sessions created",
+    "lb: new flows with no member available",
     "handoff: packets sent to the owning worker",
     "handoff: packets received from other workers",
     "exception: punted to the host stack",

@@ -86,6 +86,8 @@ impl Pipeline {
             m.len() as u64,
             m.stats.preserved,
             m.stats.exhausted,
+            c.lb_sessions,
+            c.lb_no_member,
             self.handed_off,
             self.handed_in,
             // The exception path's, filled in by the worker.

@@ -23,6 +23,7 @@
 //! addresses is local (never translated), IPv6 is never translated.
 
 use super::firewall::{acl_key, input_policy};
+use super::lb::{Flow, HEALTH_PORTS, LbSnat, MAX_MEMBERS, SLOT_DRAINING};
 use super::nat::{Tuple4, quoted_v4, rewrite_v4, translate_icmp_error};
 use super::{DropReason as D, Filtering, Punt, Snapshot};
 use crate::dataplane::query::{SessionQuery, SessionView};
@@ -52,6 +53,9 @@ pub enum NatKind {
     Hairpin = 4,
     /// Inbound through a mapping (endpoint-independent filtering).
     Inbound = 5,
+    /// To a load-balancer listener, translated to the member it was
+    /// given (`Session::user` is the member's slot).
+    Lb = 6,
 }
 
 impl NatKind {
@@ -62,6 +66,7 @@ impl NatKind {
             3 => NatKind::FloatingIn,
             4 => NatKind::Hairpin,
             5 => NatKind::Inbound,
+            6 => NatKind::Lb,
             _ => NatKind::None,
         }
     }
@@ -73,6 +78,7 @@ impl NatKind {
             NatKind::FloatingIn => "floating-in",
             NatKind::Hairpin => "hairpin",
             NatKind::Inbound => "inbound-mapping",
+            NatKind::Lb => "load-balancer",
         }
     }
 }
@@ -105,6 +111,8 @@ pub struct ConntrackCounters {
     pub fragments: u64,
     pub metadata: u64,
     pub blocked: u64,
+    pub lb_sessions: u64,
+    pub lb_no_member: u64,
 }
 
 /// What pre-route found for a packet.
@@ -140,6 +148,9 @@ struct Info {
     orig: FlowKey,
     /// For `FragWait`: the burst position of the first fragment.
     first: u16,
+    /// To a load-balancer listener: the member chosen (index into
+    /// `LbConfig::members`).
+    lb: Option<u16>,
 }
 
 /// A first fragment's translation, for the rest of its datagram.
@@ -175,6 +186,33 @@ pub struct Conntrack {
     /// Seconds, from the worker's clock or the capture's timestamps.
     pub now: u32,
     pub counters: ConntrackCounters,
+    /// Per load-balancer member slot: sessions in use, sessions created,
+    /// packets of its sessions (both directions).
+    pub lb: LbCounters,
+}
+
+/// A worker's per-member load-balancer counters, indexed by member slot.
+#[derive(Debug, Clone)]
+pub struct LbCounters {
+    pub active: Vec<u32>,
+    pub created: Vec<u64>,
+    pub packets: Vec<u64>,
+    /// When this worker first saw the member draining (0: not draining).
+    drain_seen: Vec<u32>,
+    /// One past the highest slot used.
+    pub high: usize,
+}
+
+impl Default for LbCounters {
+    fn default() -> Self {
+        LbCounters {
+            active: vec![0; MAX_MEMBERS],
+            created: vec![0; MAX_MEMBERS],
+            packets: vec![0; MAX_MEMBERS],
+            drain_seen: vec![0; MAX_MEMBERS],
+            high: 0,
+        }
+    }
 }
 
 impl Default for Conntrack {
@@ -222,14 +260,15 @@ impl Conntrack {
             reroute: false,
             now: 0,
             counters: ConntrackCounters::default(),
+            lb: LbCounters::default(),
         }
     }
 
     /// Frees idle sessions (and their port mappings), a bounded amount of
     /// work per call.
     pub fn expire(&mut self, budget: usize) -> usize {
-        let ports = &mut self.ports;
-        self.sessions.expire_with(self.now, budget, |s| release_mapping(ports, s))
+        let (ports, lb) = (&mut self.ports, &mut self.lb);
+        self.sessions.expire_with(self.now, budget, |s| release_mapping(ports, lb, s))
     }
 
     /// Adds the sessions of record slots `from..` matching `q`'s filter to
@@ -274,7 +313,7 @@ impl Conntrack {
         let idx: Vec<u32> = self.sessions.iter().map(|(i, _)| i).collect();
         for i in idx {
             if let Some(s) = self.sessions.get(i).copied() {
-                release_mapping(&mut self.ports, &s);
+                release_mapping(&mut self.ports, &mut self.lb, &s);
             }
             self.sessions.remove(i);
         }
@@ -363,6 +402,7 @@ impl Conntrack {
                     self.counters.hits += 1;
                     self.apply(pkt, m, idx, dir);
                     self.sessions.touch(idx, dir, self.now, m.tcp_flags);
+                    self.lb_hit(snap, m, idx);
                 }
                 None => {
                     self.info[i].kind = Kind::New;
@@ -376,7 +416,7 @@ impl Conntrack {
     /// The lookup `pre_route` deferred, for a packet routed out of the
     /// external port (its destination is not translated, so the route
     /// stands).
-    fn late_lookup<P: PacketBuf>(&mut self, pkt: &mut P, m: &mut Meta, i: usize) {
+    fn late_lookup<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, m: &mut Meta, i: usize) {
         let key = key_of(m);
         self.info[i] = Info { kind: Kind::New, orig: key, ..Info::default() };
         let found = self.sessions.lookup(&key).filter(|&(idx, _)| !self.retire_if_expired(idx));
@@ -386,6 +426,7 @@ impl Conntrack {
                 self.counters.hits += 1;
                 self.apply(pkt, m, idx, dir);
                 self.sessions.touch(idx, dir, self.now, m.tcp_flags);
+                self.lb_hit(snap, m, idx);
             }
             None => self.counters.new_flows += 1,
         }
@@ -401,7 +442,7 @@ impl Conntrack {
         if let Some(s) = self.sessions.get(idx).copied()
             && s.state != SessionState::Free
         {
-            release_mapping(&mut self.ports, &s);
+            release_mapping(&mut self.ports, &mut self.lb, &s);
             self.sessions.retire(idx);
         }
         true
@@ -424,6 +465,53 @@ impl Conntrack {
         }
     }
 
+    /// Counts a packet of a load-balanced session, and ends the sessions of
+    /// a draining member once its drain timeout has passed.
+    #[inline]
+    fn lb_hit(&mut self, snap: &Snapshot, m: &mut Meta, idx: u32) {
+        let Some(s) = self.sessions.get(idx) else { return };
+        if NatKind::of(s.flags) != NatKind::Lb {
+            return;
+        }
+        let slot = s.user as usize;
+        let lb = &mut self.lb;
+        let (Some(p), Some(seen)) = (lb.packets.get_mut(slot), lb.drain_seen.get_mut(slot)) else { return };
+        *p += 1;
+        let timeout = snap.lb.drain_timeout;
+        if snap.lb.slot_state(slot as u16) != SLOT_DRAINING || timeout == 0 {
+            *seen = 0;
+            return;
+        }
+        if *seen == 0 {
+            *seen = self.now.max(1);
+        } else if self.now.wrapping_sub(*seen) >= timeout {
+            m.drop(D::LbDrained as u8);
+            if let Some(s) = self.sessions.get(idx).copied() {
+                release_mapping(&mut self.ports, &mut self.lb, &s);
+                self.sessions.retire(idx);
+            }
+        }
+    }
+
+    /// A source port on `addr` for a load-balanced flow to `member:mport`:
+    /// the client's own port when this worker owns it and the reply key is
+    /// free, else the first free one from a hashed start in the worker's
+    /// range (replies come back to the owner of the port).
+    fn lb_port(&self, addr: u32, member: u32, mport: u16, proto: u8, sport: u16) -> Option<u16> {
+        let (_, high) = self.ports.ranges();
+        let free = |p: u16| {
+            high.contains(p)
+                && !HEALTH_PORTS.contains(&p)
+                && self.sessions.lookup(&FlowKey::v4(member, addr, mport, p, proto)).is_none()
+        };
+        if free(sport) {
+            return Some(sport);
+        }
+        let span = high.len().max(1) as u64;
+        let h = (sport as u64 ^ (member as u64) << 16).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+        (0..64u64).map(|k| high.lo.wrapping_add(((h + k * 7919) % span) as u16)).find(|&p| free(p))
+    }
+
     /// Destination translation of a new flow, before routing.
     fn new_flow_dnat<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, m: &mut Meta, i: usize) {
         if m.l3 != L3::Ipv4 {
@@ -443,7 +531,25 @@ impl Conntrack {
             return;
         }
         let from = tuple_of(m);
-        let to = if let Some(&fixed) = nat.dnat.get(&dst) {
+        let to = if let Some(l) = snap.lb.listener(dst, m.proto, m.dport) {
+            let lb = &*snap.lb;
+            let pool = l.pool.and_then(|p| lb.pools.get(p as usize));
+            let pick = pool.and_then(|p| {
+                lb.pick(
+                    p,
+                    Flow { src: from.src, dst, sport: from.sport, dport: from.dport, proto: m.proto },
+                    &self.lb.active,
+                )
+            });
+            let Some(member) = pick.and_then(|k| lb.members.get(k as usize).map(|mm| (k, mm))) else {
+                self.counters.lb_no_member += 1;
+                m.drop(D::LbNoMember as u8);
+                self.info[i].kind = Kind::Skip;
+                return;
+            };
+            self.info[i].lb = Some(member.0);
+            Tuple4 { dst: member.1.addr, dport: member.1.port, ..from }
+        } else if let Some(&fixed) = nat.dnat.get(&dst) {
             self.info[i].dnat = true;
             Tuple4 { dst: fixed, ..from }
         } else if nat.filtering == Filtering::EndpointIndependent
@@ -571,7 +677,7 @@ impl Conntrack {
             }
             let (pkt, m) = burst.pair_mut(i);
             match m.verdict {
-                Verdict::Forward if Some(m.out_port) == ext => self.late_lookup(pkt, m, i),
+                Verdict::Forward if Some(m.out_port) == ext => self.late_lookup(snap, pkt, m, i),
                 Verdict::Local => {
                     self.info[i] = Info { kind: Kind::New, orig: key_of(m), ..Info::default() };
                     self.counters.new_flows += 1;
@@ -656,6 +762,9 @@ impl Conntrack {
             m.drop(D::BlockedByRule as u8);
             return None;
         }
+        if let Some(k) = info.lb {
+            return self.plan_lb(snap, m, info, k);
+        }
         let nat = &snap.nat;
         let v4 = m.l3 == L3::Ipv4;
         let ext = nat.external;
@@ -728,14 +837,39 @@ impl Conntrack {
         let (orig_hash, reply_hash) = (self.sessions.hash(&info.orig), self.sessions.hash(&reply));
         self.sessions.prefetch(orig_hash);
         self.sessions.prefetch(reply_hash);
-        Some(Plan { from, to, flags, mapping, reply, orig_hash, reply_hash })
+        Some(Plan { from, to, flags, mapping, slot: None, reply, orig_hash, reply_hash })
+    }
+
+    /// The translation of a new flow to a listener, its member chosen
+    /// (`member`) and its destination already translated.
+    fn plan_lb(&mut self, snap: &Snapshot, m: &mut Meta, info: &Info, member: u16) -> Option<Plan> {
+        let lb = &*snap.lb;
+        let slot = lb.members.get(member as usize)?.slot;
+        let from = tuple_of(m);
+        let mut to = from;
+        if lb.snat == LbSnat::Always
+            && let Some(a) = snap.port_addr_v4(m.out_port)
+        {
+            to.src = a;
+            let Some(p) = self.lb_port(a, to.dst, to.dport, m.proto, from.sport) else {
+                m.drop(D::NatPortsExhausted as u8);
+                return None;
+            };
+            to.sport = p;
+        }
+        let reply = FlowKey::v4(to.dst, to.src, to.dport, to.sport, m.proto);
+        let (orig_hash, reply_hash) = (self.sessions.hash(&info.orig), self.sessions.hash(&reply));
+        self.sessions.prefetch(orig_hash);
+        self.sessions.prefetch(reply_hash);
+        let flags = (NatKind::Lb as u8) << NAT_SHIFT;
+        Some(Plan { from, to, flags, mapping: None, slot: Some(slot), reply, orig_hash, reply_hash })
     }
 
     /// Creates the session of a planned flow and rewrites the packet; a
     /// flow created meanwhile by an earlier packet of the same burst is
     /// used instead.
     fn track<P: PacketBuf>(&mut self, pkt: &mut P, m: &mut Meta, info: &Info, plan: &Plan) {
-        let Plan { from, to, flags, mapping, reply, orig_hash, reply_hash } = *plan;
+        let Plan { from, to, flags, mapping, slot, reply, orig_hash, reply_hash } = *plan;
         let mut inserted = self.sessions.insert_hashed(info.orig, orig_hash, reply, reply_hash, self.now, m.tcp_flags);
         if inserted == Err(SessionError::Exists) {
             // A session past its deadline may still hold one of the keys.
@@ -753,7 +887,7 @@ impl Conntrack {
             Ok(idx) => {
                 if let Some(s) = self.sessions.get_mut(idx) {
                     s.flags = flags;
-                    s.user = mapping.unwrap_or(0);
+                    s.user = mapping.or(slot).unwrap_or(0);
                 }
                 match NatKind::of(flags) {
                     NatKind::Masquerade => self.counters.masquerade += 1,
@@ -761,6 +895,15 @@ impl Conntrack {
                     NatKind::FloatingIn => self.counters.floating_in += 1,
                     NatKind::Hairpin => self.counters.hairpin += 1,
                     NatKind::Inbound => self.counters.inbound_mapping += 1,
+                    NatKind::Lb => {
+                        self.counters.lb_sessions += 1;
+                        let s = slot.unwrap_or(0) as usize;
+                        if let (Some(a), Some(c)) = (self.lb.active.get_mut(s), self.lb.created.get_mut(s)) {
+                            *a += 1;
+                            *c += 1;
+                            self.lb.high = self.lb.high.max(s + 1);
+                        }
+                    }
                     NatKind::None => {}
                 }
                 if m.l3 == L3::Ipv4 && from != to {
@@ -792,6 +935,8 @@ struct Plan {
     to: Tuple4,
     flags: u8,
     mapping: Option<u16>,
+    /// A load-balanced flow's member slot.
+    slot: Option<u16>,
     reply: FlowKey,
     orig_hash: u64,
     reply_hash: u64,
@@ -816,16 +961,21 @@ fn deferrable(snap: &Snapshot, m: &Meta) -> bool {
             !(d == METADATA_ADDR
                 || nat.is_masquerade_addr(d)
                 || nat.dnat.contains_key(&d)
-                || m.proto == PROTO_ICMP && icmp_is_error(m.icmp_type))
+                || m.proto == PROTO_ICMP && icmp_is_error(m.icmp_type)
+                || !snap.lb.is_empty() && (snap.lb.is_vip_addr(d) || snap.lb.is_member(m.src as u32, m.sport)))
         }
         L3::Ipv6 => !(m.proto == PROTO_ICMPV6 && (1..=4).contains(&m.icmp_type)),
         _ => false,
     }
 }
 
-fn release_mapping(ports: &mut NatMap, s: &Session) {
+fn release_mapping(ports: &mut NatMap, lb: &mut LbCounters, s: &Session) {
     if s.flags & F_MAPPING != 0 {
         ports.release(s.key[0].proto, s.user);
+    } else if NatKind::of(s.flags) == NatKind::Lb
+        && let Some(a) = lb.active.get_mut(s.user as usize)
+    {
+        *a = a.saturating_sub(1);
     }
 }
 
@@ -882,6 +1032,21 @@ fn owner_of(snap: &Snapshot, m: &Meta, n: usize) -> usize {
     if m.l3 == L3::Ipv4 {
         let nat = &snap.nat;
         let dst = m.dst as u32;
+        // Load balancing: a client's flows by the client's endpoint; a
+        // member's replies to where that put the session (the owner of
+        // the translated source port, or the client's endpoint).
+        let lb = &*snap.lb;
+        if !lb.is_empty() && ported {
+            if lb.is_vip_addr(dst) && lb.listener(dst, m.proto, m.dport).is_some() {
+                return endpoint_owner(m.src, m.sport, n);
+            }
+            if lb.is_member(m.src as u32, m.sport) {
+                return match lb.snat {
+                    LbSnat::Always => crate::table::natmap::port_owner(m.dport, n),
+                    LbSnat::Never => endpoint_owner(m.dst, m.dport, n),
+                };
+            }
+        }
         if nat.is_masquerade_addr(dst) && ported && proto_slot(m.proto).is_some() {
             return crate::table::natmap::port_owner(m.dport, n);
         }

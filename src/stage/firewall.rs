@@ -33,6 +33,14 @@ pub fn input_policy(snap: &Snapshot, m: &Meta) -> Result<(), D> {
         PROTO_ICMP if v4 && m.frag == 0 && m.icmp_type == ICMP_ECHO_REQUEST => return Ok(()),
         _ => {}
     }
+    // Answers to the load balancer's own health checks.
+    if v4
+        && m.proto == PROTO_TCP
+        && super::lb::HEALTH_PORTS.contains(&m.dport)
+        && snap.lb.is_member(m.src as u32, m.sport)
+    {
+        return Ok(());
+    }
     match snap.port(m.in_port).map(|p| p.role) {
         Some(PortRole::Internal) => Ok(()),
         Some(PortRole::Management) if m.proto == PROTO_TCP && MANAGEMENT_TCP_PORTS.contains(&m.dport) => Ok(()),

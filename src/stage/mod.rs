@@ -4,6 +4,7 @@
 
 pub mod conntrack;
 pub mod firewall;
+pub mod lb;
 pub mod nat;
 pub mod neighbor;
 pub mod parse;
@@ -120,6 +121,10 @@ drop_reasons! {
     NatPortsExhausted = "nat: no free external port",
     /// The translated flow would collide with an existing session.
     NatCollision = "nat: translated flow already exists",
+    /// New flow to a load-balancer listener with no member taking flows.
+    LbNoMember = "lb: no member available",
+    /// A flow of an administratively down member past its drain timeout.
+    LbDrained = "lb: member drain timeout passed",
     /// New forwarded flow refused by an `anchors` rule.
     BlockedByRule = "firewall: blocked by rule",
     /// New flow to the appliance not allowed by the INPUT policy.

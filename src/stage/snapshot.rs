@@ -1,6 +1,7 @@
 //! The immutable configuration the workers read: built whole by the control
 //! thread, published with one pointer swap, read once per burst.
 
+use super::lb::LbConfig;
 use crate::packet::Mac;
 use crate::table::addrmap::AddrMap;
 use crate::table::{Acl, Lpm4, Lpm6, NeighborSource, NeighborTable};
@@ -88,6 +89,8 @@ pub struct Snapshot {
     pub acl: Arc<Acl>,
     /// The router's own addresses and the port each belongs to (INPUT policy).
     pub own: Vec<(u128, bool, u16)>,
+    /// The load balancer (`services.loadbalancer`); empty without one.
+    pub lb: Arc<LbConfig>,
 }
 
 impl Snapshot {
@@ -113,6 +116,21 @@ impl Snapshot {
             a.mac = if a.gw_v4 { n.get_v4(a.port, a.gw as u32) } else { n.get_v6(a.port, a.gw) };
         }
         s.neighbors = n;
+        s
+    }
+
+    /// The router's first IPv4 address on port `p`.
+    #[inline]
+    pub fn port_addr_v4(&self, p: u16) -> Option<u32> {
+        self.own.iter().find(|&&(_, v4, q)| v4 && q == p).map(|&(a, _, _)| a as u32)
+    }
+
+    /// A copy whose load-balancer members have the health in `down`.
+    pub fn with_lb_health(&self, down: &std::collections::HashSet<String>) -> Snapshot {
+        let mut s = self.clone();
+        if !self.lb.members.is_empty() {
+            s.lb = Arc::new(self.lb.with_health(down));
+        }
         s
     }
 }

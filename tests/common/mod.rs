@@ -2,7 +2,11 @@
 //! the upstream gateway it needs pinned (it has no allocation).
 #![allow(dead_code)]
 
+use astara_dp::app::replay::{ReplayOptions, ReplaySummary, run};
 use astara_dp::control::{AstaraConfig, CompileOptions, StaticNeighbor};
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use std::collections::HashMap;
+use std::time::Duration;
 
 pub const ROUTER_JSON: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/router.json");
 
@@ -23,4 +27,115 @@ pub fn upstream(mac: &str) -> StaticNeighbor {
 /// Compile options with the upstream gateway pinned to 02:00:5e:00:00:01.
 pub fn options() -> CompileOptions {
     CompileOptions { neighbors: vec![upstream("02:00:5e:00:00:01")], ..Default::default() }
+}
+
+/// RFC 1071, written independently of the product.
+pub fn inet_sum_ok(b: &[u8]) -> bool {
+    let mut s: u32 = 0;
+    for c in b.chunks(2) {
+        s += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+    }
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s == 0xffff
+}
+
+/// The (src, dst, sport, dport) of an IPv4 frame, after checking every
+/// checksum in it (IP header; TCP/UDP with etherparse's pseudo-header sum;
+/// ICMP with the RFC 1071 sum).
+pub fn tuple(frame: &[u8]) -> ([u8; 4], [u8; 4], u16, u16) {
+    let p = SlicedPacket::from_ethernet(frame).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = &p.net else { panic!("not ipv4") };
+    let h = ip.header().to_header();
+    assert!(inet_sum_ok(ip.header().slice()), "ip header checksum");
+    let (s, d) = (h.source, h.destination);
+    match p.transport.as_ref().unwrap() {
+        TransportSlice::Udp(u) => {
+            let uh = u.to_header();
+            assert_eq!(uh.checksum, uh.calc_checksum_ipv4(&h, u.payload()).unwrap(), "udp checksum");
+            (s, d, uh.source_port, uh.destination_port)
+        }
+        TransportSlice::Tcp(t) => {
+            let th = t.to_header();
+            assert_eq!(th.checksum, th.calc_checksum_ipv4(&h, t.payload()).unwrap(), "tcp checksum");
+            (s, d, th.source_port, th.destination_port)
+        }
+        TransportSlice::Icmpv4(i) => {
+            assert!(inet_sum_ok(i.slice()), "icmp checksum");
+            let id = u16::from_be_bytes([i.slice()[4], i.slice()[5]]);
+            (s, d, id, id)
+        }
+        _ => panic!("unexpected transport"),
+    }
+}
+
+/// One frame arriving on an interface at a time (seconds after the start).
+pub struct In {
+    pub port: &'static str,
+    pub at: f64,
+    pub frame: Vec<u8>,
+}
+
+pub fn on(port: &'static str, at: f64, frame: Vec<u8>) -> In {
+    In { port, at, frame }
+}
+
+pub struct Out {
+    pub summary: ReplaySummary,
+    /// Frames per output interface, and "punt".
+    pub frames: HashMap<String, Vec<Vec<u8>>>,
+}
+
+impl Out {
+    pub fn on(&self, port: &str) -> &[Vec<u8>] {
+        self.frames.get(port).map_or(&[], |v| v.as_slice())
+    }
+    pub fn drops(&self, reason: &str) -> u64 {
+        self.summary.drops.get(reason).copied().unwrap_or(0)
+    }
+    pub fn counter(&self, name: &str) -> u64 {
+        self.summary.counters.get(name).copied().unwrap_or(0)
+    }
+}
+
+/// Runs `replay` over `inputs` (times in seconds after `start`) with the
+/// options of `o` (its inputs and output directory are set here); every
+/// output capture is read back.
+pub fn replay_with(mut o: ReplayOptions, start: u64, inputs: Vec<In>) -> Out {
+    let dir = tempfile::tempdir().unwrap();
+    let mut by_port: HashMap<&str, Vec<(Duration, Vec<u8>)>> = HashMap::new();
+    for (i, x) in inputs.into_iter().enumerate() {
+        // Microsecond steps keep the listed order for equal times.
+        let ts = Duration::from_secs(start) + Duration::from_secs_f64(x.at) + Duration::from_micros(i as u64);
+        by_port.entry(x.port).or_default().push((ts, x.frame));
+    }
+    let mut files = Vec::new();
+    for (port, frames) in &by_port {
+        let path = dir.path().join(format!("in-{port}.pcap"));
+        let mut w = pcap_file::pcap::PcapWriter::new(std::fs::File::create(&path).unwrap()).unwrap();
+        for (ts, f) in frames {
+            w.write_packet(&pcap_file::pcap::PcapPacket::new(*ts, f.len() as u32, f)).unwrap();
+        }
+        files.push((port.to_string(), path));
+    }
+    o.inputs = files;
+    o.out_dir = dir.path().join("out");
+    let summary = run(&o).unwrap();
+    let mut frames = HashMap::new();
+    for entry in std::fs::read_dir(&o.out_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "pcap") {
+            continue;
+        }
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        let f = std::fs::File::open(&path).unwrap();
+        let mut r = pcap_file::pcap::PcapReader::new(f).unwrap();
+        let mut v = Vec::new();
+        while let Some(p) = r.next_packet() {
+            v.push(p.unwrap().data.into_owned());
+        }
+        frames.insert(name.to_string(), v);
+    }
+    Out { summary, frames }
 }
