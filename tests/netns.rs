@@ -14,6 +14,7 @@
 //! Needs root, iproute2, iputils-ping, curl, python3, iperf3 and ethtool
 //! (CI installs them); run with `--include-ignored`.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -31,6 +32,8 @@ struct Topo {
     dir: tempfile::TempDir,
     children: Vec<Child>,
     router: Option<Child>,
+    /// The document the router starts with.
+    doc: serde_json::Value,
 }
 
 fn run(args: &[&str]) -> Output {
@@ -59,6 +62,7 @@ impl Topo {
             dir: tempfile::tempdir().unwrap(),
             children: Vec::new(),
             router: None,
+            doc: document(),
         };
         for ns in [&t.ns_in, &t.ns_rt, &t.ns_out, &t.ns_mgt] {
             must(&["ip", "netns", "add", ns]);
@@ -187,7 +191,7 @@ interface = "ge0"
         )
         .unwrap();
         let doc = self.dir.path().join("doc.json");
-        std::fs::write(&doc, serde_json::to_vec_pretty(&document()).unwrap()).unwrap();
+        std::fs::write(&doc, serde_json::to_vec_pretty(&self.doc).unwrap()).unwrap();
         let child = self
             .cmd(&self.ns_rt, &[env!("CARGO_BIN_EXE_astara-dp"), "run", "--runtime"])
             .arg(&rt)
@@ -656,4 +660,200 @@ device = "net_af_packet1"
     assert!(page.contains("Directory listing"), "{page}");
     let log = t.finish(srv);
     assert!(http_clients(&log).contains(&"203.0.113.1"), "floating ip inbound keeps the client address: {log}");
+}
+
+/// A load-balancer appliance: ge1 on the clients' network (VIP
+/// 203.0.113.10, the interface's address, as Astara's example), ge2 on the
+/// members' network (192.168.1.1). Listener HTTP 80 (round robin, HTTP
+/// health check) over members .21, .22, .23 port 8080; listener TCP 5201
+/// (source IP) over iperf3 servers on .21 and .22.
+fn lb_document(iperf_members: &[&str]) -> serde_json::Value {
+    let web: Vec<serde_json::Value> = ["21", "22", "23"]
+        .iter()
+        .map(|m| {
+            serde_json::json!({"id": format!("web-{m}"), "address": format!("192.168.1.{m}"),
+                                      "protocol_port": 8080, "weight": 1, "admin_state_up": true})
+        })
+        .collect();
+    let iperf: Vec<serde_json::Value> = iperf_members
+        .iter()
+        .map(|m| {
+            serde_json::json!({"id": format!("iperf-{m}"), "address": format!("192.168.1.{m}"),
+                                      "protocol_port": 5201, "weight": 1, "admin_state_up": true})
+        })
+        .collect();
+    serde_json::json!({
+        "tenant_id": "d22b149cee9b4eac8349c517eda00b89",
+        "hostname": "ak-loadbalancer-netns",
+        "networks": [
+            {"network_id": "43dc2fad-f6f9-4668-9695-fed50f7768aa", "network_type": "management",
+             "interface": {"ifname": "ge0", "addresses": ["fdca:3ba5:a17a:acda::2/64"]}, "subnets": []},
+            {"network_id": "b7fc9b39-401c-47cc-a07d-9f8cde75ccbf", "network_type": "loadbalancer",
+             "interface": {"ifname": "ge1", "addresses": ["203.0.113.10/24"]},
+             "subnets": [{"id": "8c58b558-be54-45de-9873-169fe845bb80", "cidr": "203.0.113.0/24",
+                          "gateway_ip": "203.0.113.1", "dhcp_enabled": false, "dns_nameservers": [], "host_routes": []}]},
+            {"network_id": "1c3d6b6e-2b4a-4d5e-9f10-6a7b8c9d0e1f", "network_type": "internal",
+             "interface": {"ifname": "ge2", "addresses": ["192.168.1.1/24"]},
+             "subnets": [{"id": "2f1e0d9c-8b7a-4654-a3b2-c1d0e9f8a7b6", "cidr": "192.168.1.0/24",
+                          "gateway_ip": "192.168.1.1", "dhcp_enabled": false, "dns_nameservers": [], "host_routes": []}]}
+        ],
+        "services": {"loadbalancer": {
+            "id": "8ac54799-b143-48e5-94d4-e5e989592229", "name": "lb", "admin_state_up": true,
+            "vip_address": "203.0.113.10",
+            "listeners": [
+                {"id": "web", "protocol": "HTTP", "protocol_port": 80, "admin_state_up": true,
+                 "default_pool": {"id": "web-pool", "lb_algorithm": "ROUND_ROBIN", "protocol": "HTTP",
+                    "healthmonitor": {"type": "HTTP", "delay": 1, "timeout": 1, "max_retries": 2,
+                                      "url_path": "/", "expected_codes": "200"},
+                    "members": web}},
+                {"id": "iperf", "protocol": "TCP", "protocol_port": 5201, "admin_state_up": true,
+                 "default_pool": {"id": "iperf-pool", "lb_algorithm": "SOURCE_IP", "protocol": "TCP",
+                    "healthmonitor": {"type": "TCP", "delay": 1, "timeout": 1, "max_retries": 2},
+                    "members": iperf}}
+            ]
+        }}
+    })
+}
+
+/// The load balancer's status from the API.
+fn lb_status(t: &Topo) -> serde_json::Value {
+    let (code, body) = t.api("GET", "/v1/loadbalancer/status", None);
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// The web pool's member `id` in a status document.
+fn lb_member<'a>(st: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    st["pools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p["members"].as_array().into_iter().flatten())
+        .find(|m| m["id"] == id)
+        .unwrap_or_else(|| panic!("no member {id}: {st}"))
+}
+
+/// Fetches the VIP's page `n` times from each client address; the member
+/// names that answered.
+fn lb_fetch(t: &Topo, clients: &[&str], n: usize) -> Vec<String> {
+    let mut names = Vec::new();
+    for c in clients {
+        for _ in 0..n {
+            names.push(t.http(&t.ns_out, "http://203.0.113.10/", Some(c)).trim().to_string());
+        }
+    }
+    names
+}
+
+#[test]
+#[ignore = "needs root, iproute2, curl, python3, iperf3, ethtool: run with --include-ignored"]
+fn load_balancer_spreads_clients_removes_a_failed_member_and_keeps_connections_when_members_change() {
+    let mut t = Topo::new();
+    t.doc = lb_document(&["21", "22"]);
+    let (ns_in, ns_out) = (t.ns_in.clone(), t.ns_out.clone());
+    // Members: three addresses on the inside host, each serving a page
+    // that names it; clients: six addresses on the outside host.
+    let clients = ["203.0.113.1", "203.0.113.2", "203.0.113.3", "203.0.113.4", "203.0.113.5", "203.0.113.6"];
+    for c in &clients[1..] {
+        t.exec(&ns_out, &["ip", "addr", "add", &format!("{c}/24"), "dev", "o0"]);
+    }
+    let mut servers = HashMap::new();
+    for m in ["21", "22", "23"] {
+        let addr = format!("192.168.1.{m}");
+        t.exec(&ns_in, &["ip", "addr", "add", &format!("{addr}/24"), "dev", "i0"]);
+        let root = t.dir.path().join(format!("member-{m}"));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("index.html"), format!("member-{m}\n")).unwrap();
+        let srv = t.spawn(
+            &ns_in,
+            &["python3", "-m", "http.server", "8080", "--bind", &addr, "--directory", root.to_str().unwrap()],
+        );
+        wait_http(&t, &ns_in, &format!("http://{addr}:8080/"));
+        servers.insert(m, srv);
+    }
+    t.start_router();
+
+    // Every healthy member is reached from several client addresses.
+    let names = lb_fetch(&t, &clients, 5);
+    for m in ["member-21", "member-22", "member-23"] {
+        assert!(names.iter().any(|n| n == m), "{m} never answered: {names:?}");
+    }
+    assert!(names.iter().all(|n| n.starts_with("member-")), "{names:?}");
+    let st = lb_status(&t);
+    assert_eq!(lb_member(&st, "web-21")["health"]["up"], true, "{st}");
+    assert!(lb_member(&st, "web-21")["sessions_created"].as_u64().unwrap() > 0, "{st}");
+    // Members see the appliance's address on their network (192.168.1.20
+    // is the readiness probe, from the member's own host).
+    let log = t.finish(servers[&"22"]);
+    let seen: Vec<&str> = http_clients(&log).into_iter().filter(|c| *c != "192.168.1.20").collect();
+    assert!(!seen.is_empty() && seen.iter().all(|c| *c == "192.168.1.1"), "{log}");
+
+    // .22's server is gone (stopped above): the health check (every 1 s,
+    // 1 s timeout, 2 failures) takes it out within delay x max_retries
+    // plus one check's timeout, and no request fails after that.
+    let stopped = Instant::now();
+    loop {
+        let st = lb_status(&t);
+        if lb_member(&st, "web-22")["state"] == "unhealthy" {
+            break;
+        }
+        assert!(stopped.elapsed() < Duration::from_secs(5), "web-22 still in the pool: {st}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = stopped.elapsed();
+    let names = lb_fetch(&t, &clients, 5);
+    assert!(names.iter().all(|n| n == "member-21" || n == "member-23"), "{names:?}");
+    let st = lb_status(&t);
+    assert_eq!(lb_member(&st, "web-22")["health"]["up"], false, "{st}");
+    eprintln!("member removed {:.1} s after its server stopped", took.as_secs_f64());
+
+    // A long TCP stream through the VIP survives a member being added.
+    // (Servers that stay: the health checks connect to them too.)
+    for m in ["21", "22", "23"] {
+        t.spawn(&ns_in, &["iperf3", "-s", "-B", &format!("192.168.1.{m}")]);
+    }
+    let started = Instant::now();
+    while ["iperf-21", "iperf-22"].iter().any(|m| lb_member(&lb_status(&t), m)["state"] != "active") {
+        assert!(started.elapsed() < Duration::from_secs(5), "iperf3 members not up: {}", lb_status(&t));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let client = t
+        .cmd(&ns_out, &["iperf3", "-c", "203.0.113.10", "-B", "203.0.113.4", "-t", "5", "-J"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, body) = t.api("PUT", "/v1/system/config", Some(&lb_document(&["21", "22", "23"])));
+    assert_eq!(code, 200, "{body}");
+    let out = client.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "iperf3 across the member change: {report}{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_str(&report).unwrap();
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
+    assert!(bps > 0.0, "{report}");
+    eprintln!("iperf3 through the VIP across a member change: {:.0} Mbit/s", bps / 1e6);
+    let st = lb_status(&t);
+    let iperf_members: Vec<&serde_json::Value> =
+        st["pools"].as_array().unwrap().iter().find(|p| p["id"] == "iperf-pool").unwrap()["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .collect();
+    assert_eq!(iperf_members.len(), 3, "{st}");
+
+    // What an operator sees: `ctl lb`, and the per-member metrics.
+    let text = t.exec(&t.ns_mgt, &[env!("CARGO_BIN_EXE_astara-dp"), "ctl", "--api", Topo::API, "lb"]);
+    let row = text.lines().find(|l| l.starts_with("web-22")).unwrap_or_else(|| panic!("{text}"));
+    assert!(row.contains("unhealthy") && row.contains("down ("), "{text}");
+    assert!(text.contains("pool web-pool (ROUND_ROBIN; HTTP GET / every 1 s"), "{text}");
+    let m = t.metrics();
+    assert!(
+        m.contains(r#"astara_dp_lb_member_up{pool="web-pool",member="web-22",address="192.168.1.22:8080"} 0"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"astara_dp_lb_member_up{pool="web-pool",member="web-21",address="192.168.1.21:8080"} 1"#),
+        "{m}"
+    );
 }

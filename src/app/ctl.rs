@@ -93,6 +93,7 @@ pub fn run(api: &str, args: &[String]) -> Result<(), String> {
             }
         }
         ["sessions", opts @ ..] => sessions(api, opts)?,
+        ["lb"] => lb(api)?,
         ["stats"] => println!("{}", pretty(&get_json(api, "/v1/stats")?)),
         ["metrics"] => print!("{}", get(api, "/metrics")?),
         ["config", "get"] => println!("{}", pretty(&get_json(api, "/v1/system/config")?)),
@@ -104,7 +105,7 @@ pub fn run(api: &str, args: &[String]) -> Result<(), String> {
             println!("applied {file}");
         }
         _ => {
-            return Err("usage: astara-dp ctl [--api URL] status | interfaces | routes | sessions [--proto P] [--addr IP] [--port N] [--limit N] | stats | metrics | config get | config put FILE".into());
+            return Err("usage: astara-dp ctl [--api URL] status | interfaces | routes | sessions [--proto P] [--addr IP] [--port N] [--limit N] | lb | stats | metrics | config get | config put FILE".into());
         }
     }
     Ok(())
@@ -160,5 +161,74 @@ fn sessions(api: &str, opts: &[&str]) -> Result<(), String> {
         v["workers_answered"],
         v["workers"]
     );
+    Ok(())
+}
+
+/// `ctl lb`: listeners, then each pool's members with state, health,
+/// sessions and packets.
+fn lb(api: &str) -> Result<(), String> {
+    let v = get_json(api, "/v1/loadbalancer/status")?;
+    let listeners = v["listeners"].as_array().cloned().unwrap_or_default();
+    if listeners.is_empty() {
+        println!("no load balancer configured");
+        return Ok(());
+    }
+    println!(
+        "source translation: {}; drain timeout {} s",
+        v["source_translation"].as_str().unwrap_or(""),
+        v["drain_timeout"]
+    );
+    println!("{:<40}{:<8}{:<24}pool", "listener", "proto", "vip");
+    for l in &listeners {
+        println!(
+            "{:<40}{:<8}{:<24}{}",
+            l["id"].as_str().unwrap_or(""),
+            l["protocol"].as_str().unwrap_or(""),
+            format!("{}:{}", l["vip"].as_str().unwrap_or(""), l["protocol_port"]),
+            l["pool"].as_str().unwrap_or("-")
+        );
+    }
+    for p in v["pools"].as_array().into_iter().flatten() {
+        let hm = &p["healthmonitor"];
+        let check = if hm.is_null() {
+            "no health monitor".to_string()
+        } else {
+            format!(
+                "{} every {} s, timeout {} s, down after {}",
+                hm["kind"].as_str().unwrap_or(""),
+                hm["delay"],
+                hm["timeout"],
+                hm["max_retries"]
+            )
+        };
+        println!("\npool {} ({}; {check})", p["id"].as_str().unwrap_or(""), p["lb_algorithm"].as_str().unwrap_or(""));
+        println!(
+            "{:<40}{:<24}{:<7}{:<12}{:<28}{:>9}{:>10}{:>12}",
+            "member", "address", "weight", "state", "health", "sessions", "created", "packets"
+        );
+        for m in p["members"].as_array().into_iter().flatten() {
+            let h = &m["health"];
+            let health = if h.is_null() {
+                "-".to_string()
+            } else {
+                format!(
+                    "{} ({})",
+                    if h["up"].as_bool().unwrap_or(false) { "up" } else { "down" },
+                    h["last_result"].as_str().unwrap_or("")
+                )
+            };
+            println!(
+                "{:<40}{:<24}{:<7}{:<12}{:<28}{:>9}{:>10}{:>12}",
+                m["id"].as_str().unwrap_or(""),
+                format!("{}:{}", m["address"].as_str().unwrap_or(""), m["protocol_port"]),
+                m["weight"],
+                m["state"].as_str().unwrap_or(""),
+                health,
+                m["sessions"],
+                m["sessions_created"],
+                m["packets"]
+            );
+        }
+    }
     Ok(())
 }

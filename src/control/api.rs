@@ -32,6 +32,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/stats", get(stats))
         .route("/v1/routes", get(routes))
         .route("/v1/sessions", get(sessions))
+        .route("/v1/loadbalancer/status", get(lb_status))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(control)
@@ -129,6 +130,10 @@ async fn sessions(State(c): Ctl, axum::extract::Query(p): axum::extract::Query<S
         Ok(Err(e)) => text(StatusCode::SERVICE_UNAVAILABLE, e + "\n"),
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("listing failed: {e}\n")),
     }
+}
+
+async fn lb_status(State(c): Ctl) -> Json<serde_json::Value> {
+    Json(c.lb_status())
 }
 
 async fn metrics(State(c): Ctl) -> Response {

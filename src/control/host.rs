@@ -19,6 +19,7 @@
 //! It runs on its own thread beside the API's, polling the rings and
 //! sleeping briefly when they are empty.
 
+use super::health::HealthChecker;
 use super::metadata::MetadataProxy;
 use super::state::Control;
 use crate::dataplane::{Exception, PuntClass, Punted, Snapshots};
@@ -140,6 +141,8 @@ pub struct HostStack {
     icmp_refill: Instant,
     /// The per-destination budget on top of the global one.
     icmp_peers: PeerLimiter,
+    /// Load-balancer health checks.
+    health: HealthChecker,
 }
 
 /// Linux's per-destination ICMP error limit (`net.ipv4.icmp_ratelimit`,
@@ -198,6 +201,7 @@ impl HostStack {
             icmp_tokens: ICMP_ERRORS_PER_SEC,
             icmp_refill: Instant::now(),
             icmp_peers: PeerLimiter::default(),
+            health: HealthChecker::default(),
             last_ra: None,
             metadata: MetadataProxy::new(),
             spare: (0..workers).map(|_| Vec::with_capacity(SPARE_PER_WORKER)).collect(),
@@ -242,6 +246,7 @@ impl HostStack {
             self.gratuitous_arp(&snap);
             self.router_advertisements(&snap, None);
             self.last_ra = Some(now);
+            self.health.sync(&snap, now);
         }
         let mut n = 0;
         for w in 0..self.exc.workers() {
@@ -262,10 +267,72 @@ impl HostStack {
             self.stats.metadata_requests.store(m.requests, Relaxed);
             self.stats.metadata_errors.store(m.upstream_errors + m.refused, Relaxed);
         }
+        if self.health.is_due(now) {
+            let (out, changed) = self.health.poll(now);
+            for ip in out {
+                self.send_ip(&snap, ip, now);
+            }
+            if changed {
+                self.control.publish_health(self.health.down());
+                self.control.set_lb_health(self.health.view(now));
+                self.snapshots.load();
+            }
+        }
         if self.dirty {
             self.publish();
         }
         n
+    }
+
+    /// Sends an IPv4 packet the appliance originates (health checks): routed
+    /// by the snapshot, held while its next hop is resolved.
+    fn send_ip(&mut self, snap: &Snapshot, ip: Vec<u8>, now: Instant) {
+        if ip.len() < 20 {
+            return;
+        }
+        let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
+        let mut nh = snap.fib4.lookup(dst);
+        if let Some(a) = snap.adj.get(nh as usize)
+            && a.kind == AdjKind::Ecmp
+            && let Some(&first) = snap.ecmp.get(a.ecmp_start as usize)
+        {
+            nh = first;
+        }
+        let Some(adj) = snap.adj.get(nh as usize).copied() else { return };
+        let hop = match adj.kind {
+            AdjKind::Connected => dst,
+            AdjKind::Gateway if adj.gw_v4 => adj.gw as u32,
+            _ => return,
+        };
+        let port = adj.port;
+        let Some(info) = snap.port(port) else { return };
+        let mut frame = Vec::with_capacity(14 + ip.len());
+        frame.extend_from_slice(&[0; 12]);
+        frame.extend_from_slice(&0x0800u16.to_be_bytes());
+        frame.extend_from_slice(&ip);
+        let mac = snap.neighbors.get_v4(port, hop).or_else(|| self.learned.get(&(port, v4key(hop))).map(|e| e.mac));
+        match mac {
+            Some(mac) => {
+                frame[0..6].copy_from_slice(&mac.0);
+                frame[6..12].copy_from_slice(&info.mac.0);
+                self.send_frame(0, &frame, port);
+            }
+            None => {
+                let mut pkt = self.spare.get_mut(0).and_then(|s| s.pop()).unwrap_or_default();
+                if !pkt.fill(&frame) {
+                    return;
+                }
+                let meta = crate::packet::Meta {
+                    l3: L3::Ipv4,
+                    dst: dst as u128,
+                    out_port: port,
+                    nh,
+                    l3_off: 14,
+                    ..Default::default()
+                };
+                self.resolve(snap, pkt, meta, 0, now);
+            }
+        }
     }
 
     fn handle(&mut self, snap: &Snapshot, p: Punted, now: Instant) {
@@ -277,6 +344,17 @@ impl HostStack {
                 self.give_back(w, pkt);
             }
             PuntClass::Host if meta.l3 == L3::Ipv4 && meta.proto == 1 => self.echo(snap, pkt, &meta, w),
+            PuntClass::Host if meta.l3 == L3::Ipv4 && meta.proto == 6 => {
+                // TCP to one of our addresses: the health checks' answers.
+                let d = pkt.data();
+                let l3 = meta.l3_off as usize;
+                let total = d.get(l3 + 2..l3 + 4).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]) as usize);
+                let ip = d.get(l3..(l3 + total).min(d.len())).unwrap_or_default();
+                if !self.health.deliver(meta.dst as u32, ip) {
+                    self.stats.not_handled.fetch_add(1, Relaxed);
+                }
+                self.give_back(w, pkt);
+            }
             PuntClass::Host if meta.l3 == L3::Ipv6 && meta.proto == 58 => {
                 self.icmp6(snap, &pkt, &meta, w, now);
                 self.give_back(w, pkt);
@@ -563,6 +641,7 @@ impl HostStack {
         for (port, ip, mac) in refresh {
             self.request(&snap, port, ip, Some(mac));
         }
+        self.control.set_lb_health(self.health.view(now));
         if self.last_ra.is_none_or(|t| now.duration_since(t) >= RA_INTERVAL) {
             self.router_advertisements(&snap, None);
             self.last_ra = Some(now);

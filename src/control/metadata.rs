@@ -37,13 +37,13 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// IP packets in and out of the smoltcp interface.
 #[derive(Default)]
-struct Queues {
-    rx: VecDeque<Vec<u8>>,
-    tx: VecDeque<Vec<u8>>,
+pub(crate) struct Queues {
+    pub rx: VecDeque<Vec<u8>>,
+    pub tx: VecDeque<Vec<u8>>,
 }
 
-struct Rx(Vec<u8>);
-struct Tx<'a>(&'a mut VecDeque<Vec<u8>>);
+pub(crate) struct Rx(Vec<u8>);
+pub(crate) struct Tx<'a>(&'a mut VecDeque<Vec<u8>>);
 
 impl RxToken for Rx {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {

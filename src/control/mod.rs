@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod compile;
+pub mod health;
 pub mod host;
 pub mod lb;
 pub mod metadata;

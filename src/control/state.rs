@@ -64,6 +64,11 @@ pub struct Control {
     /// Neighbours the host stack learned (ARP/ND), merged into every
     /// snapshot published, whether for a new document or a new neighbour.
     learned: Mutex<crate::table::NeighborTable>,
+    /// Load-balancer members out of their pools (failed health checks),
+    /// applied to every snapshot published.
+    lb_down: Mutex<std::collections::HashSet<String>>,
+    /// The health checker's view of every checked member.
+    lb_health: Mutex<std::collections::BTreeMap<String, super::health::MemberHealth>>,
     host: ArcSwapOption<super::host::HostStats>,
     generation: AtomicU64,
     n_applied: AtomicU64,
@@ -93,6 +98,8 @@ impl Control {
             apply_lock: Mutex::new(Vec::new()),
             state_file: state_dir.map(|d| d.join("config.json")),
             learned: Mutex::new(crate::table::NeighborTable::new()),
+            lb_down: Mutex::default(),
+            lb_health: Mutex::default(),
             host: ArcSwapOption::empty(),
             generation: AtomicU64::new(1),
             n_applied: AtomicU64::new(0),
@@ -166,7 +173,10 @@ impl Control {
             log::warn!("config: {w}");
         }
         let config = Arc::new(cfg);
-        let snap = compiled.snapshot.with_learned(&self.learned.lock().unwrap_or_else(|e| e.into_inner()));
+        let snap = compiled
+            .snapshot
+            .with_learned(&self.learned.lock().unwrap_or_else(|e| e.into_inner()))
+            .with_lb_health(&self.lb_down.lock().unwrap_or_else(|e| e.into_inner()));
         graveyard.push(self.snapshots.swap(Arc::new(snap)));
         self.generation.store(generation, Relaxed);
         self.last_apply_ns.store(t0.elapsed().as_nanos() as u64, Relaxed);
@@ -196,6 +206,86 @@ impl Control {
         let next = self.snapshots.load().with_learned(&learned);
         *self.learned.lock().unwrap_or_else(|e| e.into_inner()) = learned;
         graveyard.push(self.snapshots.swap(Arc::new(next)));
+    }
+
+    /// Publishes the health checker's verdict: the snapshot in force, with
+    /// the members in `down` out of their pools' tables.
+    pub fn publish_health(&self, down: std::collections::HashSet<String>) {
+        let mut graveyard = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
+        graveyard.retain(|s| Arc::strong_count(s) > 1);
+        let next = self.snapshots.load().with_lb_health(&down);
+        *self.lb_down.lock().unwrap_or_else(|e| e.into_inner()) = down;
+        graveyard.push(self.snapshots.swap(Arc::new(next)));
+    }
+
+    /// The health checker's latest view of the members it checks.
+    pub fn set_lb_health(&self, view: std::collections::BTreeMap<String, super::health::MemberHealth>) {
+        *self.lb_health.lock().unwrap_or_else(|e| e.into_inner()) = view;
+    }
+
+    /// `GET /v1/loadbalancer/status`: listeners, pools and members with
+    /// their state, health and per-member sessions and packets (summed
+    /// over the workers).
+    pub fn lb_status(&self) -> Value {
+        let snap = self.snapshots.load_full();
+        let lb = &snap.lb;
+        let workers: Vec<Arc<WorkerStats>> = self.workers.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let health = self.lb_health.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let ip = |a: u32| std::net::Ipv4Addr::from(a).to_string();
+        let pools: Vec<Value> = lb
+            .pools
+            .iter()
+            .map(|p| {
+                let members: Vec<Value> = p
+                    .members
+                    .iter()
+                    .filter_map(|&i| lb.members.get(i as usize))
+                    .map(|m| {
+                        let c = workers.iter().map(|w| w.lb_member(m.slot)).fold([0u64; 3], |a, b| {
+                            [a[0] + b[0], a[1] + b[1], a[2] + b[2]]
+                        });
+                        let key = crate::stage::lb::member_key(&p.id, &m.id);
+                        let state = match lb.slot_state(m.slot) {
+                            crate::stage::lb::SLOT_ACTIVE => "active",
+                            crate::stage::lb::SLOT_DRAINING => "draining",
+                            _ if !m.healthy => "unhealthy",
+                            _ => "no new flows (weight 0)",
+                        };
+                        json!({
+                            "id": m.id, "address": ip(m.addr), "protocol_port": m.port, "weight": m.weight,
+                            "admin_state_up": m.admin_up, "state": state,
+                            "health": health.get(&key),
+                            "sessions": c[0], "sessions_created": c[1], "packets": c[2],
+                        })
+                    })
+                    .collect();
+                json!({
+                    "id": p.id, "lb_algorithm": p.algorithm.name(),
+                    "maglev_size": p.table.as_ref().map(|t| t.size()),
+                    "healthmonitor": p.monitor.as_ref().map(|h| json!({
+                        "kind": match &h.kind { crate::stage::lb::CheckKind::Connect => "TCP connect".to_string(),
+                                                crate::stage::lb::CheckKind::Http { method, path, .. } => format!("HTTP {method} {path}") },
+                        "delay": h.delay, "timeout": h.timeout, "max_retries": h.max_retries,
+                    })),
+                    "members": members,
+                })
+            })
+            .collect();
+        let listeners: Vec<Value> = lb
+            .listeners
+            .iter()
+            .map(|l| {
+                json!({
+                    "id": l.id, "protocol": l.protocol, "vip": ip(l.addr), "protocol_port": l.port,
+                    "pool": l.pool.and_then(|p| lb.pools.get(p as usize)).map(|p| p.id.clone()),
+                })
+            })
+            .collect();
+        json!({
+            "listeners": listeners, "pools": pools,
+            "source_translation": match lb.snat { crate::stage::lb::LbSnat::Always => "always", crate::stage::lb::LbSnat::Never => "never" },
+            "drain_timeout": lb.drain_timeout,
+        })
     }
 
     /// Applies the kept document, if any (at start).
@@ -472,6 +562,31 @@ impl Control {
             let rows =
                 h.list().into_iter().map(|(k, v)| (format!("{{counter=\"{}\"}}", escape(k)), v as f64)).collect();
             family("host_stack_total", "counter", "What the host stack (ARP, ICMP) did.", rows);
+        }
+        let lb = self.lb_status();
+        let mut rows: [Vec<(String, f64)>; 4] = Default::default();
+        for p in lb["pools"].as_array().into_iter().flatten() {
+            for mm in p["members"].as_array().into_iter().flatten() {
+                let labels = format!(
+                    "{{pool=\"{}\",member=\"{}\",address=\"{}:{}\"}}",
+                    escape(p["id"].as_str().unwrap_or_default()),
+                    escape(mm["id"].as_str().unwrap_or_default()),
+                    mm["address"].as_str().unwrap_or_default(),
+                    mm["protocol_port"]
+                );
+                let up = mm["state"] == "active";
+                rows[0].push((labels.clone(), if up { 1.0 } else { 0.0 }));
+                for (k, f) in ["sessions", "sessions_created", "packets"].iter().enumerate() {
+                    rows[k + 1].push((labels.clone(), mm[*f].as_u64().unwrap_or(0) as f64));
+                }
+            }
+        }
+        if !rows[0].is_empty() {
+            let [up, sessions, created, packets] = rows;
+            family("lb_member_up", "gauge", "1 when the member takes new flows (admin up, healthy).", up);
+            family("lb_member_sessions", "gauge", "Sessions pinned to the member.", sessions);
+            family("lb_member_sessions_created_total", "counter", "Sessions given to the member.", created);
+            family("lb_member_packets_total", "counter", "Packets of the member's sessions.", packets);
         }
         family(
             "snapshot_generation",

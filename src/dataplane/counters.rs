@@ -144,6 +144,8 @@ pub struct WorkerStats {
     port_tx: Vec<AtomicU64>,
     drops: Vec<AtomicU64>,
     stage: Vec<AtomicU64>,
+    /// Per load-balancer member slot: sessions in use, created, packets.
+    lb: Vec<[AtomicU64; 3]>,
 }
 
 fn atomics(n: usize) -> Vec<AtomicU64> {
@@ -166,7 +168,23 @@ impl WorkerStats {
             port_tx: atomics(ports),
             drops: atomics(DropReason::COUNT),
             stage: atomics(STAGE_COUNTERS.len()),
+            lb: (0..crate::stage::lb::MAX_MEMBERS).map(|_| Default::default()).collect(),
         }
+    }
+
+    /// Publishes the per-member counters (slots below `lb.high` only).
+    /// Called by the owning worker only.
+    pub fn publish_lb(&self, lb: &crate::stage::conntrack::LbCounters) {
+        for (i, a) in self.lb.iter().enumerate().take(lb.high) {
+            a[0].store(lb.active[i] as u64, Relaxed);
+            a[1].store(lb.created[i], Relaxed);
+            a[2].store(lb.packets[i], Relaxed);
+        }
+    }
+
+    /// Member slot `slot`'s (sessions in use, sessions created, packets).
+    pub fn lb_member(&self, slot: u16) -> [u64; 3] {
+        self.lb.get(slot as usize).map_or([0; 3], |a| [a[0].load(Relaxed), a[1].load(Relaxed), a[2].load(Relaxed)])
     }
 
     /// Called by the owning worker only.

@@ -206,6 +206,7 @@ impl<P: WorkerBuf> Worker<P> {
                 c.stage = pipeline.stage_counters();
                 exception_counters(&mut c, &limiter);
                 self.stats.publish(&c);
+                self.stats.publish_lb(&pipeline.conntrack.lb);
                 self.stats.generation.store(snap.generation, Ordering::Relaxed);
                 unpublished = false;
             }
@@ -229,6 +230,7 @@ impl<P: WorkerBuf> Worker<P> {
         c.stage = pipeline.stage_counters();
         exception_counters(&mut c, &limiter);
         self.stats.publish(&c);
+        self.stats.publish_lb(&pipeline.conntrack.lb);
         c
     }
 
