@@ -48,21 +48,17 @@ fn drain(peer: &mut MemPeer, want: usize, out: &mut Vec<Pkt>) {
     }
 }
 
-#[test]
-fn replies_reach_the_worker_owning_the_mapping() {
-    let cfg = common::router_config();
-    let ports_spec = ports_from_config(&cfg);
-    let mut opts = common::options();
-    for h in 20..30u8 {
-        opts.neighbors.push(astara_dp::control::StaticNeighbor {
-            port: "ge2".into(),
-            ip: std::net::IpAddr::from([192, 168, 1, h]),
-            mac: astara_dp::packet::Mac([2, 0, 0, 0, 0, h]),
-        });
-    }
-    let snap = compile(&cfg, &ports_spec, &opts).unwrap().snapshot;
+/// Workers over `mem` ports, running.
+struct Running {
+    peers: Vec<MemPeer>,
+    stop: Arc<AtomicBool>,
+    handles: Vec<std::thread::JoinHandle<astara_dp::dataplane::Counters>>,
+    stats: Vec<Arc<WorkerStats>>,
+}
+
+/// Starts `workers` workers on `snap` over one `mem` port per spec.
+fn start(ports_spec: &[PortSpec], snap: astara_dp::stage::Snapshot, workers: usize) -> Running {
     let shared = snapshots(snap);
-    let workers = 2;
     let mut peers = Vec::new();
     let mut rxq: Vec<Vec<(u16, Box<dyn RxQueue>)>> = (0..workers).map(|_| Vec::new()).collect();
     let mut txq: Vec<Vec<Option<Box<dyn TxQueue>>>> = (0..workers).map(|_| Vec::new()).collect();
@@ -100,6 +96,24 @@ fn replies_reach_the_worker_owning_the_mapping() {
         handles.push(worker.spawn().unwrap());
         stats.push(st);
     }
+
+    Running { peers, stop, handles, stats }
+}
+
+#[test]
+fn replies_reach_the_worker_owning_the_mapping() {
+    let cfg = common::router_config();
+    let ports_spec = ports_from_config(&cfg);
+    let mut opts = common::options();
+    for h in 20..30u8 {
+        opts.neighbors.push(astara_dp::control::StaticNeighbor {
+            port: "ge2".into(),
+            ip: std::net::IpAddr::from([192, 168, 1, h]),
+            mac: astara_dp::packet::Mac([2, 0, 0, 0, 0, h]),
+        });
+    }
+    let snap = compile(&cfg, &ports_spec, &opts).unwrap().snapshot;
+    let Running { mut peers, stop, handles, stats } = start(&ports_spec, snap, 2);
 
     // 40 inside endpoints (hosts .20-.29, 4 ports each), each to 25
     // destinations: 1,000 flows.
@@ -160,4 +174,78 @@ fn replies_reach_the_worker_owning_the_mapping() {
     assert!(handed > 0, "the symmetric hash sent some packets to the worker not owning them");
     let drops: u64 = counters.iter().map(|c| c.dropped()).sum();
     assert_eq!(drops, 0);
+}
+
+fn tcp(src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, syn: bool) -> Pkt {
+    let mut v = Vec::new();
+    let b = PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src, dst, 64).tcp(sport, dport, 1, 65535);
+    let b = if syn { b.syn() } else { b.syn().ack(2) };
+    b.write(&mut v, b"").unwrap();
+    Pkt::from_slice(&v).unwrap()
+}
+
+fn tcp_tuple(p: &Pkt) -> ([u8; 4], [u8; 4], u16, u16) {
+    let s = SlicedPacket::from_ethernet(p.data()).unwrap();
+    let Some(etherparse::NetSlice::Ipv4(ip)) = s.net else { panic!("ipv4") };
+    let Some(TransportSlice::Tcp(t)) = s.transport else { panic!("tcp") };
+    let (h, ih) = (t.to_header(), ip.header().to_header());
+    assert_eq!(h.checksum, h.calc_checksum_ipv4(&ih, t.payload()).unwrap());
+    (ih.source, ih.destination, h.source_port, h.destination_port)
+}
+
+/// Load balancing on two workers: a client's flow and its member's replies
+/// meet on one worker (handed over when the hash sends them elsewhere),
+/// with the members seeing the appliance's address or the client's.
+#[test]
+fn balanced_flows_and_their_replies_meet_on_one_worker() {
+    const LB_GE1: [u8; 6] = [0x02, 0xac, 0xda, 0x00, 0x00, 0x01];
+    const GW: [u8; 6] = [0x02, 0x00, 0x5e, 0x00, 0x00, 0x01];
+    const VIP: [u8; 4] = [192, 168, 0, 137];
+    let text = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/loadbalancer.json")).unwrap();
+    let cfg = astara_dp::control::AstaraConfig::from_json(&text).unwrap();
+    let ports_spec = ports_from_config(&cfg);
+    for snat in [astara_dp::stage::lb::LbSnat::Always, astara_dp::stage::lb::LbSnat::Never] {
+        let opts = astara_dp::control::CompileOptions {
+            neighbors: vec![astara_dp::control::StaticNeighbor {
+                port: "ge1".into(),
+                ip: "192.168.0.1".parse().unwrap(),
+                mac: astara_dp::packet::Mac(GW),
+            }],
+            lb: astara_dp::control::lb::LbOptions { snat, ..Default::default() },
+            ..Default::default()
+        };
+        let snap = compile(&cfg, &ports_spec, &opts).unwrap().snapshot;
+        let Running { mut peers, stop, handles, stats } = start(&ports_spec, snap, 2);
+        // 500 clients (10.9.x.y) through the subnet's gateway.
+        let clients: Vec<([u8; 4], u16)> =
+            (0..500u32).map(|k| ([10, 9, (k >> 8) as u8, k as u8], 30000 + k as u16)).collect();
+        for &(c, p) in &clients {
+            peers[1].send(tcp(GW, LB_GE1, c, VIP, p, 80, true)).unwrap();
+        }
+        let mut out = Vec::new();
+        drain(&mut peers[1], clients.len(), &mut out);
+        assert_eq!(out.len(), clients.len(), "{snat:?}: every SYN reached a member");
+        // Each member answers what it saw.
+        for p in &out {
+            let (s, d, sp, dp) = tcp_tuple(p);
+            assert!(d == [192, 168, 0, 194] || d == [192, 168, 0, 195], "{d:?}");
+            assert_eq!(dp, 80);
+            if snat == astara_dp::stage::lb::LbSnat::Always {
+                assert_eq!(s, VIP, "the member sees the appliance");
+            }
+            peers[1].send(tcp([0xfa, 0x16, 0x3e, 0, 0, d[3]], LB_GE1, d, s, 80, sp, false)).unwrap();
+        }
+        let mut back = Vec::new();
+        drain(&mut peers[1], out.len(), &mut back);
+        stop.store(true, Ordering::Relaxed);
+        let counters: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(back.len(), out.len(), "{snat:?}: every reply came back: {:?}", counters[0].drop_list());
+        let got: HashSet<([u8; 4], [u8; 4], u16, u16)> = back.iter().map(tcp_tuple).collect();
+        let want: HashSet<([u8; 4], [u8; 4], u16, u16)> = clients.iter().map(|&(c, p)| (VIP, c, 80, p)).collect();
+        assert_eq!(got, want, "{snat:?}: replies come from the VIP to each client");
+        let sent_idx = STAGE_COUNTERS.iter().position(|k| k.starts_with("handoff: packets sent")).unwrap();
+        let handed: u64 = stats.iter().map(|s| s.read().stage[sent_idx]).sum();
+        assert!(handed > 0, "{snat:?}: some packets were handed to the owning worker");
+        assert_eq!(counters.iter().map(|c| c.dropped()).sum::<u64>(), 0);
+    }
 }

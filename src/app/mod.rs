@@ -46,7 +46,18 @@ pub fn topology(cfg: &AstaraConfig, ports: &[PortSpec], neighbors: &[StaticNeigh
     let mut nbrs = HashSet::new();
     let port_of = |name: &str| ports.iter().position(|p| p.name == name);
     let mut add = |v4: bool, net: u128, len: u8, nh: IpAddr| flat.push((v4, net, len, flat.len(), ip_bits(nh)));
+    let lb = cfg.loadbalancer().ok().flatten();
     if let Some(gw) = cfg.default_v4_gateway {
+        add(true, 0, 0, gw);
+    } else if lb.is_some()
+        && let Some(gw) = cfg
+            .networks
+            .iter()
+            .filter(|n| n.network_type == NetworkType::Loadbalancer)
+            .flat_map(|n| &n.subnets)
+            .find_map(|s| s.gateway_ip.filter(|g| g.is_ipv4()))
+    {
+        // A load balancer without an external network: its subnet's gateway.
         add(true, 0, 0, gw);
     }
     if let Some(gw) = cfg
@@ -98,7 +109,30 @@ pub fn topology(cfg: &AstaraConfig, ports: &[PortSpec], neighbors: &[StaticNeigh
             RefRoute { v4: g[0].0, net: g[0].1, len: g[0].2, next_hops }
         })
         .collect();
-    Topology::new(ref_ports, routes, nbrs)
+    let mut topo = Topology::new(ref_ports, routes, nbrs);
+    // Virtual servers: the listeners that are up, with the members that
+    // take new flows (up, weight above 0, IPv4).
+    if let Some(lb) = lb.filter(|l| l.admin_state_up) {
+        let vip = lb.vip_address.or_else(|| lb.vip_port.as_ref()?.fixed_ips.first().map(|f| f.ip_address));
+        if let Some(IpAddr::V4(vip)) = vip {
+            for l in lb.listeners.iter().filter(|l| l.admin_state_up) {
+                let proto = if l.protocol.eq_ignore_ascii_case("UDP") { 17 } else { 6 };
+                let members = l
+                    .default_pool
+                    .iter()
+                    .filter(|p| p.admin_state_up)
+                    .flat_map(|p| &p.members)
+                    .filter(|m| m.admin_state_up && m.weight.unwrap_or(1) > 0)
+                    .filter_map(|m| match m.address {
+                        IpAddr::V4(a) => Some(u32::from(a)),
+                        IpAddr::V6(_) => None,
+                    })
+                    .collect();
+                topo.vips.insert((u32::from(vip), proto, l.protocol_port), members);
+            }
+        }
+    }
+    topo
 }
 
 /// A scenario made ready to run: the document with its generated routes,
@@ -119,6 +153,9 @@ pub fn prepare(path: &Path) -> Result<Prepared, String> {
     let mut config = load_config(&scenario.config_path())?;
     let ports = ports_from_config(&config);
     let mut options = CompileOptions::default();
+    if let Some(snat) = &scenario.lb_snat {
+        options.lb.snat = snat.parse().map_err(|e| format!("lb_snat: {e}"))?;
+    }
     for (k, n) in scenario.neighbors.iter().enumerate() {
         options.neighbors.push(StaticNeighbor {
             port: n.port.clone(),

@@ -187,6 +187,32 @@ fn compile_service(
                             )));
                         }
                     };
+                    // Persistence by client address is what SOURCE_IP
+                    // balancing does; cookies need HTTP, which is not
+                    // looked at here.
+                    let persistence = p
+                        .session_persistence
+                        .as_ref()
+                        .and_then(|v| v.get("type"))
+                        .and_then(|t| t.as_str())
+                        .map(str::to_ascii_uppercase);
+                    let algorithm = match (persistence.as_deref(), algorithm) {
+                        (None, a) => a,
+                        (Some("SOURCE_IP"), Algorithm::LeastConnections) => {
+                            warnings.push(format!(
+                                "{at}.session_persistence: SOURCE_IP with LEAST_CONNECTIONS is balanced as SOURCE_IP"
+                            ));
+                            Algorithm::SourceIp
+                        }
+                        (Some("SOURCE_IP"), _) => Algorithm::SourceIp,
+                        (Some(t), a) => {
+                            warnings.push(format!(
+                                "{at}.session_persistence: {t} needs an HTTP proxy; connections are balanced by {} without it",
+                                a.name()
+                            ));
+                            a
+                        }
+                    };
                     let monitor = match &p.healthmonitor {
                         None => None,
                         Some(h) => Some(monitor(h, &format!("{at}.healthmonitor"))?),
@@ -347,6 +373,24 @@ mod tests {
             CheckKind::Http { method: "GET".into(), path: "/health".into(), codes: vec![(200, 204), (301, 301)] }
         );
         assert_eq!(lb.vip_addrs, vec![(0x0a00_0064, 0)]);
+    }
+
+    #[test]
+    fn source_ip_persistence_and_cookie_persistence() {
+        let m = r#"[{"address": "10.0.0.11", "protocol_port": 80}]"#;
+        let with = |p: &str| {
+            let l = listener("ROUND_ROBIN", m, "null").replace(
+                r#""lb_algorithm": "ROUND_ROBIN","#,
+                &format!(r#""lb_algorithm": "ROUND_ROBIN", "session_persistence": {{"type": "{p}"}},"#),
+            );
+            let mut w = Vec::new();
+            let c = compile_lb(&doc(&l), &LbOptions::default(), on_link, &mut w).unwrap();
+            (c.pools[0].algorithm, w)
+        };
+        assert_eq!(with("SOURCE_IP"), (Algorithm::SourceIp, vec![]));
+        let (a, w) = with("HTTP_COOKIE");
+        assert_eq!(a, Algorithm::RoundRobin);
+        assert!(w[0].contains("HTTP_COOKIE needs an HTTP proxy"), "{w:?}");
     }
 
     #[test]

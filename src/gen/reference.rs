@@ -51,6 +51,9 @@ pub struct Topology {
     pub routes: Vec<RefRoute>,
     /// (port, is IPv4, address) pairs with a known MAC.
     pub neighbors: HashSet<(usize, bool, u128)>,
+    /// Load-balancer virtual servers: (VIP, protocol, port) → the
+    /// addresses of the members taking new flows.
+    pub vips: HashMap<(u32, u8, u16), Vec<u32>>,
     index: HashMap<(bool, u8, u128), Target>,
     /// Prefix lengths present, longest first: [IPv6, IPv4].
     lens: [Vec<u8>; 2],
@@ -68,7 +71,14 @@ fn mask(v4: bool, len: u8) -> u128 {
 
 impl Topology {
     pub fn new(ports: Vec<RefPort>, routes: Vec<RefRoute>, neighbors: HashSet<(usize, bool, u128)>) -> Topology {
-        let mut t = Topology { ports, routes, neighbors, index: HashMap::new(), lens: [Vec::new(), Vec::new()] };
+        let mut t = Topology {
+            ports,
+            routes,
+            neighbors,
+            vips: HashMap::new(),
+            index: HashMap::new(),
+            lens: [Vec::new(), Vec::new()],
+        };
         // Routes first, then connected prefixes, so a connected prefix wins.
         for r in &t.routes {
             t.index.insert((r.v4, r.len, r.net & mask(r.v4, r.len)), Target::Via(r.next_hops.clone()));
@@ -120,6 +130,34 @@ impl Topology {
             }
         }
         best.map(|b| b.1)
+    }
+
+    /// `expect` for the first packet of a flow to `dst`:`dport` over
+    /// `proto`: a load-balancer virtual server sends it on to a member.
+    #[allow(clippy::too_many_arguments)]
+    pub fn expect_flow(
+        &self,
+        ingress: usize,
+        v4: bool,
+        dst: u128,
+        proto: u8,
+        dport: u16,
+        ip_len: usize,
+        ttl: u8,
+        df: bool,
+    ) -> Expect {
+        let Some(members) = self.vips.get(&(dst as u32, proto, dport)).filter(|_| v4) else {
+            return self.expect(ingress, v4, dst, ip_len, ttl, df);
+        };
+        let mut outcomes: Vec<Expect> =
+            members.iter().map(|&m| self.expect(ingress, true, m as u128, ip_len, ttl, df)).collect();
+        outcomes.sort_unstable();
+        outcomes.dedup();
+        match outcomes.as_slice() {
+            [] => Expect::Drop("lb: no member available"),
+            [one] => *one,
+            _ => Expect::ForwardAny,
+        }
     }
 
     /// What must happen to a well-formed IP packet of `ip_len` bytes for

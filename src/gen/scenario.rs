@@ -153,6 +153,10 @@ pub struct Scenario {
     #[serde(default)]
     pub neighbors: Vec<NeighborSpec>,
     pub traffic: TrafficSpec,
+    /// The load balancer's source translation: "always" (default) or
+    /// "never" (as the runtime file's `[lb] snat`).
+    #[serde(default)]
+    pub lb_snat: Option<String>,
     /// Directory of the scenario file (set by `load`).
     #[serde(skip)]
     pub dir: PathBuf,

@@ -170,7 +170,12 @@ pub fn generate_traffic(s: &Scenario, topo: &Topology, routes: &[GeneratedRoute]
         let wire = s.traffic.size.size_of(k) as usize;
         let frame = build_frame(f, t.protocol, t.ttl, k, dst_mac, wire - 4)?;
         let ip_len = frame.len() - 14;
-        expect.push(topo.expect(ingress, f.v4, f.dst, ip_len, t.ttl, true));
+        let proto = match t.protocol {
+            Protocol::Udp => 17,
+            Protocol::Tcp => 6,
+            Protocol::Icmp => 1,
+        };
+        expect.push(topo.expect_flow(ingress, f.v4, f.dst, proto, f.dport, ip_len, t.ttl, true));
         frames.push(frame);
     }
     Ok(Traffic { ingress, frames, expect })

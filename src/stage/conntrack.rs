@@ -493,23 +493,28 @@ impl Conntrack {
         }
     }
 
-    /// A source port on `addr` for a load-balanced flow to `member:mport`:
-    /// the client's own port when this worker owns it and the reply key is
-    /// free, else the first free one from a hashed start in the worker's
-    /// range (replies come back to the owner of the port).
-    fn lb_port(&self, addr: u32, member: u32, mport: u16, proto: u8, sport: u16) -> Option<u16> {
+    /// Candidate `k` for the source port of a load-balanced flow `from`
+    /// the client to the member, translated to `to` (the appliance's
+    /// address `to.src`): the client's own port first (k = 0), then independent
+    /// pseudo-random ports (no clustering: a run of taken ports does not
+    /// lengthen its neighbours' search) in the worker's range, so replies
+    /// come back to this worker. None when the candidate is outside the
+    /// range, a health-check port, or taken by a flow planned earlier in
+    /// this burst (not in the table yet); whether the table has it free is
+    /// found by inserting.
+    fn lb_port(&self, from: Tuple4, to: Tuple4, proto: u8, k: u64) -> Option<u16> {
+        let (client, sport, addr, member, mport) = (from.src, from.sport, to.src, to.dst, to.dport);
         let (_, high) = self.ports.ranges();
-        let free = |p: u16| {
-            high.contains(p)
-                && !HEALTH_PORTS.contains(&p)
-                && self.sessions.lookup(&FlowKey::v4(member, addr, mport, p, proto)).is_none()
+        let p = if k == 0 {
+            sport
+        } else {
+            let seed = (client as u64) << 32 | (sport as u64) << 16 | (member as u64 & 0xffff);
+            let x = (seed ^ k.wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+            high.lo.wrapping_add(((x ^ (x >> 29)) % high.len().max(1) as u64) as u16)
         };
-        if free(sport) {
-            return Some(sport);
-        }
-        let span = high.len().max(1) as u64;
-        let h = (sport as u64 ^ (member as u64) << 16).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
-        (0..64u64).map(|k| high.lo.wrapping_add(((h + k * 7919) % span) as u16)).find(|&p| free(p))
+        let key = FlowKey::v4(member, addr, mport, p, proto);
+        (high.contains(p) && !HEALTH_PORTS.contains(&p) && !self.planned.iter().any(|(_, plan)| plan.reply == key))
+            .then_some(p)
     }
 
     /// Destination translation of a new flow, before routing.
@@ -851,7 +856,7 @@ impl Conntrack {
             && let Some(a) = snap.port_addr_v4(m.out_port)
         {
             to.src = a;
-            let Some(p) = self.lb_port(a, to.dst, to.dport, m.proto, from.sport) else {
+            let Some(p) = (0..LB_PORT_TRIES).find_map(|k| self.lb_port(from, to, m.proto, k)) else {
                 m.drop(D::NatPortsExhausted as u8);
                 return None;
             };
@@ -869,7 +874,7 @@ impl Conntrack {
     /// flow created meanwhile by an earlier packet of the same burst is
     /// used instead.
     fn track<P: PacketBuf>(&mut self, pkt: &mut P, m: &mut Meta, info: &Info, plan: &Plan) {
-        let Plan { from, to, flags, mapping, slot, reply, orig_hash, reply_hash } = *plan;
+        let Plan { from, mut to, flags, mapping, slot, reply, orig_hash, reply_hash } = *plan;
         let mut inserted = self.sessions.insert_hashed(info.orig, orig_hash, reply, reply_hash, self.now, m.tcp_flags);
         if inserted == Err(SessionError::Exists) {
             // A session past its deadline may still hold one of the keys.
@@ -881,6 +886,31 @@ impl Conntrack {
             }
             if retired {
                 inserted = self.sessions.insert_hashed(info.orig, orig_hash, reply, reply_hash, self.now, m.tcp_flags);
+            }
+        }
+        // A balanced flow whose translated source port is taken: other
+        // ports, as long as the flow itself is new.
+        if inserted == Err(SessionError::Exists)
+            && NatKind::of(flags) == NatKind::Lb
+            && to.src != from.src
+            && self.sessions.lookup(&info.orig).is_none()
+        {
+            inserted = Err(SessionError::Exists);
+            for k in 1..LB_PORT_TRIES {
+                let Some(p) = self.lb_port(from, to, m.proto, k) else {
+                    continue;
+                };
+                let r = FlowKey::v4(to.dst, to.src, to.dport, p, m.proto);
+                let h = self.sessions.hash(&r);
+                inserted = self.sessions.insert_hashed(info.orig, orig_hash, r, h, self.now, m.tcp_flags);
+                if inserted != Err(SessionError::Exists) {
+                    to.sport = p;
+                    break;
+                }
+            }
+            if inserted == Err(SessionError::Exists) {
+                m.drop(D::NatPortsExhausted as u8);
+                return;
             }
         }
         match inserted {
@@ -927,6 +957,11 @@ impl Conntrack {
         }
     }
 }
+
+/// Source ports tried for a translated balanced flow before it is refused
+/// (a bounded search: when a member's ports are nearly all taken, new
+/// flows are refused quickly rather than searched for).
+const LB_PORT_TRIES: u64 = 32;
 
 /// What pass 1 of `post_route` decided for a new flow.
 #[derive(Debug, Clone, Copy)]
