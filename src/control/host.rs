@@ -143,6 +143,8 @@ pub struct HostStack {
     icmp_peers: PeerLimiter,
     /// Load-balancer health checks.
     health: HealthChecker,
+    /// The members last published as down.
+    health_published: std::collections::HashSet<String>,
 }
 
 /// Linux's per-destination ICMP error limit (`net.ipv4.icmp_ratelimit`,
@@ -202,6 +204,7 @@ impl HostStack {
             icmp_refill: Instant::now(),
             icmp_peers: PeerLimiter::default(),
             health: HealthChecker::default(),
+            health_published: Default::default(),
             last_ra: None,
             metadata: MetadataProxy::new(),
             spare: (0..workers).map(|_| Vec::with_capacity(SPARE_PER_WORKER)).collect(),
@@ -247,6 +250,9 @@ impl HostStack {
             self.router_advertisements(&snap, None);
             self.last_ra = Some(now);
             self.health.sync(&snap, now);
+            // A member that left while down and came back starts up: the
+            // published set must follow.
+            self.publish_health(now);
         }
         let mut n = 0;
         for w in 0..self.exc.workers() {
@@ -273,15 +279,24 @@ impl HostStack {
                 self.send_ip(&snap, ip, now);
             }
             if changed {
-                self.control.publish_health(self.health.down());
-                self.control.set_lb_health(self.health.view(now));
-                self.snapshots.load();
+                self.publish_health(now);
             }
         }
         if self.dirty {
             self.publish();
         }
         n
+    }
+
+    /// Publishes the members out of their pools, when that set changed.
+    fn publish_health(&mut self, now: Instant) {
+        let down = self.health.down();
+        if down != self.health_published {
+            self.control.publish_health(down.clone());
+            self.health_published = down;
+            self.snapshots.load();
+        }
+        self.control.set_lb_health(self.health.view(now));
     }
 
     /// Sends an IPv4 packet the appliance originates (health checks): routed
