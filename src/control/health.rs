@@ -4,10 +4,10 @@
 //! is checked every `delay` seconds from the appliance's own address on the
 //! member's network, through the data path's ports: a `smoltcp` TCP stack
 //! per source address, whose segments the host stack frames and sends like
-//! its own ARP and ICMP. A check is a TCP connection (types TCP, PING,
-//! HTTPS) or an HTTP request whose status must be one of the expected codes
-//! (type HTTP); it fails on refusal, on a wrong status or after `timeout`
-//! seconds. `max_retries` failures in a row take a member out of its pool's
+//! its own ARP and ICMP. A check is an ICMP echo answered (type PING), a
+//! TCP connection accepted (TCP, HTTPS: no TLS is spoken) or an HTTP
+//! request whose status must be one of the expected codes (HTTP); it fails
+//! on refusal, on a wrong status or after `timeout` seconds. `max_retries` failures in a row take a member out of its pool's
 //! Maglev table (a new snapshot); one success brings it back.
 //! The connection is reset as soon as the answer is known, so checks leave
 //! no TIME_WAIT behind on the members. Local ports come from
@@ -57,6 +57,11 @@ struct Member {
     check: Option<Check>,
     /// The source address it is checked from.
     src: u32,
+    /// PING: this member's echo identifier, the last sequence number sent,
+    /// and the echo in flight (sent at, answered).
+    ping_id: u16,
+    ping_seq: u16,
+    ping: Option<(Instant, bool)>,
 }
 
 /// One TCP stack per source address (the appliance's address on a
@@ -88,6 +93,7 @@ pub struct HealthChecker {
     members: HashMap<String, Member>,
     stacks: HashMap<u32, Stack>,
     next_port: u16,
+    next_ping_id: u16,
     start: Option<Instant>,
     /// The soonest a check is due or times out.
     due: Option<Instant>,
@@ -126,7 +132,11 @@ impl HealthChecker {
                 next: now,
                 check: None,
                 src,
+                ping_id: 0xad00 ^ self.next_ping_id,
+                ping_seq: 0,
+                ping: None,
             });
+            self.next_ping_id = self.next_ping_id.wrapping_add(1);
             if (e.addr, e.port, e.src) != (m.addr, m.port, src) || e.monitor != monitor {
                 // A different check: start over, keeping the verdict.
                 if let Some(c) = e.check.take()
@@ -140,6 +150,7 @@ impl HealthChecker {
                 e.src = src;
                 e.monitor = monitor;
                 e.next = now;
+                e.ping = None;
             }
         }
         let gone: Vec<String> = self.members.keys().filter(|k| !keep.contains(*k)).cloned().collect();
@@ -168,6 +179,24 @@ impl HealthChecker {
         }
     }
 
+    /// Takes an ICMP echo reply from `src` to our address `dst`; true when
+    /// it answers a PING check.
+    pub fn deliver_echo_reply(&mut self, src: u32, dst: u32, id: u16, seq: u16) -> bool {
+        let hit = self.members.values_mut().find(|m| {
+            m.addr == src && m.src == dst && m.ping_id == id && m.ping_seq == seq && m.ping.is_some_and(|p| !p.1)
+        });
+        match hit {
+            Some(m) => {
+                if let Some(p) = m.ping.as_mut() {
+                    p.1 = true;
+                }
+                self.due = Some(Instant::now());
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Whether `poll` has anything to do at `now`.
     pub fn is_due(&self, now: Instant) -> bool {
         self.due.is_some_and(|d| now >= d)
@@ -178,12 +207,36 @@ impl HealthChecker {
     pub fn poll(&mut self, now: Instant) -> (Vec<Vec<u8>>, bool) {
         let snow = self.now(now);
         let mut changed = false;
+        let mut out = Vec::new();
         for s in self.stacks.values_mut() {
             s.iface.poll(snow, &mut s.dev, &mut s.sockets);
         }
         let keys: Vec<String> = self.members.keys().cloned().collect();
         for k in keys {
             let Some(m) = self.members.get_mut(&k) else { continue };
+            if m.monitor.kind == CheckKind::Ping {
+                let timeout = Duration::from_secs(m.monitor.timeout as u64);
+                match m.ping {
+                    None if now >= m.next && m.src == 0 => {
+                        changed |= finish(m, now, Err("no address of the appliance reaches the member".into()));
+                    }
+                    None if now >= m.next => {
+                        m.ping_seq = m.ping_seq.wrapping_add(1);
+                        out.push(echo_request(m.src, m.addr, m.ping_id, m.ping_seq));
+                        m.ping = Some((now, false));
+                    }
+                    Some((_, true)) => {
+                        m.ping = None;
+                        changed |= finish(m, now, Ok(()));
+                    }
+                    Some((sent, false)) if now.duration_since(sent) >= timeout => {
+                        m.ping = None;
+                        changed |= finish(m, now, Err(format!("no echo reply within {} s", m.monitor.timeout)));
+                    }
+                    _ => {}
+                }
+                continue;
+            }
             if m.check.is_none() && now >= m.next {
                 if m.src == 0 {
                     changed |= finish(m, now, Err("no address of the appliance reaches the member".into()));
@@ -222,7 +275,8 @@ impl HealthChecker {
                 );
             if connected {
                 match &m.monitor.kind {
-                    CheckKind::Connect => verdict = Some(Ok(())),
+                    // (PING checks do not use a TCP socket.)
+                    CheckKind::Connect | CheckKind::Ping => verdict = Some(Ok(())),
                     CheckKind::Http { method, path, codes } => {
                         if !c.sent && s.can_send() {
                             let req = format!(
@@ -270,7 +324,6 @@ impl HealthChecker {
                 changed |= finish(m, now, v);
             }
         }
-        let mut out = Vec::new();
         for s in self.stacks.values_mut() {
             s.iface.poll(snow, &mut s.dev, &mut s.sockets);
             for h in s.closing.drain(..) {
@@ -284,10 +337,11 @@ impl HealthChecker {
         self.due =
             self.members
                 .values()
-                .map(|m| match &m.check {
-                    Some(c) => (c.started + Duration::from_secs(m.monitor.timeout as u64))
+                .map(|m| match (&m.check, m.ping) {
+                    (Some(c), _) => (c.started + Duration::from_secs(m.monitor.timeout as u64))
                         .min(now + Duration::from_millis(100)),
-                    None => m.next,
+                    (None, Some((sent, _))) => sent + Duration::from_secs(m.monitor.timeout as u64),
+                    (None, None) => m.next,
                 })
                 .min();
         (out, changed)
@@ -352,6 +406,28 @@ fn finish(m: &mut Member, now: Instant, r: Result<(), String>) -> bool {
     m.up != was
 }
 
+/// An ICMP echo request from `src` to `dst` (IPv4 header on).
+fn echo_request(src: u32, dst: u32, id: u16, seq: u16) -> Vec<u8> {
+    use crate::packet::checksum::checksum;
+    const DATA: &[u8] = b"astara-dp health check";
+    let total = 20 + 8 + DATA.len();
+    let mut p = Vec::with_capacity(total);
+    p.extend_from_slice(&[0x45, 0]);
+    p.extend_from_slice(&(total as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0x40, 0, 64, 1, 0, 0]);
+    p.extend_from_slice(&src.to_be_bytes());
+    p.extend_from_slice(&dst.to_be_bytes());
+    let c = checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    p.extend_from_slice(&[8, 0, 0, 0]);
+    p.extend_from_slice(&id.to_be_bytes());
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(DATA);
+    let c = checksum(&p[20..]);
+    p[22..24].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
 /// The status code of an HTTP answer, once its status line is complete.
 pub fn status_code(answer: &[u8]) -> Option<u16> {
     let end = answer.windows(2).position(|w| w == b"\r\n").or_else(|| answer.iter().position(|&b| b == b'\n'))?;
@@ -377,6 +453,23 @@ pub fn source_for(snap: &Snapshot, addr: u32) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn echo_requests_are_well_formed() {
+        let p = echo_request(0x0a00_0001, 0x0a00_0002, 0xad01, 7);
+        let (ip, rest) = etherparse::Ipv4Header::from_slice(&p).unwrap();
+        assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+        assert_eq!(
+            (ip.source, ip.destination, ip.protocol),
+            ([10, 0, 0, 1], [10, 0, 0, 2], etherparse::IpNumber::ICMP)
+        );
+        let icmp = etherparse::Icmpv4Slice::from_slice(rest).unwrap();
+        match icmp.icmp_type() {
+            etherparse::Icmpv4Type::EchoRequest(e) => assert_eq!((e.id, e.seq), (0xad01, 7)),
+            t => panic!("{t:?}"),
+        }
+        assert_eq!(icmp.checksum(), icmp.icmp_type().calc_checksum(icmp.payload()));
+    }
 
     #[test]
     fn status_lines() {

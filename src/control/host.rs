@@ -358,6 +358,18 @@ impl HostStack {
                 self.arp(snap, &pkt, &meta, w, now);
                 self.give_back(w, pkt);
             }
+            PuntClass::Host if meta.l3 == L3::Ipv4 && meta.proto == 1 && meta.icmp_type == 0 => {
+                // An echo reply: the answer to a load-balancer PING check.
+                let d = pkt.data();
+                let l4 = meta.l4_off as usize;
+                let ids =
+                    d.get(l4 + 4..l4 + 8).map(|b| (u16::from_be_bytes([b[0], b[1]]), u16::from_be_bytes([b[2], b[3]])));
+                let (id, seq) = ids.unwrap_or_default();
+                if meta.frag != 0 || !self.health.deliver_echo_reply(meta.src as u32, meta.dst as u32, id, seq) {
+                    self.stats.not_handled.fetch_add(1, Relaxed);
+                }
+                self.give_back(w, pkt);
+            }
             PuntClass::Host if meta.l3 == L3::Ipv4 && meta.proto == 1 => self.echo(snap, pkt, &meta, w),
             PuntClass::Host if meta.l3 == L3::Ipv4 && meta.proto == 6 => {
                 // TCP to one of our addresses: the health checks' answers.

@@ -305,7 +305,8 @@ fn monitor(h: &super::model::HealthMonitor, at: &str) -> Result<Monitor, ConfigE
     let timeout = h.timeout.unwrap_or(delay).max(1);
     let max_retries = h.max_retries.unwrap_or(3).clamp(1, 10);
     let kind = match h.kind.as_deref().map(str::to_ascii_uppercase).as_deref() {
-        None | Some("TCP") | Some("PING") | Some("HTTPS") | Some("TLS-HELLO") => CheckKind::Connect,
+        Some("PING") => CheckKind::Ping,
+        None | Some("TCP") | Some("HTTPS") | Some("TLS-HELLO") => CheckKind::Connect,
         Some("HTTP") => {
             let path = h.url_path.clone().unwrap_or_else(|| "/".into());
             if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {

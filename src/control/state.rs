@@ -264,6 +264,7 @@ impl Control {
                     "maglev_size": p.table.as_ref().map(|t| t.size()),
                     "healthmonitor": p.monitor.as_ref().map(|h| json!({
                         "kind": match &h.kind { crate::stage::lb::CheckKind::Connect => "TCP connect".to_string(),
+                                                crate::stage::lb::CheckKind::Ping => "ICMP echo".to_string(),
                                                 crate::stage::lb::CheckKind::Http { method, path, .. } => format!("HTTP {method} {path}") },
                         "delay": h.delay, "timeout": h.timeout, "max_retries": h.max_retries,
                     })),

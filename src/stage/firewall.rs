@@ -35,9 +35,10 @@ pub fn input_policy(snap: &Snapshot, m: &Meta) -> Result<(), D> {
     }
     // Answers to the load balancer's own health checks.
     if v4
-        && m.proto == PROTO_TCP
-        && super::lb::HEALTH_PORTS.contains(&m.dport)
-        && snap.lb.is_member(m.src as u32, m.sport)
+        && (m.proto == PROTO_TCP
+            && super::lb::HEALTH_PORTS.contains(&m.dport)
+            && snap.lb.is_member(m.src as u32, m.sport)
+            || m.proto == PROTO_ICMP && m.icmp_type == 0 && snap.lb.is_member_addr(m.src as u32))
     {
         return Ok(());
     }

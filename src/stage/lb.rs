@@ -75,8 +75,10 @@ impl std::str::FromStr for LbSnat {
 /// What a health monitor asks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CheckKind {
-    /// A TCP connection is accepted (types TCP, PING and HTTPS: the
-    /// appliance does not speak TLS or send pings to members).
+    /// An ICMP echo is answered (type PING).
+    Ping,
+    /// A TCP connection is accepted (types TCP and HTTPS: the appliance
+    /// does not speak TLS).
     Connect,
     /// An HTTP request answered with one of the expected codes.
     Http { method: String, path: String, codes: Vec<(u16, u16)> },
@@ -158,6 +160,8 @@ pub struct LbConfig {
     pub vip_addrs: Vec<(u32, u16)>,
     /// Member endpoints (address << 16 | port), sorted.
     endpoints: Vec<u64>,
+    /// Member addresses, sorted.
+    member_addrs: Vec<u32>,
     /// Per member slot: `SLOT_*`.
     pub slot_state: Vec<u8>,
     pub snat: LbSnat,
@@ -186,6 +190,9 @@ impl LbConfig {
         c.endpoints = c.members.iter().map(|m| (m.addr as u64) << 16 | m.port as u64).collect();
         c.endpoints.sort_unstable();
         c.endpoints.dedup();
+        c.member_addrs = c.members.iter().map(|m| m.addr).collect();
+        c.member_addrs.sort_unstable();
+        c.member_addrs.dedup();
         c.refresh_states();
         c
     }
@@ -213,6 +220,12 @@ impl LbConfig {
     #[inline]
     pub fn is_member(&self, addr: u32, port: u16) -> bool {
         !self.endpoints.is_empty() && self.endpoints.binary_search(&((addr as u64) << 16 | port as u64)).is_ok()
+    }
+
+    /// Whether `addr` is a member's address.
+    #[inline]
+    pub fn is_member_addr(&self, addr: u32) -> bool {
+        !self.member_addrs.is_empty() && self.member_addrs.binary_search(&addr).is_ok()
     }
 
     /// The state of member slot `slot` (`SLOT_*`).
