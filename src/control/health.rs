@@ -472,6 +472,38 @@ mod tests {
     }
 
     #[test]
+    fn max_retries_failures_in_a_row_take_a_member_down_and_one_success_brings_it_back() {
+        let now = Instant::now();
+        let mut m = Member {
+            addr: 1,
+            port: 80,
+            monitor: Monitor { kind: CheckKind::Connect, delay: 2, timeout: 1, max_retries: 3 },
+            up: true,
+            failures: 0,
+            checks: 0,
+            failed: 0,
+            last: String::new(),
+            changed: now,
+            next: now,
+            check: None,
+            src: 2,
+            ping_id: 0,
+            ping_seq: 0,
+            ping: None,
+        };
+        assert!(!finish(&mut m, now, Err("refused".into())));
+        assert!(!finish(&mut m, now, Ok(())), "a success in between starts the count again");
+        assert!(!finish(&mut m, now, Err("refused".into())));
+        assert!(!finish(&mut m, now, Err("refused".into())));
+        assert!(m.up);
+        assert!(finish(&mut m, now, Err("refused".into())), "the third failure in a row");
+        assert!(!m.up && m.last == "refused" && m.failed == 4 && m.checks == 5);
+        assert_eq!(m.next, now + Duration::from_secs(2));
+        assert!(!finish(&mut m, now, Err("refused".into())));
+        assert!(finish(&mut m, now, Ok(())) && m.up && m.failures == 0);
+    }
+
+    #[test]
     fn status_lines() {
         assert_eq!(status_code(b"HTTP/1.0 200 OK\r\n"), Some(200));
         assert_eq!(status_code(b"HTTP/1.1 503 Service Unavailable\r\nServer: x\r\n"), Some(503));
