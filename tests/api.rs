@@ -362,3 +362,40 @@ fn orchestrator_conversation() {
     a.stop();
     assert_eq!(count_frames(&dir.path().join("ge1-out.pcap")), 50);
 }
+
+/// The load-balancer document: pushed, seen in `/v1/loadbalancer/status`
+/// and `/metrics`; a bad one refused with the field, the old one kept.
+#[test]
+#[ignore = "starts the appliance on loopback sockets; run with --include-ignored (CI does)"]
+fn load_balancer_document_status_and_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = write_runtime(dir.path());
+    let a = Appliance::start(&rt);
+    let doc =
+        json(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/loadbalancer.json")).unwrap());
+    let (code, body) = put(&a, doc.to_string().as_bytes(), "application/json");
+    assert_eq!(code, 200, "{body}");
+    let st = json(&get(&a, "/v1/loadbalancer/status").1);
+    assert_eq!(st["listeners"][0]["vip"], "192.168.0.137");
+    assert_eq!(st["listeners"][0]["protocol_port"], 80);
+    let pool = &st["pools"][0];
+    assert_eq!(pool["lb_algorithm"], "ROUND_ROBIN");
+    assert_eq!(pool["healthmonitor"]["kind"], "HTTP GET /");
+    let members: Vec<(&str, &str, u64)> = pool["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["address"].as_str().unwrap(), m["state"].as_str().unwrap(), m["weight"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(members, [("192.168.0.194", "active", 1), ("192.168.0.195", "active", 2)]);
+    let metrics = get(&a, "/metrics").1;
+    assert!(metrics.contains("astara_dp_lb_member_up{pool=\"255c4d63-6199-4afc-abec-48c5ab46ac2e\""), "{metrics}");
+
+    let mut bad = doc.clone();
+    bad["services"]["loadbalancer"]["listeners"][0]["default_pool"]["lb_algorithm"] = "FASTEST".into();
+    let (code, body) = put(&a, bad.to_string().as_bytes(), "application/json");
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("default_pool.lb_algorithm: FASTEST"), "{body}");
+    let after = json(&get(&a, "/v1/loadbalancer/status").1);
+    assert_eq!(after["pools"][0]["lb_algorithm"], "ROUND_ROBIN", "the document in force is kept");
+}

@@ -110,6 +110,32 @@ fn clear_errors() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("IFNAME=FILE"));
 
+    // A later document that does not compile fails the run at once, named.
+    let o = bin()
+        .args(["replay", "--config"])
+        .arg(repo("configs/router.json"))
+        .arg("--config-at")
+        .arg(format!("5={}", bad.display()))
+        .args(["--in", "ge1=/dev/null", "--out-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("bad.json"), "{}", String::from_utf8_lossy(&o.stderr));
+    for (flag, value, says) in
+        [("--config-at", "soon=x.json", "not a time in seconds"), ("--lb-snat", "sometimes", "always or never")]
+    {
+        let o = bin()
+            .args(["replay", "--config"])
+            .arg(repo("configs/loadbalancer.json"))
+            .args([flag, value, "--in", "ge1=/dev/null", "--out-dir", "/tmp"])
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(says), "{flag}: {err}");
+    }
+
     let o = bin().args(["bench", "/nonexistent.toml"]).output().unwrap();
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("/nonexistent.toml"));
