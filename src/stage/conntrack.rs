@@ -181,6 +181,9 @@ pub struct Conntrack {
     hashes: Vec<u64>,
     /// New flows of the burst being planned: (position, plan).
     planned: Vec<(usize, Plan)>,
+    /// Translated source ports given to balanced flows of this burst, as
+    /// `lb_taken_key` (not in the table yet).
+    lb_taken: Vec<u64>,
     /// `post_route` left packets for the route stage (see `take_reroute`).
     reroute: bool,
     /// Seconds, from the worker's clock or the capture's timestamps.
@@ -257,6 +260,7 @@ impl Conntrack {
             found: vec![None; MAX_BURST],
             hashes: vec![0; MAX_BURST],
             planned: Vec::with_capacity(MAX_BURST),
+            lb_taken: Vec::with_capacity(MAX_BURST),
             reroute: false,
             now: 0,
             counters: ConntrackCounters::default(),
@@ -502,8 +506,8 @@ impl Conntrack {
     /// range, a health-check port, or taken by a flow planned earlier in
     /// this burst (not in the table yet); whether the table has it free is
     /// found by inserting.
-    fn lb_port(&self, from: Tuple4, to: Tuple4, proto: u8, k: u64) -> Option<u16> {
-        let (client, sport, addr, member, mport) = (from.src, from.sport, to.src, to.dst, to.dport);
+    fn lb_port(&self, from: Tuple4, to: Tuple4, k: u64) -> Option<u16> {
+        let (client, sport, member, mport) = (from.src, from.sport, to.dst, to.dport);
         let (_, high) = self.ports.ranges();
         let p = if k == 0 {
             sport
@@ -512,9 +516,10 @@ impl Conntrack {
             let x = (seed ^ k.wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_mul(0xff51_afd7_ed55_8ccd);
             high.lo.wrapping_add(((x ^ (x >> 29)) % high.len().max(1) as u64) as u16)
         };
-        let key = FlowKey::v4(member, addr, mport, p, proto);
-        (high.contains(p) && !HEALTH_PORTS.contains(&p) && !self.planned.iter().any(|(_, plan)| plan.reply == key))
-            .then_some(p)
+        // (The appliance's address and the protocol are left out of the
+        // burst's check: a false match only makes the flow take another port.)
+        let taken = lb_taken_key(member, mport, p);
+        (high.contains(p) && !HEALTH_PORTS.contains(&p) && !self.lb_taken.contains(&taken)).then_some(p)
     }
 
     /// Destination translation of a new flow, before routing.
@@ -693,6 +698,7 @@ impl Conntrack {
         // Pass 1: policy and translation of new flows; the index lines of
         // both keys of each new session are prefetched for pass 2.
         self.planned.clear();
+        self.lb_taken.clear();
         for i in 0..burst.len() {
             if self.info[i].kind != Kind::New {
                 continue;
@@ -856,11 +862,12 @@ impl Conntrack {
             && let Some(a) = snap.port_addr_v4(m.out_port)
         {
             to.src = a;
-            let Some(p) = (0..LB_PORT_TRIES).find_map(|k| self.lb_port(from, to, m.proto, k)) else {
+            let Some(p) = (0..LB_PORT_TRIES).find_map(|k| self.lb_port(from, to, k)) else {
                 m.drop(D::NatPortsExhausted as u8);
                 return None;
             };
             to.sport = p;
+            self.lb_taken.push(lb_taken_key(to.dst, to.dport, p));
         }
         let reply = FlowKey::v4(to.dst, to.src, to.dport, to.sport, m.proto);
         let (orig_hash, reply_hash) = (self.sessions.hash(&info.orig), self.sessions.hash(&reply));
@@ -897,7 +904,7 @@ impl Conntrack {
         {
             inserted = Err(SessionError::Exists);
             for k in 1..LB_PORT_TRIES {
-                let Some(p) = self.lb_port(from, to, m.proto, k) else {
+                let Some(p) = self.lb_port(from, to, k) else {
                     continue;
                 };
                 let r = FlowKey::v4(to.dst, to.src, to.dport, p, m.proto);
@@ -956,6 +963,11 @@ impl Conntrack {
             }
         }
     }
+}
+
+#[inline]
+fn lb_taken_key(member: u32, mport: u16, port: u16) -> u64 {
+    (member as u64) << 32 | (mport as u64) << 16 | port as u64
 }
 
 /// Source ports tried for a translated balanced flow before it is refused

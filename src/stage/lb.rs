@@ -155,7 +155,7 @@ pub struct LbConfig {
     pub pools: Vec<LbPool>,
     pub members: Vec<LbMember>,
     /// (address, protocol, port) → listener index.
-    vips: HashMap<(u32, u8, u16), u16>,
+    vips: HashMap<u64, u16, ahash::RandomState>,
     /// VIP addresses, sorted, and the port each is on.
     pub vip_addrs: Vec<(u32, u16)>,
     /// Member endpoints (address << 16 | port), sorted.
@@ -182,7 +182,7 @@ impl LbConfig {
     ) -> LbConfig {
         let mut c = LbConfig { listeners, pools, members, snat, drain_timeout, maglev_size, ..Default::default() };
         for (i, l) in c.listeners.iter().enumerate() {
-            c.vips.insert((l.addr, l.proto, l.port), i as u16);
+            c.vips.insert(vip_key(l.addr, l.proto, l.port), i as u16);
         }
         c.vip_addrs = vip_ports;
         c.vip_addrs.sort_unstable();
@@ -213,7 +213,7 @@ impl LbConfig {
         if self.vips.is_empty() {
             return None;
         }
-        self.vips.get(&(addr, proto, port)).and_then(|&i| self.listeners.get(i as usize))
+        self.vips.get(&vip_key(addr, proto, port)).and_then(|&i| self.listeners.get(i as usize))
     }
 
     /// Whether `addr:port` is a member's endpoint.
@@ -324,6 +324,11 @@ impl LbConfig {
             }
         }
     }
+}
+
+#[inline]
+fn vip_key(addr: u32, proto: u8, port: u16) -> u64 {
+    (addr as u64) << 24 | (proto as u64) << 16 | port as u64
 }
 
 /// A new flow as the balancer sees it (IPv4, as it arrived).

@@ -164,10 +164,13 @@ impl MaglevTable {
         self.slots.len() as u32
     }
 
-    /// The member index for a flow hash; None when no member takes flows.
+    /// The member index for a flow hash (64 well-mixed bits); None when no
+    /// member takes flows. The slot is the hash scaled to the table
+    /// (multiply and shift: no division on the per-flow path).
     #[inline]
     pub fn lookup(&self, hash: u64) -> Option<u16> {
-        let s = self.slots[(hash % self.slots.len() as u64) as usize];
+        let i = ((hash as u128 * self.slots.len() as u128) >> 64) as usize;
+        let s = self.slots.get(i).copied().unwrap_or(u16::MAX);
         (s != u16::MAX).then_some(s)
     }
 
