@@ -441,13 +441,7 @@ pub fn status_code(answer: &[u8]) -> Option<u16> {
 
 /// The appliance's address on the port that leads to `addr`.
 pub fn source_for(snap: &Snapshot, addr: u32) -> Option<u32> {
-    let adj = snap.adj.get(snap.fib4.lookup(addr) as usize)?;
-    let port = match adj.kind {
-        crate::stage::AdjKind::Connected | crate::stage::AdjKind::Gateway => adj.port,
-        crate::stage::AdjKind::Ecmp => snap.adj.get(*snap.ecmp.get(adj.ecmp_start as usize)? as usize)?.port,
-        _ => return None,
-    };
-    snap.port_addr_v4(port)
+    snap.port_addr_v4(snap.egress_v4(addr)?.1.port)
 }
 
 #[cfg(test)]

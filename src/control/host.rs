@@ -306,14 +306,7 @@ impl HostStack {
             return;
         }
         let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
-        let mut nh = snap.fib4.lookup(dst);
-        if let Some(a) = snap.adj.get(nh as usize)
-            && a.kind == AdjKind::Ecmp
-            && let Some(&first) = snap.ecmp.get(a.ecmp_start as usize)
-        {
-            nh = first;
-        }
-        let Some(adj) = snap.adj.get(nh as usize).copied() else { return };
+        let Some((nh, adj)) = snap.egress_v4(dst) else { return };
         let hop = match adj.kind {
             AdjKind::Connected => dst,
             AdjKind::Gateway if adj.gw_v4 => adj.gw as u32,

@@ -1105,17 +1105,7 @@ fn owner_of(snap: &Snapshot, m: &Meta, n: usize) -> usize {
             if nat.dnat.contains_key(&dst) {
                 return endpoint_owner(m.src, port(m.sport), n);
             }
-            let adj = snap.adj.get(snap.fib4.lookup(dst) as usize);
-            let out = adj.map(|a| match a.kind {
-                super::AdjKind::Ecmp => snap
-                    .ecmp
-                    .get(a.ecmp_start as usize)
-                    .and_then(|&e| snap.adj.get(e as usize))
-                    .map_or(u16::MAX, |e| e.port),
-                super::AdjKind::Gateway | super::AdjKind::Connected => a.port,
-                _ => u16::MAX,
-            });
-            if out == Some(ext_port) {
+            if snap.egress_v4(dst).is_some_and(|(_, a)| a.port == ext_port) {
                 return endpoint_owner(m.src, port(m.sport), n);
             }
         }

@@ -119,6 +119,20 @@ impl Snapshot {
         s
     }
 
+    /// Where IPv4 traffic to `dst` leaves, for the control side and flow
+    /// steering (not the route stage): the adjacency index and the
+    /// adjacency, an ECMP group standing for its first member; None unless
+    /// it leaves by a port (local, blackhole).
+    pub fn egress_v4(&self, dst: u32) -> Option<(u32, Adjacency)> {
+        let mut idx = self.fib4.lookup(dst);
+        let mut a = *self.adj.get(idx as usize)?;
+        if a.kind == AdjKind::Ecmp {
+            idx = *self.ecmp.get(a.ecmp_start as usize)?;
+            a = *self.adj.get(idx as usize)?;
+        }
+        matches!(a.kind, AdjKind::Connected | AdjKind::Gateway).then_some((idx, a))
+    }
+
     /// The router's first IPv4 address on port `p`.
     #[inline]
     pub fn port_addr_v4(&self, p: u16) -> Option<u32> {
