@@ -8,7 +8,7 @@
 use astara_dp::app::replay::ReplayOptions;
 use astara_dp::control::StaticNeighbor;
 use astara_dp::stage::lb::LbSnat;
-use common::{In, Out, on, tuple};
+use common::{Flags, In, Out, on, tcp, tuple};
 use etherparse::PacketBuilder;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -65,25 +65,6 @@ fn replay(inputs: Vec<In>, tweak: impl FnOnce(&mut ReplayOptions)) -> Out {
     };
     tweak(&mut o);
     common::replay_with(o, START, inputs)
-}
-
-#[derive(Clone, Copy)]
-enum Flags {
-    Syn,
-    SynAck,
-    Ack,
-}
-
-fn tcp(src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, f: Flags) -> Vec<u8> {
-    let mut v = Vec::new();
-    let b = PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src, dst, 64).tcp(sport, dport, 1000, 65535);
-    let b = match f {
-        Flags::Syn => b.syn(),
-        Flags::SynAck => b.syn().ack(1001),
-        Flags::Ack => b.ack(1001),
-    };
-    b.write(&mut v, b"GET / HTTP/1.0\r\n\r\n").unwrap();
-    v
 }
 
 /// Client `k`: 10.20.x.y, port 20000 + k % 1000.

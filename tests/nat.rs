@@ -18,7 +18,7 @@ use etherparse::PacketBuilder;
 use std::path::PathBuf;
 
 mod common;
-use common::{In, Out, inet_sum_ok, on, tuple};
+use common::{Flags, In, Out, inet_sum_ok, on, tcp, tuple};
 
 const GE1: [u8; 6] = [0xfa, 0x16, 0x3e, 0xa0, 0x80, 0x82];
 const GE2: [u8; 6] = [0xfa, 0x16, 0x3e, 0x11, 0x22, 0x01];
@@ -48,27 +48,6 @@ fn replay(inputs: Vec<In>, tweak: impl FnOnce(&mut ReplayOptions)) -> Out {
 fn udp(src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
     let mut v = Vec::new();
     PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src, dst, 64).udp(sport, dport).write(&mut v, b"datagram").unwrap();
-    v
-}
-
-#[derive(Clone, Copy)]
-enum Flags {
-    Syn,
-    SynAck,
-    Ack,
-    Fin,
-}
-
-fn tcp(src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, f: Flags) -> Vec<u8> {
-    let mut v = Vec::new();
-    let b = PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src, dst, 64).tcp(sport, dport, 1000, 65535);
-    let b = match f {
-        Flags::Syn => b.syn(),
-        Flags::SynAck => b.syn().ack(1001),
-        Flags::Ack => b.ack(1001),
-        Flags::Fin => b.fin().ack(1001),
-    };
-    b.write(&mut v, b"segment").unwrap();
     v
 }
 

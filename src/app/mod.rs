@@ -47,26 +47,23 @@ pub fn topology(cfg: &AstaraConfig, ports: &[PortSpec], neighbors: &[StaticNeigh
     let port_of = |name: &str| ports.iter().position(|p| p.name == name);
     let mut add = |v4: bool, net: u128, len: u8, nh: IpAddr| flat.push((v4, net, len, flat.len(), ip_bits(nh)));
     let lb = cfg.loadbalancer().ok().flatten();
+    // The first gateway of the given family on a network of type `t`.
+    let subnet_gateway = |t: NetworkType, v4: bool| {
+        cfg.networks
+            .iter()
+            .filter(|n| n.network_type == t)
+            .flat_map(|n| &n.subnets)
+            .find_map(|s| s.gateway_ip.filter(|g| g.is_ipv4() == v4))
+    };
     if let Some(gw) = cfg.default_v4_gateway {
         add(true, 0, 0, gw);
     } else if lb.is_some()
-        && let Some(gw) = cfg
-            .networks
-            .iter()
-            .filter(|n| n.network_type == NetworkType::Loadbalancer)
-            .flat_map(|n| &n.subnets)
-            .find_map(|s| s.gateway_ip.filter(|g| g.is_ipv4()))
+        && let Some(gw) = subnet_gateway(NetworkType::Loadbalancer, true)
     {
         // A load balancer without an external network: its subnet's gateway.
         add(true, 0, 0, gw);
     }
-    if let Some(gw) = cfg
-        .networks
-        .iter()
-        .filter(|n| n.network_type == NetworkType::External)
-        .flat_map(|n| &n.subnets)
-        .find_map(|s| s.gateway_ip.filter(|g| g.is_ipv6()))
-    {
+    if let Some(gw) = subnet_gateway(NetworkType::External, false) {
         add(false, 0, 0, gw);
     }
     for r in &cfg.static_routes {

@@ -4,7 +4,7 @@
 
 use astara_dp::app::replay::{ReplayOptions, ReplaySummary, run};
 use astara_dp::control::{AstaraConfig, CompileOptions, StaticNeighbor};
-use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+use etherparse::{NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -138,4 +138,34 @@ pub fn replay_with(mut o: ReplayOptions, start: u64, inputs: Vec<In>) -> Out {
         frames.insert(name.to_string(), v);
     }
     Out { summary, frames }
+}
+
+/// A TCP segment with the flags of `f` (sequence 1000, acknowledging 1001).
+#[derive(Clone, Copy)]
+pub enum Flags {
+    Syn,
+    SynAck,
+    Ack,
+    Fin,
+}
+
+pub fn tcp(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    f: Flags,
+) -> Vec<u8> {
+    let mut v = Vec::new();
+    let b = PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src, dst, 64).tcp(sport, dport, 1000, 65535);
+    let b = match f {
+        Flags::Syn => b.syn(),
+        Flags::SynAck => b.syn().ack(1001),
+        Flags::Ack => b.ack(1001),
+        Flags::Fin => b.fin().ack(1001),
+    };
+    b.write(&mut v, b"segment").unwrap();
+    v
 }
