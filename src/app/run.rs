@@ -261,6 +261,10 @@ fn run_with<P: WorkerBuf + Send>(rt: &Runtime, config: Option<&Path>, ports: Bui
         stats.push(st);
     }
     control.set_workers(stats);
+    // The host stack and the API threads start below: not on a worker's CPU.
+    if crate::dataplane::keep_off_cores(&cores) {
+        log::info!("control threads kept off the workers' cores {cores:?}");
+    }
     let host = HostStack::new(exception.clone(), control.clone());
     control.set_host_stats(host.stats());
     let host = host.spawn(stop.clone()).map_err(|e| format!("cannot start the host stack: {e}"))?;

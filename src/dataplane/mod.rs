@@ -25,6 +25,32 @@ pub fn snapshots(initial: Snapshot) -> Snapshots {
     Arc::new(arc_swap::ArcSwap::from_pointee(initial))
 }
 
+/// Moves the calling thread, and the threads it starts from now on, off the
+/// workers' `cores` onto the other CPUs it may use, so the control threads
+/// (host stack, API, health checks) are never scheduled onto a poll-mode
+/// worker's CPU, where each wake-up would preempt the worker. Nothing
+/// changes when the workers take every allowed CPU; returns whether the
+/// mask changed. (Workers pin themselves explicitly, whatever they inherit.)
+pub fn keep_off_cores(cores: &[usize]) -> bool {
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: cpu_set_t is plain data; the calls read and write only the
+    // set passed, of the size given.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size, &mut set) != 0 {
+            return false;
+        }
+        let before = libc::CPU_COUNT(&set);
+        for &c in cores {
+            if c < libc::CPU_SETSIZE as usize {
+                libc::CPU_CLR(c, &mut set);
+            }
+        }
+        let after = libc::CPU_COUNT(&set);
+        after > 0 && after < before && libc::sched_setaffinity(0, size, &set) == 0
+    }
+}
+
 /// A cycle counter: the TSC on x86_64 (constant rate on current CPUs),
 /// nanoseconds elsewhere.
 #[inline(always)]
