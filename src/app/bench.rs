@@ -304,6 +304,8 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
         expects.push(exp);
     }
 
+    // This thread (progress, the check) and the host stack: off the workers' CPUs.
+    crate::dataplane::keep_off_cores(&cores_used.iter().flatten().copied().collect::<Vec<_>>());
     let host = match &exception {
         Some(x) => {
             let h = crate::control::host::HostStack::new(x.clone(), control.clone());
@@ -392,10 +394,14 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
     let elapsed = start.elapsed().as_secs_f64();
     if let Some((h, stats)) = host {
         let _ = h.join();
+        let mut stage = vec![0u64; crate::dataplane::STAGE_COUNTERS.len()];
+        for (_, c) in &per_worker {
+            stage.iter_mut().zip(c.stage).for_each(|(t, v)| *t += v);
+        }
         println!(
             "  host stack: {}",
             stats
-                .list()
+                .list(&stage)
                 .into_iter()
                 .filter(|(_, v)| *v > 0)
                 .map(|(k, v)| format!("{k} {v}"))

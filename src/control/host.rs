@@ -24,6 +24,7 @@ use super::metadata::MetadataProxy;
 use super::state::Control;
 use crate::dataplane::{Exception, PuntClass, Punted, Snapshots};
 use crate::packet::checksum::{checksum, fold, pseudo_v6, sum};
+use crate::packet::ethernet::{arp_frame, arp_reply};
 use crate::packet::frag::fragment_v4;
 use crate::packet::{L3, Mac, PacketBuf, Pkt};
 use crate::stage::nat::{Tuple4, rewrite_v4};
@@ -79,14 +80,22 @@ pub struct HostStats {
 }
 
 impl HostStats {
-    pub fn list(&self) -> Vec<(&'static str, u64)> {
+    /// The counters, the ARP and echo replies counting those the workers
+    /// sent themselves (`stage`: the workers' summed stage counters, whose
+    /// answer-stage entries are added; empty: the host stack's alone).
+    pub fn list(&self, stage: &[u64]) -> Vec<(&'static str, u64)> {
+        let answered = |name: &str| {
+            crate::dataplane::STAGE_COUNTERS.iter().position(|k| *k == name).and_then(|i| stage.get(i)).copied()
+        };
+        let arp = answered("answer: arp requests answered by the worker").unwrap_or(0);
+        let echo = answered("answer: echo requests answered by the worker").unwrap_or(0);
         vec![
-            ("arp replies sent", self.arp_replies.load(Relaxed)),
+            ("arp replies sent", self.arp_replies.load(Relaxed) + arp),
             ("arp requests sent", self.arp_requests.load(Relaxed)),
             ("gratuitous arp sent", self.gratuitous_arp.load(Relaxed)),
             ("neighbours learned", self.neighbors_learned.load(Relaxed)),
             ("neighbours expired", self.neighbors_expired.load(Relaxed)),
-            ("icmp echo replies sent", self.echo_replies.load(Relaxed)),
+            ("icmp echo replies sent", self.echo_replies.load(Relaxed) + echo),
             ("icmp errors sent", self.icmp_errors.load(Relaxed)),
             ("icmp errors over the rate limit", self.icmp_errors_limited.load(Relaxed)),
             ("packets held for resolution", self.held.load(Relaxed)),
@@ -446,16 +455,6 @@ impl HostStack {
     }
 
     /// Addresses the router answers ARP for on `port`.
-    fn answers_for(snap: &Snapshot, port: u16, ip: u32) -> bool {
-        snap.own.iter().any(|&(a, v4, p)| v4 && p == port && a as u32 == ip)
-            || snap.nat.external.is_some_and(|(ext, _)| ext == port) && snap.nat.dnat.contains_key(&ip)
-    }
-
-    /// The router's first IPv4 address on `port`.
-    fn port_addr(snap: &Snapshot, port: u16) -> Option<u32> {
-        snap.own.iter().find(|&&(_, v4, p)| v4 && p == port).map(|&(a, _, _)| a as u32)
-    }
-
     fn arp(&mut self, snap: &Snapshot, pkt: &Pkt, m: &crate::packet::Meta, worker: usize, now: Instant) {
         let d = pkt.data();
         let o = m.l3_off as usize;
@@ -468,8 +467,8 @@ impl HostStack {
         let sip = u32::from_be_bytes(d[o + 14..o + 18].try_into().unwrap_or_default());
         let tip = u32::from_be_bytes(d[o + 24..o + 28].try_into().unwrap_or_default());
         let port = m.in_port;
-        let for_us = Self::answers_for(snap, port, tip);
-        if sip != 0 && !smac.is_multicast() && !Self::answers_for(snap, port, sip) {
+        let for_us = snap.answers_arp_for(port, tip);
+        if sip != 0 && !smac.is_multicast() && !snap.answers_arp_for(port, sip) {
             // Create entries from requests for us (as Linux does); replies
             // and gratuitous ARP only answer or refresh what is awaited or
             // known (an unsolicited reply cannot plant an entry).
@@ -481,7 +480,7 @@ impl HostStack {
         }
         if op == 1 && for_us && sip != tip {
             let Some(info) = snap.port(port) else { return };
-            let reply = arp_frame(2, info.mac, tip, smac, smac, sip);
+            let reply = arp_reply(info.mac, tip, smac, sip);
             self.send_frame(worker, &reply, port);
             self.stats.arp_replies.fetch_add(1, Relaxed);
         }
@@ -572,7 +571,7 @@ impl HostStack {
     fn request(&mut self, snap: &Snapshot, port: u16, ip: u128, to: Option<Mac>) {
         let Some(info) = snap.port(port) else { return };
         if let Some(ip4) = unmap(ip) {
-            let Some(src) = Self::port_addr(snap, port) else { return };
+            let Some(src) = snap.port_addr_v4(port) else { return };
             let frame = arp_frame(1, info.mac, src, to.unwrap_or(Mac::ZERO), to.unwrap_or(Mac([0xff; 6])), ip4);
             self.send_frame(0, &frame, port);
             self.stats.arp_requests.fetch_add(1, Relaxed);
@@ -689,7 +688,10 @@ impl HostStack {
         let d = pkt.data();
         let (l3, l4) = (m.l3_off as usize, m.l4_off as usize);
         let total = u16::from_be_bytes([d[l3 + 2], d[l3 + 3]]) as usize;
-        if m.frag != 0 || d.len() < l4 + 8 || d[l4] != 8 || l3 + total > d.len() || total < l4 - l3 + 8 {
+        // Echo requests to a broadcast or multicast address are ignored, as
+        // Linux does (icmp_echo_ignore_broadcasts).
+        let group = m.dst as u32 >> 28 == 0xe || m.dst as u32 == u32::MAX;
+        if m.frag != 0 || group || d.len() < l4 + 8 || d[l4] != 8 || l3 + total > d.len() || total < l4 - l3 + 8 {
             self.stats.not_handled.fetch_add(1, Relaxed);
             self.give_back(worker, pkt);
             return;
@@ -787,7 +789,7 @@ impl HostStack {
             return;
         }
         let Some(info) = snap.port(m.in_port) else { return };
-        let Some(from) = Self::port_addr(snap, m.in_port) else { return };
+        let Some(from) = snap.port_addr_v4(m.in_port) else { return };
         let quote = &ip[..ip.len().min(ICMP_QUOTE)];
         let mut f = Vec::with_capacity(14 + 28 + quote.len());
         f.extend_from_slice(&d[6..12]);
@@ -1026,21 +1028,6 @@ fn icmp6_frame(dst_mac: Mac, src_mac: Mac, src: u128, dst: u128, hop: u8, mut bo
     f.extend_from_slice(&src.to_be_bytes());
     f.extend_from_slice(&dst.to_be_bytes());
     f.extend_from_slice(&body);
-    f
-}
-
-/// Ethernet + ARP: `op` 1 request, 2 reply.
-fn arp_frame(op: u16, smac: Mac, sip: u32, tmac: Mac, dst: Mac, tip: u32) -> [u8; 60] {
-    let mut f = [0u8; 60];
-    f[0..6].copy_from_slice(&dst.0);
-    f[6..12].copy_from_slice(&smac.0);
-    f[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    f[14..20].copy_from_slice(&[0, 1, 8, 0, 6, 4]);
-    f[20..22].copy_from_slice(&op.to_be_bytes());
-    f[22..28].copy_from_slice(&smac.0);
-    f[28..32].copy_from_slice(&sip.to_be_bytes());
-    f[32..38].copy_from_slice(&tmac.0);
-    f[38..42].copy_from_slice(&tip.to_be_bytes());
     f
 }
 

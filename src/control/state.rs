@@ -560,9 +560,17 @@ impl Control {
             .collect();
         family("stage_packets_total", "counter", "Per-stage packet counters.", stages);
         if let Some(h) = self.host.load_full() {
-            let rows =
-                h.list().into_iter().map(|(k, v)| (format!("{{counter=\"{}\"}}", escape(k)), v as f64)).collect();
-            family("host_stack_total", "counter", "What the host stack (ARP, ICMP) did.", rows);
+            let rows = h
+                .list(&total.stage)
+                .into_iter()
+                .map(|(k, v)| (format!("{{counter=\"{}\"}}", escape(k)), v as f64))
+                .collect();
+            family(
+                "host_stack_total",
+                "counter",
+                "What the host stack did (ARP and echo replies include those the workers sent).",
+                rows,
+            );
         }
         let lb = self.lb_status();
         let mut rows: [Vec<(String, f64)>; 4] = Default::default();

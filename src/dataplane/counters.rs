@@ -17,6 +17,8 @@ pub const STAGE_COUNTERS: &[&str] = &[
     "route: local",
     "route: ecmp",
     "neighbor: rewritten",
+    "answer: arp requests answered by the worker",
+    "answer: echo requests answered by the worker",
     "conntrack: packets of known flows",
     "conntrack: new flows",
     "conntrack: sessions created",

@@ -5,7 +5,7 @@ use super::counters::{Counters, STAGE_COUNTERS};
 use super::exception::{Exception, PuntClass, PuntLimiter, Punted};
 use crate::packet::{Burst, PacketBuf, Verdict, WorkerBuf};
 use crate::port::TxQueue;
-use crate::stage::{Conntrack, ConntrackConfig, DropReason, Neighbor, Parse, Punt, Route, Snapshot};
+use crate::stage::{Answer, Conntrack, ConntrackConfig, DropReason, Neighbor, Parse, Punt, Route, Snapshot};
 
 /// parse → conntrack (known flows translated, new flows' destination
 /// translated) → route → policy and source translation of new flows →
@@ -16,6 +16,7 @@ pub struct Pipeline {
     pub conntrack: Conntrack,
     pub route: Route,
     pub neighbor: Neighbor,
+    pub answer: Answer,
     /// Packets moved to the worker owning their flow, and received so.
     pub handed_off: u64,
     pub handed_in: u64,
@@ -49,6 +50,7 @@ impl Pipeline {
             self.route.process(snap, burst);
         }
         self.neighbor.process(snap, burst);
+        self.answer.process(snap, burst);
     }
 
     /// Stage counters in the order of [`STAGE_COUNTERS`].
@@ -69,6 +71,8 @@ impl Pipeline {
             r.local,
             r.ecmp,
             self.neighbor.counters.rewritten,
+            self.answer.counters.arp,
+            self.answer.counters.echo,
             c.hits,
             c.new_flows,
             t.stats.inserted,
@@ -148,11 +152,15 @@ fn answers_with_icmp(r: DropReason) -> bool {
 /// to be fragmented, go to the punt ring (rate-limited per class, refusals
 /// counted as drops), and drops that call
 /// for an ICMP error are punted too while the limit allows (still counted
-/// under their own reason).
+/// under their own reason). Packets the worker answered itself
+/// (`Punt::Answer`) go to `answers[port]`, to be sent with the host
+/// stack's frames ([`transmit_host`]).
+#[allow(clippy::too_many_arguments)]
 #[inline]
 pub fn dispatch_punt<P: WorkerBuf>(
     burst: &mut Burst<P>,
     staging: &mut [Vec<P>],
+    answers: &mut [Vec<P>],
     pool: &mut P::Pool,
     c: &mut Counters,
     exc: &Exception,
@@ -166,6 +174,13 @@ pub fn dispatch_punt<P: WorkerBuf>(
             (Verdict::Forward, x) if x == Punt::Fragment as u8 => PuntClass::Fragment,
             (Verdict::Forward, _) if (m.out_port as usize) < staging.len() => {
                 return staging[m.out_port as usize].push(p);
+            }
+            (Verdict::Local, x) if x == Punt::Answer as u8 => {
+                c.local += 1;
+                return match answers.get_mut(m.out_port as usize) {
+                    Some(q) => q.push(p),
+                    None => p.release(pool),
+                };
             }
             (Verdict::Local, x) if x == Punt::Metadata as u8 => PuntClass::Metadata,
             (Verdict::Local, x) if x == Punt::Resolve as u8 => PuntClass::Resolve,
@@ -210,6 +225,34 @@ pub fn dispatch_punt<P: WorkerBuf>(
             }
         }
     });
+}
+
+/// Sends what the worker sends for the host: the host stack's frames and
+/// the worker's own answers (`out[port]`). Not forwarded traffic, so not in
+/// the forwarding counters; what finds no room is lost, as on a full NIC
+/// queue (the asker retries). Returns how many were sent.
+#[inline]
+pub fn transmit_host<P: PacketBuf>(
+    out: &mut [Vec<P>],
+    tx: &mut [Option<Box<dyn TxQueue<P>>>],
+    pool: &mut P::Pool,
+) -> u64 {
+    let mut sent = 0;
+    for (port, q) in out.iter_mut().enumerate() {
+        if q.is_empty() {
+            continue;
+        }
+        if let Some(Some(tx)) = tx.get_mut(port) {
+            sent += tx.tx_burst(pool, q) as u64;
+            if !q.is_empty() {
+                sent += tx.tx_burst(pool, q) as u64;
+            }
+        }
+        for p in q.drain(..) {
+            p.release(pool);
+        }
+    }
+    sent
 }
 
 /// Sends every non-empty staging queue; a queue that stays full after one

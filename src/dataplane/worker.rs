@@ -5,7 +5,7 @@ use super::counters::EXCEPTION_COUNTERS;
 use super::counters::{Counters, WorkerStats};
 use super::exception::{Exception, PuntClass, PuntLimiter};
 use super::handoff::Handoff;
-use super::pipeline::{Pipeline, dispatch, dispatch_punt, transmit};
+use super::pipeline::{Pipeline, dispatch, dispatch_punt, transmit, transmit_host};
 use super::query::SessionQuery;
 use super::{Snapshots, cycles};
 use crate::packet::{Burst, Pkt};
@@ -93,6 +93,7 @@ impl<P: WorkerBuf> Worker<P> {
             // The host stack: buffers back, frames to send, limits refilled.
             let host = exc.as_deref().filter(|x| x.active());
             pipeline.neighbor.punt_unresolved = host.is_some();
+            pipeline.answer.enabled = host.is_some();
             if let Some(x) = host {
                 limiter.tick(elapsed.as_millis() as u64);
                 x.refill(self.cfg.id, P::host_stock(&mut pool));
@@ -114,22 +115,7 @@ impl<P: WorkerBuf> Worker<P> {
                 }
                 if injected > 0 {
                     got += injected;
-                    for (port, q) in host_out.iter_mut().enumerate() {
-                        if q.is_empty() {
-                            continue;
-                        }
-                        if let Some(Some(tx)) = self.tx.get_mut(port) {
-                            c.injected += tx.tx_burst(&mut pool, q) as u64;
-                            if !q.is_empty() {
-                                c.injected += tx.tx_burst(&mut pool, q) as u64;
-                            }
-                        }
-                        // What found no room (or no queue) is lost, as a full
-                        // NIC queue would lose it; the host stack retries ARP.
-                        for p in q.drain(..) {
-                            p.release(&mut pool);
-                        }
-                    }
+                    c.injected += transmit_host(&mut host_out, &mut self.tx, &mut pool);
                 }
             }
             // Packets other workers received for flows this one owns.
@@ -140,7 +126,11 @@ impl<P: WorkerBuf> Worker<P> {
                     pipeline.handed_in += n as u64;
                     pipeline.process_parsed(snap, &mut burst);
                     match host {
-                        Some(x) => dispatch_punt(&mut burst, &mut staging, &mut pool, &mut c, x, &mut limiter, me),
+                        Some(x) => {
+                            let out = &mut host_out;
+                            dispatch_punt(&mut burst, &mut staging, out, &mut pool, &mut c, x, &mut limiter, me);
+                            transmit_host(out, &mut self.tx, &mut pool);
+                        }
                         None => dispatch(&mut burst, &mut staging, &mut pool, &mut c),
                     }
                     transmit(&mut staging, &mut self.tx, &mut pool, &mut c);
@@ -170,7 +160,11 @@ impl<P: WorkerBuf> Worker<P> {
                     None => pipeline.process(snap, &mut burst),
                 }
                 match host {
-                    Some(x) => dispatch_punt(&mut burst, &mut staging, &mut pool, &mut c, x, &mut limiter, me),
+                    Some(x) => {
+                        let out = &mut host_out;
+                        dispatch_punt(&mut burst, &mut staging, out, &mut pool, &mut c, x, &mut limiter, me);
+                        transmit_host(out, &mut self.tx, &mut pool);
+                    }
                     None => dispatch(&mut burst, &mut staging, &mut pool, &mut c),
                 }
                 transmit(&mut staging, &mut self.tx, &mut pool, &mut c);

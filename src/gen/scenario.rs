@@ -126,6 +126,10 @@ pub struct TrafficSpec {
     /// --host-stack` the host stack answers them).
     #[serde(default)]
     pub arp_every: Option<usize>,
+    /// Every Nth packet is an ICMP echo request (64 bytes on the wire) to
+    /// the ingress port's address instead (counted after `arp_every`).
+    #[serde(default)]
+    pub echo_every: Option<usize>,
 }
 
 fn any_port() -> [u16; 2] {

@@ -154,18 +154,29 @@ pub fn generate_traffic(s: &Scenario, topo: &Topology, routes: &[GeneratedRoute]
     let mut frames = Vec::with_capacity(n);
     let mut expect = Vec::with_capacity(n);
     let arp_target = topo.ports[ingress].addrs.iter().find(|a| a.0).map(|a| a.1 as u32);
-    if t.arp_every.is_some() && (arp_target.is_none() || !v4) {
-        return Err("traffic.arp_every needs IPv4 traffic into a port with an IPv4 address".into());
+    if (t.arp_every.is_some() || t.echo_every.is_some()) && (arp_target.is_none() || !v4) {
+        return Err("traffic.arp_every and echo_every need IPv4 traffic into a port with an IPv4 address".into());
     }
+    // Requests for the router come from hosts of the network, never from
+    // one of its own addresses (that would be an address conflict).
+    let own = |a: u32| topo.ports[ingress].addrs.iter().any(|x| x.0 && x.1 as u32 == a);
+    let asker = |k: usize| (0..flows.len()).map(|j| flows[(k + j) % flows.len()].src as u32).find(|&a| !own(a));
+    let every = |n: Option<usize>, k: usize| n.is_some_and(|n| n > 0 && k % n == n - 1);
     for k in 0..n {
         let f = &flows[k % flows.len()];
-        if let (Some(every), Some(target)) = (t.arp_every, arp_target)
-            && every > 0
-            && k % every == every - 1
-        {
-            frames.push(arp_request(f.src as u32, target));
-            expect.push(Expect::Local);
-            continue;
+        if let (Some(target), Some(sender)) = (arp_target, asker(k)) {
+            if every(t.arp_every, k) {
+                frames.push(arp_request(sender, target));
+                expect.push(Expect::Local);
+                continue;
+            }
+            if every(t.echo_every, k) {
+                let ping =
+                    Flow { v4: true, src: sender as u128, dst: target as u128, sport: k as u16, dport: k as u16 };
+                frames.push(build_frame(&ping, Protocol::Icmp, 64, k, dst_mac, 60)?);
+                expect.push(Expect::Local);
+                continue;
+            }
         }
         let wire = s.traffic.size.size_of(k) as usize;
         let frame = build_frame(f, t.protocol, t.ttl, k, dst_mac, wire - 4)?;

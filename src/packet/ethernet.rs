@@ -160,6 +160,27 @@ pub const ARP_LEN: usize = 28;
 pub const ARP_OP_REQUEST: u16 = 1;
 pub const ARP_OP_REPLY: u16 = 2;
 
+/// The 60-byte frame (padding zeroed) answering `to`/`to_ip`'s request for
+/// `ip`, which `mac` owns: sent to the asker's hardware address.
+pub fn arp_reply(mac: Mac, ip: u32, to: Mac, to_ip: u32) -> [u8; 60] {
+    arp_frame(ARP_OP_REPLY, mac, ip, to, to, to_ip)
+}
+
+/// A 60-byte ARP frame (padding zeroed) from `smac` to `dst`.
+pub fn arp_frame(op: u16, smac: Mac, sip: u32, tmac: Mac, dst: Mac, tip: u32) -> [u8; 60] {
+    let mut f = [0u8; 60];
+    f[0..6].copy_from_slice(&dst.0);
+    f[6..12].copy_from_slice(&smac.0);
+    f[12..14].copy_from_slice(&ETHERTYPE_ARP.to_be_bytes());
+    f[14..20].copy_from_slice(&[0, 1, 8, 0, 6, 4]);
+    f[20..22].copy_from_slice(&op.to_be_bytes());
+    f[22..28].copy_from_slice(&smac.0);
+    f[28..32].copy_from_slice(&sip.to_be_bytes());
+    f[32..38].copy_from_slice(&tmac.0);
+    f[38..42].copy_from_slice(&tip.to_be_bytes());
+    f
+}
+
 /// ARP for IPv4 over Ethernet (the only form a router needs).
 #[derive(Debug)]
 pub struct ArpPacket<T: AsRef<[u8]>> {

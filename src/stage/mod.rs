@@ -8,12 +8,14 @@ pub mod lb;
 pub mod nat;
 pub mod neighbor;
 pub mod parse;
+pub mod punt;
 pub mod route;
 pub mod snapshot;
 
 pub use conntrack::{Conntrack, ConntrackConfig};
 pub use neighbor::Neighbor;
 pub use parse::Parse;
+pub use punt::Answer;
 pub use route::Route;
 pub use snapshot::{AdjKind, Adjacency, Filtering, NatConfig, PortInfo, PortRole, Snapshot};
 
@@ -32,6 +34,11 @@ pub enum Punt {
     /// clear: it goes through every stage whole (NAT rewrites it once) and
     /// the host stack fragments it on the way out.
     Fragment = 3,
+    /// Answered by the worker itself (`punt::Answer`: ARP for the router
+    /// from a known neighbour, ICMP echo to the router), rewritten in place
+    /// into the reply, which leaves by `Meta::out_port` (the port it came in
+    /// by) with the host stack's frames; nothing reaches the host stack.
+    Answer = 4,
 }
 
 macro_rules! drop_reasons {

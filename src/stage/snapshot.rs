@@ -133,6 +133,14 @@ impl Snapshot {
         matches!(a.kind, AdjKind::Connected | AdjKind::Gateway).then_some((idx, a))
     }
 
+    /// Whether the router answers ARP for `ip` on port `p`: one of its IPv4
+    /// addresses there, or a floating IP when `p` is the external port.
+    #[inline]
+    pub fn answers_arp_for(&self, p: u16, ip: u32) -> bool {
+        self.own.iter().any(|&(a, v4, q)| v4 && q == p && a as u32 == ip)
+            || self.nat.external.is_some_and(|(ext, _)| ext == p) && self.nat.dnat.contains_key(&ip)
+    }
+
     /// The router's first IPv4 address on port `p`.
     #[inline]
     pub fn port_addr_v4(&self, p: u16) -> Option<u32> {

@@ -61,6 +61,13 @@ impl NeighborTable {
         self.v4.get(&(port, ip)).map(|n| n.mac)
     }
 
+    /// Whether an ARP from `ip` with `mac` on `port` would teach nothing:
+    /// the entry has that MAC, or is static (a learned MAC never replaces it).
+    #[inline]
+    pub fn settled_v4(&self, port: u16, ip: u32, mac: Mac) -> bool {
+        self.v4.get(&(port, ip)).is_some_and(|n| n.mac == mac || n.source == NeighborSource::Static)
+    }
+
     #[inline]
     pub fn get_v6(&self, port: u16, ip: u128) -> Option<Mac> {
         self.v6.get(&(port, ip)).map(|n| n.mac)
