@@ -2,7 +2,7 @@
 //! (RFC 1624), and the translation of ICMP errors that quote a translated
 //! packet (RFC 5508 section 4.2).
 
-use crate::packet::checksum::{checksum, update16, update32};
+use crate::packet::checksum::{checksum, fold, update16, update32};
 use crate::packet::ipv4::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use crate::packet::l4::icmp_is_echo;
 use crate::table::session::FlowKey;
@@ -46,6 +46,19 @@ fn wr32(b: &mut [u8], o: usize, v: u32) {
     b[o..o + 4].copy_from_slice(&v.to_be_bytes());
 }
 
+/// What replacing the 16-bit word `old` by `new` adds to a ones'-complement
+/// sum (nothing when they are equal).
+#[inline]
+fn delta16(old: u16, new: u16) -> u64 {
+    if old == new { 0 } else { (!old) as u64 + new as u64 }
+}
+
+/// The same for a 32-bit field (two words).
+#[inline]
+fn delta32(old: u32, new: u32) -> u64 {
+    if old == new { 0 } else { delta16((old >> 16) as u16, (new >> 16) as u16) + delta16(old as u16, new as u16) }
+}
+
 /// Rewrites an IPv4 packet from `from` to `to`: addresses in the header
 /// (and its checksum), and for an unfragmented packet or a first fragment
 /// the TCP/UDP ports or the ICMP echo identifier with the transport
@@ -56,50 +69,48 @@ fn wr32(b: &mut [u8], o: usize, v: u32) {
 /// bounds and the transport header is complete when `has_l4`.
 #[inline]
 pub fn rewrite_v4(data: &mut [u8], l3: usize, l4: usize, proto: u8, has_l4: bool, from: Tuple4, to: Tuple4) {
-    let mut ipc = rd16(data, l3 + 10);
-    if from.src != to.src {
-        ipc = update32(ipc, from.src, to.src);
-        wr32(data, l3 + 12, to.src);
-    }
-    if from.dst != to.dst {
-        ipc = update32(ipc, from.dst, to.dst);
-        wr32(data, l3 + 16, to.dst);
-    }
-    wr16(data, l3 + 10, ipc);
+    // RFC 1624 eqn. 3 with every changed word summed first and folded once:
+    // the addresses' change is the same for the IP header and for the
+    // transport checksum's pseudo-header. (Unchanged words add nothing.)
+    // Fixed-size views of the headers: one bounds check each.
+    let addrs = delta32(from.src, to.src) + delta32(from.dst, to.dst);
+    let Some(ip) = data.get_mut(l3..).and_then(|d| d.first_chunk_mut::<20>()) else { return };
+    ip[12..16].copy_from_slice(&to.src.to_be_bytes());
+    ip[16..20].copy_from_slice(&to.dst.to_be_bytes());
+    let ipc = !fold(!u16::from_be_bytes([ip[10], ip[11]]) as u64 + addrs);
+    ip[10..12].copy_from_slice(&ipc.to_be_bytes());
     if !has_l4 {
         return;
     }
+    let Some(t) = data.get_mut(l4..).and_then(|d| d.first_chunk_mut::<8>()) else { return };
     match proto {
         PROTO_TCP | PROTO_UDP => {
-            let co = l4 + if proto == PROTO_TCP { 16 } else { 6 };
-            let mut c = rd16(data, co);
-            let udp_none = proto == PROTO_UDP && c == 0;
-            if !udp_none {
-                if from.src != to.src {
-                    c = update32(c, from.src, to.src);
+            t[0..2].copy_from_slice(&to.sport.to_be_bytes());
+            t[2..4].copy_from_slice(&to.dport.to_be_bytes());
+            let ports = delta16(from.sport, to.sport) + delta16(from.dport, to.dport);
+            let c = if proto == PROTO_UDP {
+                &mut t[6..8]
+            } else {
+                match data.get_mut(l4 + 16..l4 + 18) {
+                    Some(c) => c,
+                    None => return,
                 }
-                if from.dst != to.dst {
-                    c = update32(c, from.dst, to.dst);
+            };
+            let old = u16::from_be_bytes([c[0], c[1]]);
+            // A UDP checksum of 0 means none: it stays 0.
+            if !(proto == PROTO_UDP && old == 0) {
+                let mut new = !fold(!old as u64 + addrs + ports);
+                if proto == PROTO_UDP && new == 0 {
+                    new = 0xffff;
                 }
-                if from.sport != to.sport {
-                    c = update16(c, from.sport, to.sport);
-                }
-                if from.dport != to.dport {
-                    c = update16(c, from.dport, to.dport);
-                }
-                if proto == PROTO_UDP && c == 0 {
-                    c = 0xffff;
-                }
-                wr16(data, co, c);
+                c.copy_from_slice(&new.to_be_bytes());
             }
-            wr16(data, l4, to.sport);
-            wr16(data, l4 + 2, to.dport);
         }
-        PROTO_ICMP if icmp_is_echo(data[l4]) && from.sport != to.sport => {
+        PROTO_ICMP if icmp_is_echo(t[0]) && from.sport != to.sport => {
             // ICMP checksums have no pseudo-header: only the identifier.
-            let c = update16(rd16(data, l4 + 2), from.sport, to.sport);
-            wr16(data, l4 + 2, c);
-            wr16(data, l4 + 4, to.sport);
+            let c = !fold(!u16::from_be_bytes([t[2], t[3]]) as u64 + delta16(from.sport, to.sport));
+            t[2..4].copy_from_slice(&c.to_be_bytes());
+            t[4..6].copy_from_slice(&to.sport.to_be_bytes());
         }
         _ => {}
     }
@@ -200,4 +211,98 @@ pub fn translate_icmp_error(
     wr16(data, icmp + 2, c);
     // The outer header (no transport part of its own to fix).
     rewrite_v4(data, l3, icmp, PROTO_ICMP, false, outer_from, outer_to);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+
+    const FROM: Tuple4 = Tuple4 { src: 0xc0a8_0105, dst: 0x0808_0808, sport: 40000, dport: 53 };
+    const TO: Tuple4 = Tuple4 { src: 0xcb00_710a, dst: 0x0808_0808, sport: 1025, dport: 53 };
+
+    fn frame(proto: u8) -> Vec<u8> {
+        let b = PacketBuilder::ethernet2([2; 6], [4; 6]).ipv4(FROM.src.to_be_bytes(), FROM.dst.to_be_bytes(), 64);
+        let mut v = Vec::new();
+        match proto {
+            PROTO_TCP => b.tcp(FROM.sport, FROM.dport, 7, 1024).syn().write(&mut v, b"payload"),
+            PROTO_UDP => b.udp(FROM.sport, FROM.dport).write(&mut v, b"payload"),
+            _ => b.icmpv4_echo_request(FROM.sport, 9).write(&mut v, b"payload"),
+        }
+        .unwrap();
+        v
+    }
+
+    /// The rewritten packet's fields and checksums, as etherparse computes them.
+    fn check(v: &[u8], to: Tuple4) {
+        let s = SlicedPacket::from_ethernet(v).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = &s.net else { panic!("not IPv4") };
+        let h = ip.header().to_header();
+        assert_eq!((u32::from_be_bytes(h.source), u32::from_be_bytes(h.destination)), (to.src, to.dst));
+        assert_eq!(h.header_checksum, h.calc_header_checksum());
+        match s.transport.unwrap() {
+            TransportSlice::Tcp(t) => {
+                assert_eq!((t.source_port(), t.destination_port()), (to.sport, to.dport));
+                let want = t.to_header().calc_checksum_ipv4(&h, t.payload()).unwrap();
+                assert_eq!(t.checksum(), want);
+            }
+            TransportSlice::Udp(u) => {
+                assert_eq!((u.source_port(), u.destination_port()), (to.sport, to.dport));
+                let want = u.to_header().calc_checksum_ipv4(&h, u.payload()).unwrap();
+                assert_eq!(u.checksum(), want);
+            }
+            TransportSlice::Icmpv4(i) => {
+                assert_eq!(u16::from_be_bytes([i.slice()[4], i.slice()[5]]), to.sport);
+                assert_eq!(i.checksum(), i.header().icmp_type.calc_checksum(i.payload()));
+            }
+            _ => panic!("unexpected transport"),
+        }
+    }
+
+    #[test]
+    fn rewrites_match_etherparse_checksums() {
+        for proto in [PROTO_TCP, PROTO_UDP, PROTO_ICMP] {
+            // Source translation, destination translation, both.
+            let dnat = Tuple4 { dst: 0xc0a8_0207, dport: 8080, ..FROM };
+            let both = Tuple4 { src: TO.src, sport: TO.sport, ..dnat };
+            for to in [TO, dnat, both] {
+                let to = if proto == PROTO_ICMP { Tuple4 { dport: to.sport, ..to } } else { to };
+                let from = if proto == PROTO_ICMP { Tuple4 { dport: FROM.sport, ..FROM } } else { FROM };
+                let mut v = frame(proto);
+                rewrite_v4(&mut v, 14, 34, proto, true, from, to);
+                check(&v, to);
+            }
+        }
+    }
+
+    #[test]
+    fn udp_without_checksum_stays_without() {
+        let mut v = frame(PROTO_UDP);
+        v[40] = 0;
+        v[41] = 0;
+        rewrite_v4(&mut v, 14, 34, PROTO_UDP, true, FROM, TO);
+        assert_eq!(&v[40..42], &[0, 0]);
+        assert_eq!(u16::from_be_bytes([v[34], v[35]]), TO.sport);
+    }
+
+    #[test]
+    fn later_fragment_gets_addresses_only() {
+        let mut v = frame(PROTO_UDP);
+        let before = v[34..].to_vec();
+        rewrite_v4(&mut v, 14, 34, PROTO_UDP, false, FROM, TO);
+        assert_eq!(&v[34..], &before[..], "the payload of a later fragment is not a header");
+        let h = etherparse::Ipv4HeaderSlice::from_slice(&v[14..]).unwrap().to_header();
+        assert_eq!(h.header_checksum, h.calc_header_checksum());
+        assert_eq!(u32::from_be_bytes(h.source), TO.src);
+    }
+
+    #[test]
+    fn short_buffers_are_left_alone() {
+        // The caller validates headers; a short buffer must still not panic.
+        let mut v = frame(PROTO_TCP);
+        v.truncate(40);
+        rewrite_v4(&mut v, 14, 34, PROTO_TCP, true, FROM, TO);
+        let mut tiny = vec![0u8; 20];
+        rewrite_v4(&mut tiny, 14, 34, PROTO_UDP, true, FROM, TO);
+    }
 }
