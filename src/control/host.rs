@@ -1033,15 +1033,7 @@ fn icmp6_frame(dst_mac: Mac, src_mac: Mac, src: u128, dst: u128, hop: u8, mut bo
 
 /// Appends an IPv4 header (TTL 64, DF clear) for `payload` bytes.
 fn push_ipv4(f: &mut Vec<u8>, src: u32, dst: u32, proto: u8, payload: usize) {
-    let at = f.len();
-    let total = (20 + payload) as u16;
-    f.extend_from_slice(&[0x45, 0]);
-    f.extend_from_slice(&total.to_be_bytes());
-    f.extend_from_slice(&[0, 0, 0, 0, 64, proto, 0, 0]);
-    f.extend_from_slice(&src.to_be_bytes());
-    f.extend_from_slice(&dst.to_be_bytes());
-    let c = checksum(&f[at..at + 20]);
-    f[at + 10..at + 12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&crate::packet::ipv4::header(src, dst, proto, (20 + payload) as u16));
 }
 
 /// Gives a held packet its Ethernet header for the resolved next hop.

@@ -186,6 +186,21 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     }
 }
 
+/// The 20-byte header the router puts on what it originates: no options,
+/// ID 0, DF clear, TTL 64, checksum filled in; `total` counts the header.
+pub fn header(src: u32, dst: u32, proto: u8, total: u16) -> [u8; IPV4_MIN_HEADER] {
+    let mut h = [0u8; IPV4_MIN_HEADER];
+    h[0] = 0x45;
+    h[2..4].copy_from_slice(&total.to_be_bytes());
+    h[8] = 64;
+    h[9] = proto;
+    h[12..16].copy_from_slice(&src.to_be_bytes());
+    h[16..20].copy_from_slice(&dst.to_be_bytes());
+    let c = checksum::checksum(&h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    h
+}
+
 /// True for sources a router must never forward from (RFC 1812 5.3.7,
 /// RFC 6890): "this network" 0/8, loopback 127/8, class D multicast, class E
 /// reserved and the limited broadcast.

@@ -17,6 +17,7 @@
 use super::{Punt, Snapshot};
 use crate::packet::checksum::checksum;
 use crate::packet::ethernet::{ARP_OP_REQUEST, ArpPacket, ETHER_HEADER_LEN, arp_reply};
+use crate::packet::ipv4;
 use crate::packet::{Burst, L3, Meta, PacketBuf, Verdict};
 
 /// An ARP frame with its Ethernet padding: what the router sends.
@@ -112,12 +113,7 @@ fn echo<P: PacketBuf>(snap: &Snapshot, pkt: &mut P, m: &Meta) -> bool {
     f[0..6].copy_from_slice(&peer);
     f[6..12].copy_from_slice(&mac.0);
     f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    let ip = &mut f[ETHER_HEADER_LEN..ETHER_HEADER_LEN + 20];
-    ip[..12].copy_from_slice(&[0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0, 0, 64, 1, 0, 0]);
-    ip[12..16].copy_from_slice(&dst.to_be_bytes());
-    ip[16..20].copy_from_slice(&src.to_be_bytes());
-    let c = checksum(ip);
-    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f[ETHER_HEADER_LEN..ETHER_HEADER_LEN + 20].copy_from_slice(&ipv4::header(dst, src, 1, total as u16));
     let icmp = &mut f[ETHER_HEADER_LEN + 20..];
     icmp[0] = 0;
     icmp[2] = 0;
