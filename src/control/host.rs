@@ -454,7 +454,8 @@ impl HostStack {
         }
     }
 
-    /// Addresses the router answers ARP for on `port`.
+    /// Learns from an ARP packet a worker punted, and answers a request
+    /// for one of the router's addresses.
     fn arp(&mut self, snap: &Snapshot, pkt: &Pkt, m: &crate::packet::Meta, worker: usize, now: Instant) {
         let d = pkt.data();
         let o = m.l3_off as usize;
