@@ -2,7 +2,7 @@
 //! (RFC 1624), and the translation of ICMP errors that quote a translated
 //! packet (RFC 5508 section 4.2).
 
-use crate::packet::checksum::{checksum, fold, update16, update32};
+use crate::packet::checksum::{checksum, delta16, delta32, fold, update16, update32};
 use crate::packet::ipv4::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use crate::packet::l4::icmp_is_echo;
 use crate::table::session::FlowKey;
@@ -44,19 +44,6 @@ fn rd32(b: &[u8], o: usize) -> u32 {
 #[inline]
 fn wr32(b: &mut [u8], o: usize, v: u32) {
     b[o..o + 4].copy_from_slice(&v.to_be_bytes());
-}
-
-/// What replacing the 16-bit word `old` by `new` adds to a ones'-complement
-/// sum (nothing when they are equal).
-#[inline]
-fn delta16(old: u16, new: u16) -> u64 {
-    if old == new { 0 } else { (!old) as u64 + new as u64 }
-}
-
-/// The same for a 32-bit field (two words).
-#[inline]
-fn delta32(old: u32, new: u32) -> u64 {
-    if old == new { 0 } else { delta16((old >> 16) as u16, (new >> 16) as u16) + delta16(old as u16, new as u16) }
 }
 
 /// Rewrites an IPv4 packet from `from` to `to`: addresses in the header
