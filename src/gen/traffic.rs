@@ -164,19 +164,19 @@ pub fn generate_traffic(s: &Scenario, topo: &Topology, routes: &[GeneratedRoute]
     let every = |n: Option<usize>, k: usize| n.is_some_and(|n| n > 0 && k % n == n - 1);
     for k in 0..n {
         let f = &flows[k % flows.len()];
-        if let (Some(target), Some(sender)) = (arp_target, asker(k)) {
-            if every(t.arp_every, k) {
-                frames.push(arp_request(sender, target));
-                expect.push(Expect::Local);
-                continue;
-            }
-            if every(t.echo_every, k) {
+        let (arp, echo) = (every(t.arp_every, k), every(t.echo_every, k));
+        if (arp || echo)
+            && let (Some(target), Some(sender)) = (arp_target, asker(k))
+        {
+            frames.push(if arp {
+                arp_request(sender, target)
+            } else {
                 let ping =
                     Flow { v4: true, src: sender as u128, dst: target as u128, sport: k as u16, dport: k as u16 };
-                frames.push(build_frame(&ping, Protocol::Icmp, 64, k, dst_mac, 60)?);
-                expect.push(Expect::Local);
-                continue;
-            }
+                build_frame(&ping, Protocol::Icmp, 64, k, dst_mac, 60)?
+            });
+            expect.push(Expect::Local);
+            continue;
         }
         let wire = s.traffic.size.size_of(k) as usize;
         let frame = build_frame(f, t.protocol, t.ttl, k, dst_mac, wire - 4)?;
