@@ -17,7 +17,7 @@
 use super::{Punt, Snapshot};
 use crate::packet::checksum::checksum;
 use crate::packet::ethernet::{ARP_OP_REQUEST, ArpPacket, ETHER_HEADER_LEN, arp_reply};
-use crate::packet::ipv4;
+use crate::packet::ipv4::{self, PROTO_ICMP};
 use crate::packet::{Burst, L3, Meta, PacketBuf, Verdict};
 
 /// An ARP frame with its Ethernet padding: what the router sends.
@@ -46,18 +46,17 @@ impl Answer {
             if m.verdict != Verdict::Local || m.punt != Punt::Host as u8 {
                 continue;
             }
-            let answered = match m.l3 {
-                L3::Arp => arp(snap, pkt, m).then(|| self.counters.arp += 1),
-                L3::Ipv4 if m.proto == 1 && m.icmp_type == ICMP_ECHO_REQUEST => {
-                    echo(snap, pkt, m).then(|| self.counters.echo += 1)
+            let counter = match m.l3 {
+                L3::Arp if arp(snap, pkt, m) => &mut self.counters.arp,
+                L3::Ipv4 if m.proto == PROTO_ICMP && m.icmp_type == ICMP_ECHO_REQUEST && echo(snap, pkt, m) => {
+                    &mut self.counters.echo
                 }
-                _ => None,
+                _ => continue,
             };
-            if answered.is_some() {
-                m.punt = Punt::Answer as u8;
-                m.out_port = m.in_port;
-                m.l3_off = ETHER_HEADER_LEN as u16;
-            }
+            *counter += 1;
+            m.punt = Punt::Answer as u8;
+            m.out_port = m.in_port;
+            m.l3_off = ETHER_HEADER_LEN as u16;
         }
     }
 }
