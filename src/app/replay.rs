@@ -123,7 +123,9 @@ pub fn run(o: &ReplayOptions) -> Result<ReplaySummary, String> {
     }
     let mut punt = CaptureWriter::create(&o.out_dir.join("punt.pcap")).map_err(|e| e.to_string())?;
 
-    let mut pipeline = Pipeline::new(ConntrackConfig { capacity: o.sessions, ..Default::default() });
+    // Fixed keys: the same captures give the same translated ports.
+    let ct = ConntrackConfig { capacity: o.sessions, seed: Some(0x00a5_7a2a), ..Default::default() };
+    let mut pipeline = Pipeline::new(ct);
     let mut pool = Pool::new(4);
     let mut burst: Burst = Burst::new(1);
     let mut staging: Vec<Vec<Pkt>> = (0..ports.len()).map(|_| Vec::with_capacity(1)).collect();

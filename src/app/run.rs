@@ -216,6 +216,7 @@ fn run_with<P: WorkerBuf + Send>(rt: &Runtime, config: Option<&Path>, ports: Bui
         timeouts: rt.conntrack.timeouts()?,
         worker: 0,
         workers: n,
+        seed: None,
     };
     let control = Control::new(specs, port_objs, base, Some(rt.path(&rt.state_dir)))?;
     match config {

@@ -90,11 +90,15 @@ pub struct ConntrackConfig {
     pub timeouts: Timeouts,
     pub worker: usize,
     pub workers: usize,
+    /// Keys the worker's hashes and its choice of translated ports. `None`
+    /// (in service) draws the keys at random, so hostile traffic cannot aim
+    /// at them; `replay` and tests fix them so a run repeats exactly.
+    pub seed: Option<u64>,
 }
 
 impl Default for ConntrackConfig {
     fn default() -> Self {
-        ConntrackConfig { capacity: 65_536, timeouts: Timeouts::default(), worker: 0, workers: 1 }
+        ConntrackConfig { capacity: 65_536, timeouts: Timeouts::default(), worker: 0, workers: 1, seed: None }
     }
 }
 
@@ -250,11 +254,15 @@ fn set_tuple(m: &mut Meta, t: Tuple4) {
 impl Conntrack {
     pub fn new(cfg: ConntrackConfig) -> Conntrack {
         let (low, high) = worker_ranges(cfg.workers.max(1), cfg.worker);
+        let state = |k: u64| match cfg.seed {
+            Some(s) => RandomState::with_seeds(s, s ^ k, s.rotate_left(17), k),
+            None => RandomState::new(),
+        };
         Conntrack {
-            sessions: SessionTable::new(cfg.capacity, cfg.timeouts),
-            ports: NatMap::new(low, high),
+            sessions: SessionTable::new(cfg.capacity, cfg.timeouts).keyed(&state(1)),
+            ports: NatMap::new(low, high).keyed(&state(2)),
             frags: vec![Frag::default(); FRAG_SLOTS],
-            frag_hasher: RandomState::new(),
+            frag_hasher: state(3),
             info: vec![Info::default(); MAX_BURST],
             keys: vec![FlowKey::default(); MAX_BURST],
             found: vec![None; MAX_BURST],
@@ -997,7 +1005,7 @@ struct Plan {
 /// those as its destination, so such a packet is routed as it is; it needs
 /// the session table only if it then leaves by the external port.
 #[inline]
-fn deferrable(snap: &Snapshot, m: &Meta) -> bool {
+pub(super) fn deferrable(snap: &Snapshot, m: &Meta) -> bool {
     let nat = &snap.nat;
     if m.frag != 0 || nat.external.is_some_and(|(p, _)| p == m.in_port) {
         return false;

@@ -111,6 +111,14 @@ pub struct NatMap {
 }
 
 impl NatMap {
+    /// The same empty map with its hash and port choices keyed from `r`
+    /// (see `ConntrackConfig::seed`).
+    pub fn keyed(mut self, r: &RandomState) -> NatMap {
+        debug_assert_eq!(self.live, 0, "rekeying a map in use");
+        self.seed = [r.hash_one(1u64), r.hash_one(2u64) | 1];
+        self
+    }
+
     pub fn new(low: Ports, high: Ports) -> NatMap {
         let slots = (3 * (low.len() + high.len()) * 2).next_power_of_two().max(16);
         NatMap {

@@ -197,6 +197,14 @@ pub struct SessionTable {
 
 impl SessionTable {
     /// A table for `capacity` sessions (< 2^31).
+    /// The same empty table with its hash keyed from `r` (see
+    /// `ConntrackConfig::seed`).
+    pub fn keyed(mut self, r: &RandomState) -> SessionTable {
+        debug_assert_eq!(self.live, 0, "rekeying a table in use");
+        self.seed = [r.hash_one(1u64), r.hash_one(2u64), r.hash_one(3u64), r.hash_one(4u64)];
+        self
+    }
+
     pub fn new(capacity: usize, timeouts: Timeouts) -> SessionTable {
         let capacity = capacity.clamp(1, (1 << 31) - 1);
         let slots = Self::slots_for(capacity);
