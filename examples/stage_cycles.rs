@@ -2,7 +2,9 @@
 //! first `N` frames of a scenario's pattern (default 256, as the DPDK bench's
 //! captures) replayed through one pipeline, timed with the TSC around every
 //! stage, best of 15 rounds of 40,000 bursts of 32. No ports, no threads.
-//! Run: cargo run --release --example stage_cycles -- route-64b-1k.toml [N]
+//! The fast path runs first, as in the workers; with `full` as the third
+//! argument it is skipped and every packet takes the full pipeline.
+//! Run: cargo run --release --example stage_cycles -- route-64b-1k.toml [N] [full]
 
 use astara_dp::app::prepare;
 use astara_dp::control::compile;
@@ -13,6 +15,7 @@ use std::path::Path;
 fn main() {
     let name = std::env::args().nth(1).unwrap_or_else(|| "route-64b-1k.toml".into());
     let nflows: usize = std::env::args().nth(2).map(|s| s.parse().unwrap()).unwrap_or(256);
+    let full = std::env::args().nth(3).is_some_and(|a| a == "full");
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pktgen-scenarios").join(&name);
     let p = prepare(&path).unwrap();
     let snap = compile(&p.config, &p.ports, &p.options).unwrap().snapshot;
@@ -23,11 +26,11 @@ fn main() {
     let mut pipe = Pipeline::new(Default::default());
     let mut staging: Vec<Vec<_>> = (0..p.ports.len()).map(|_| Vec::with_capacity(64)).collect();
     let mut c = Counters::new(p.ports.len());
-    let names = ["fill", "parse", "pre_route", "route", "post_route", "neigh+ans", "dispatch"];
-    let mut best = [f64::MAX; 7];
+    let names = ["fill", "fast", "parse", "pre_route", "route", "post_route", "neigh+ans", "dispatch"];
+    let mut best = [f64::MAX; 8];
     let mut at = 0;
     for _round in 0..15 {
-        let mut t = [0u64; 7];
+        let mut t = [0u64; 8];
         let iters = 40_000;
         for _ in 0..iters {
             let t0 = cycles();
@@ -38,6 +41,10 @@ fn main() {
                 let _ = burst.push(pk, port);
             }
             let t1 = cycles();
+            if !full {
+                pipe.process_fast(&snap, &mut burst, &mut staging);
+            }
+            let tf = cycles();
             pipe.parse.process(&snap, &mut burst);
             let t2 = cycles();
             pipe.conntrack.pre_route(&snap, &mut burst);
@@ -56,11 +63,11 @@ fn main() {
                 }
             }
             let t7 = cycles();
-            for (k, d) in [t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6].iter().enumerate() {
+            for (k, d) in [t1 - t0, tf - t1, t2 - tf, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6].iter().enumerate() {
                 t[k] += d;
             }
         }
-        for k in 0..7 {
+        for k in 0..8 {
             best[k] = best[k].min(t[k] as f64 / (iters * 32) as f64);
         }
     }

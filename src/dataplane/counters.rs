@@ -17,6 +17,7 @@ pub const STAGE_COUNTERS: &[&str] = &[
     "route: local",
     "route: ecmp",
     "neighbor: rewritten",
+    "fast path: forwarded in one pass",
     "answer: arp requests answered by the worker",
     "answer: echo requests answered by the worker",
     "conntrack: packets of known flows",

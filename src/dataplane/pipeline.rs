@@ -5,13 +5,15 @@ use super::counters::{Counters, STAGE_COUNTERS};
 use super::exception::{Exception, PuntClass, PuntLimiter, Punted};
 use crate::packet::{Burst, PacketBuf, Verdict, WorkerBuf};
 use crate::port::TxQueue;
-use crate::stage::{Answer, Conntrack, ConntrackConfig, DropReason, Neighbor, Parse, Punt, Route, Snapshot};
+use crate::stage::{Answer, Conntrack, ConntrackConfig, DropReason, FastPath, Neighbor, Parse, Punt, Route, Snapshot};
 
 /// parse → conntrack (known flows translated, new flows' destination
 /// translated) → route → policy and source translation of new flows →
-/// neighbour.
+/// neighbour, with the fast path for plain forwarding in front of it
+/// (`process_fast`).
 #[derive(Default)]
 pub struct Pipeline {
+    pub fast: FastPath,
     pub parse: Parse,
     pub conntrack: Conntrack,
     pub route: Route,
@@ -39,6 +41,34 @@ impl Pipeline {
         self.process_parsed(snap, burst);
     }
 
+    /// The fast path over a received burst: what it forwards goes straight
+    /// to `staging[out_port]` and leaves the burst; what is left (in
+    /// order) still needs the full pipeline. Returns whether anything is
+    /// left. A packet the fast path leaves can be overtaken by a later
+    /// one of the same burst only if its flow mixes both kinds (say, some
+    /// of its packets carry IP options), as a router's slow path does.
+    #[inline]
+    pub fn process_fast<P: PacketBuf>(
+        &mut self,
+        snap: &Snapshot,
+        burst: &mut Burst<P>,
+        staging: &mut [Vec<P>],
+    ) -> bool {
+        let n = burst.len();
+        let fast = self.fast.process(snap, burst, staging.len());
+        if fast == 0 {
+            return true;
+        }
+        if fast < n {
+            burst.split_off(|_, m| m.verdict == Verdict::Forward, |_, p, m| staging[m.out_port as usize].push(p));
+            return true;
+        }
+        burst.drain(|p, m| staging[m.out_port as usize].push(p));
+        // Sessions still expire at the pace of the traffic.
+        self.conntrack.expire(2 * n + 16);
+        false
+    }
+
     /// The stages after parse (for packets parsed by another worker).
     #[inline]
     pub fn process_parsed<P: PacketBuf>(&mut self, snap: &Snapshot, burst: &mut Burst<P>) {
@@ -57,20 +87,22 @@ impl Pipeline {
     pub fn stage_counters(&self) -> [u64; STAGE_COUNTERS.len()] {
         let p = &self.parse.counters;
         let r = &self.route.counters;
+        let f = self.fast.counters.forwarded;
         let c = &self.conntrack.counters;
         let t = &self.conntrack.sessions;
         let m = &self.conntrack.ports;
         [
-            p.ipv4,
+            p.ipv4 + f,
             p.ipv6,
             p.arp,
             p.vlan_priority_tagged,
             p.fragments,
             p.ipv4_options,
-            r.forwarded,
+            r.forwarded + f,
             r.local,
             r.ecmp,
-            self.neighbor.counters.rewritten,
+            self.neighbor.counters.rewritten + f,
+            f,
             self.answer.counters.arp,
             self.answer.counters.echo,
             c.hits,

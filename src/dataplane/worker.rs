@@ -151,13 +151,17 @@ impl<P: WorkerBuf> Worker<P> {
                 if let Some(r) = c.port_rx.get_mut(*port as usize) {
                     *r += n as u64;
                 }
+                // Plain forwarding needs no session, so no owner: the fast
+                // path forwards it on the worker that received it.
+                let rest = pipeline.process_fast(snap, &mut burst, &mut staging);
                 match &self.handoff {
-                    Some(h) => {
+                    Some(h) if rest => {
                         pipeline.parse.process(snap, &mut burst);
                         hand_off(h, self.cfg.id, snap, &mut burst, &mut owners, &mut pool, &mut pipeline, &mut c);
                         pipeline.process_parsed(snap, &mut burst);
                     }
-                    None => pipeline.process(snap, &mut burst),
+                    None if rest => pipeline.process(snap, &mut burst),
+                    _ => {}
                 }
                 match host {
                     Some(x) => {

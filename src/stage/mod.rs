@@ -3,6 +3,7 @@
 //! A stage is `fn process(&mut self, snap: &Snapshot, burst: &mut Burst<P>)`.
 
 pub mod conntrack;
+pub mod fast;
 pub mod firewall;
 pub mod lb;
 pub mod nat;
@@ -13,6 +14,7 @@ pub mod route;
 pub mod snapshot;
 
 pub use conntrack::{Conntrack, ConntrackConfig};
+pub use fast::FastPath;
 pub use neighbor::Neighbor;
 pub use parse::Parse;
 pub use punt::Answer;

@@ -43,7 +43,7 @@ impl Neighbor {
 }
 
 #[inline]
-fn resolve(snap: &Snapshot, m: &Meta) -> Result<Mac, D> {
+pub(super) fn resolve(snap: &Snapshot, m: &Meta) -> Result<Mac, D> {
     let adj = snap.adj.get(m.nh as usize).ok_or(D::Internal)?;
     if snap.port(m.out_port).is_none() {
         return Err(D::Internal);

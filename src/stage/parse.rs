@@ -203,7 +203,7 @@ impl Parse {
 /// first fragment. A first fragment too short for its transport header is a
 /// tiny fragment; an unfragmented one is truncated.
 #[inline]
-fn parse_l4(l4: &[u8], m: &mut Meta, first_fragment: bool) -> Result<(), D> {
+pub(super) fn parse_l4(l4: &[u8], m: &mut Meta, first_fragment: bool) -> Result<(), D> {
     let short = if first_fragment { D::TinyFragment } else { D::L4Truncated };
     match m.proto {
         PROTO_TCP => {

@@ -1,0 +1,151 @@
+//! Fast path: plain IPv4 forwarding in one pass over the burst.
+//!
+//! Most of a router's packets are untagged IPv4 with a 20-byte header, to a
+//! unicast destination through a resolved next hop, and need no session
+//! (no translation, no forwarding policy). For those, parse, route and
+//! neighbour rewrite are done here in one loop, reading each header once,
+//! and the packet is marked `Verdict::Forward` with its egress port; the
+//! pipeline moves such packets straight to their transmit queue. Anything
+//! else — and anything this stage is not sure about — is left untouched
+//! (`Verdict::Pending`, packet bytes unchanged, no counter moved) for the
+//! full pipeline, which gives it its exact verdict and drop reason.
+//!
+//! Every decision reuses the full pipeline's own rules (martian addresses,
+//! the transport header checks of `parse`, conntrack's `deferrable`, the
+//! neighbour stage's `resolve`), so a packet forwarded here leaves exactly
+//! as it would have left the full pipeline; `tests/fast_path.rs` checks
+//! that on a corpus of good and bad frames against the full pipeline and
+//! etherparse.
+
+use super::conntrack::deferrable;
+use super::neighbor::resolve;
+use super::parse::parse_l4;
+use super::{AdjKind, PortRole, Snapshot};
+use crate::packet::ethernet::ETHERTYPE_IPV4;
+use crate::packet::ipv4;
+use crate::packet::{Burst, L3, Meta, PacketBuf, Verdict, checksum};
+use crate::table::NO_ROUTE;
+
+/// Ethernet header (14) and an option-less IPv4 header (20).
+const HEAD: usize = 34;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FastCounters {
+    /// Packets forwarded here. They count too in `parse: ipv4`,
+    /// `route: forwarded` and `neighbor: rewritten`, as if the full pipeline
+    /// had forwarded them.
+    pub forwarded: u64,
+}
+
+#[derive(Default)]
+pub struct FastPath {
+    pub counters: FastCounters,
+}
+
+impl FastPath {
+    /// Whether the fast path can forward anything under `snap`: only when
+    /// no flow needs a session unless it is translated (no forwarding
+    /// policy), as conntrack's deferral rule requires.
+    #[inline]
+    pub fn applies(snap: &Snapshot) -> bool {
+        snap.acl.is_empty() && !snap.nat.track_all
+    }
+
+    /// Forwards what it can of the burst's pending packets to ports below
+    /// `ports` (the transmit queues there are); returns how many.
+    pub fn process<P: PacketBuf>(&mut self, snap: &Snapshot, burst: &mut Burst<P>, ports: usize) -> usize {
+        if !Self::applies(snap) {
+            return 0;
+        }
+        // The route lookups' first-level entries, before any is read.
+        for i in 0..burst.len() {
+            if let Some(h) = burst.pkt(i).data().first_chunk::<HEAD>() {
+                snap.fib4.prefetch(u32::from_be_bytes([h[30], h[31], h[32], h[33]]));
+            }
+        }
+        let ext = snap.nat.external.map(|(p, _)| p);
+        let mut n = 0;
+        for i in 0..burst.len() {
+            let (pkt, m) = burst.pair_mut(i);
+            if m.verdict == Verdict::Pending && forward(snap, pkt, m, ext, ports) {
+                n += 1;
+            }
+        }
+        self.counters.forwarded += n as u64;
+        n
+    }
+}
+
+/// Forwards one packet if every check passes; otherwise returns false with
+/// the packet unchanged and `m.verdict` still `Pending` (the other fields
+/// it may have filled are all set again by the parse stage).
+#[inline]
+fn forward<P: PacketBuf>(snap: &Snapshot, pkt: &mut P, m: &mut Meta, ext: Option<u16>, ports: usize) -> bool {
+    let Some(port) = snap.port(m.in_port) else { return false };
+    let data = pkt.data();
+    let Some(h) = data.first_chunk::<HEAD>() else { return false };
+    // Unicast to this port's MAC, untagged IPv4, version 4 with IHL 5.
+    if h[0..6] != port.mac.0 || u16::from_be_bytes([h[12], h[13]]) != ETHERTYPE_IPV4 || h[14] != 0x45 {
+        return false;
+    }
+    let Some(ip) = h.last_chunk::<20>() else { return false };
+    let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    // Whole, within the ingress MTU, not a fragment (DF may be set).
+    if total < 20 || 14 + total > data.len() || total > port.mtu as usize || ip[6] & 0x3f != 0 || ip[7] != 0 {
+        return false;
+    }
+    if checksum::fold(checksum::sum(ip)) != 0xffff {
+        return false;
+    }
+    let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
+    let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
+    // Martians are dropped, and multicast and broadcast delivered, by the
+    // full pipeline.
+    if ipv4::is_martian_source(src) || ipv4::is_martian_dest(dst) || dst >> 28 == 0xe || dst == u32::MAX {
+        return false;
+    }
+    let ttl = ip[8];
+    m.l3 = L3::Ipv4;
+    m.src = src as u128;
+    m.dst = dst as u128;
+    m.proto = ip[9];
+    m.l3_off = 14;
+    m.l4_off = HEAD as u16;
+    if parse_l4(&data[HEAD..14 + total], m, false).is_err() {
+        return false;
+    }
+    // No session needed (not translated, not an ICMP error).
+    if !deferrable(snap, m) {
+        return false;
+    }
+    let nh = snap.fib4.lookup(dst);
+    if nh == NO_ROUTE {
+        return false;
+    }
+    let Some(adj) = snap.adj.get(nh as usize) else { return false };
+    if !matches!(adj.kind, AdjKind::Connected | AdjKind::Gateway)
+        || adj.port as usize >= ports
+        || Some(adj.port) == ext
+        || ttl <= 1
+    {
+        return false;
+    }
+    let Some(out) = snap.port(adj.port) else { return false };
+    if out.role == PortRole::Management || total > out.mtu as usize {
+        return false;
+    }
+    m.nh = nh;
+    m.out_port = adj.port;
+    let Ok(mac) = resolve(snap, m) else { return false };
+    // Committed: trim any trailer, rewrite L2, decrement the TTL.
+    pkt.trim(14 + total);
+    let Some(h) = pkt.data_mut().first_chunk_mut::<HEAD>() else { return false };
+    h[0..6].copy_from_slice(&mac.0);
+    h[6..12].copy_from_slice(&out.mac.0);
+    let old = u16::from_be_bytes([ttl, h[23]]);
+    let c = checksum::update16(u16::from_be_bytes([h[24], h[25]]), old, old - 0x100);
+    h[22] = ttl - 1;
+    h[24..26].copy_from_slice(&c.to_be_bytes());
+    m.verdict = Verdict::Forward;
+    true
+}

@@ -1,0 +1,366 @@
+//! The fast path must forward exactly what the full pipeline forwards, byte
+//! for byte, and leave everything else to it: a corpus of good and damaged
+//! frames (wrong MACs, tags, options, fragments, bad checksums and lengths,
+//! TTL 0-2, egress MTU, martians, multicast, the router's and translated addresses,
+//! ECMP, unresolved and external next hops, ICMP errors) goes through a
+//! pipeline with the fast path in front and through one without it; the
+//! outputs per port, the drop reasons and the stage counters must agree.
+//! Every forwarded frame is also checked against the frame expected by hand
+//! (MACs swapped for the next hop's and the egress port's, TTL one less,
+//! the header checksum computed here, any trailer cut).
+
+use astara_dp::control::{AstaraConfig, StaticNeighbor, compile, ports_from_config};
+use astara_dp::dataplane::{Counters, Pipeline, STAGE_COUNTERS, dispatch};
+use astara_dp::packet::{Burst, PacketBuf, Pkt, Pool};
+use astara_dp::stage::{ConntrackConfig, Snapshot};
+use etherparse::PacketBuilder;
+
+mod common;
+
+const MACS: [[u8; 6]; 4] = [
+    [0xfa, 0x16, 0x3e, 0xe0, 0xe1, 0xb0],
+    [0xfa, 0x16, 0x3e, 0xa0, 0x80, 0x82],
+    [0xfa, 0x16, 0x3e, 0x11, 0x22, 0x01],
+    [0xfa, 0x16, 0x3e, 0x11, 0x22, 0x02],
+];
+/// Static neighbours: (port, address, MAC).
+const NEIGHBORS: [(&str, [u8; 4], [u8; 6]); 4] = [
+    ("ge2", [192, 168, 1, 5], [2, 0, 0, 0, 1, 5]),
+    ("ge3", [192, 168, 2, 9], [2, 0, 0, 0, 2, 9]),
+    ("ge3", [192, 168, 2, 253], [2, 0, 0, 0, 2, 0xfd]),
+    ("ge3", [192, 168, 2, 254], [2, 0, 0, 0, 2, 0xfe]),
+];
+
+/// router-open.json (no anchors: the fast path applies) or router.json
+/// (anchors: it must stand aside), with a static route through a
+/// resolved gateway on ge3 besides the ECMP and external ones.
+fn snapshot(open: bool) -> Snapshot {
+    let path = if open { "/configs/router-open.json" } else { "/configs/router.json" };
+    let mut doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("{}{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()).unwrap();
+    let routes = doc["static_routes"].as_array_mut().unwrap();
+    routes.push(serde_json::json!(["198.18.0.0/15", "192.168.2.253"]));
+    // A route over multicast, class E and the broadcast address: they must
+    // still not be forwarded.
+    routes.push(serde_json::json!(["224.0.0.0/3", "192.168.2.253"]));
+    // A smaller MTU on ge3: frames from ge2 can fit their way in and not out.
+    for n in doc["networks"].as_array_mut().unwrap() {
+        if n["interface"]["ifname"] == "ge3" {
+            n["interface"]["mtu"] = serde_json::json!(1400);
+        }
+    }
+    let cfg = AstaraConfig::from_json(&serde_json::to_vec(&doc).unwrap()).unwrap();
+    let mut opts = common::options();
+    for (port, ip, mac) in NEIGHBORS {
+        opts.neighbors.push(StaticNeighbor {
+            port: port.into(),
+            ip: std::net::Ipv4Addr::from(ip).into(),
+            mac: astara_dp::packet::Mac(mac),
+        });
+    }
+    compile(&cfg, &ports_from_config(&cfg), &opts).unwrap().snapshot
+}
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn pick<T: Copy>(&mut self, v: &[T]) -> T {
+        v[self.below(v.len() as u64) as usize]
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// RFC 791 header checksum, computed here.
+fn fix_ip_checksum(f: &mut [u8], l3: usize) {
+    let hl = ((f[l3] & 0xf) as usize * 4).min(f.len() - l3);
+    f[l3 + 10] = 0;
+    f[l3 + 11] = 0;
+    let mut s: u32 = 0;
+    for c in f[l3..l3 + hl].chunks(2) {
+        s += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+    }
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    f[l3 + 10..l3 + 12].copy_from_slice(&(!(s as u16)).to_be_bytes());
+}
+
+/// One frame and the port it arrives on.
+fn frame(r: &mut Rng) -> (Vec<u8>, u16) {
+    let port = r.pick(&[2u16, 2, 2, 3, 3, 1, 0]);
+    let dst_mac = if r.chance(90) { MACS[port as usize] } else { r.pick(&[[0xff; 6], [2, 0, 0, 0, 0, 1]]) };
+    let src = match port {
+        2 => [192, 168, 1, 5],
+        3 => [192, 168, 2, r.pick(&[9, 40])],
+        1 => [198, 51, 100, 7],
+        _ => [10, 0, 0, 1],
+    };
+    let src = if r.chance(5) { r.pick(&[[127, 0, 0, 1], [0, 1, 2, 3], [224, 0, 0, 9]]) } else { src };
+    let dst: [u8; 4] = r.pick(&[
+        [198, 18, 3, 4],
+        [198, 19, 200, 1],
+        [192, 168, 2, 9],
+        [192, 168, 2, 77],
+        [192, 168, 1, 5],
+        [10, 30, 1, 1],
+        [172, 20, 0, 1],
+        [8, 8, 8, 8],
+        [203, 0, 113, 50],
+        [203, 0, 113, 1],
+        [192, 168, 1, 1],
+        [192, 168, 2, 1],
+        [169, 254, 169, 254],
+        [224, 0, 0, 5],
+        [255, 255, 255, 255],
+        [192, 168, 2, 255],
+        [127, 0, 0, 1],
+        [240, 0, 0, 1],
+    ]);
+    let ttl = r.pick(&[64u8, 64, 64, 2, 1, 0]);
+    let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], dst_mac).ipv4(src, dst, ttl);
+    let len = if r.chance(4) { 1350 + r.below(300) as usize } else { r.below(64) as usize };
+    let payload: Vec<u8> = (0..len).map(|_| r.next() as u8).collect();
+    let mut f = Vec::new();
+    match r.below(6) {
+        0 | 1 => {
+            let (sp, dp) = (1024 + r.below(60000) as u16, r.pick(&[53u16, 80, 443]));
+            b.udp(sp, dp).write(&mut f, &payload).unwrap();
+        }
+        2 => {
+            let mut t = b.tcp(1024 + r.below(60000) as u16, r.pick(&[80u16, 22]), r.next() as u32, 65535);
+            t = match r.below(4) {
+                0 => t.syn(),
+                1 => t.ack(1).fin(),
+                2 => t.rst(),
+                _ => t.ack(7),
+            };
+            t.write(&mut f, &payload).unwrap();
+        }
+        3 => b.icmpv4_echo_request(r.next() as u16, 1).write(&mut f, &payload).unwrap(),
+        4 => {
+            // A destination unreachable quoting a UDP packet.
+            let mut q = Vec::new();
+            PacketBuilder::ipv4(dst, src, 60).udp(53, 4000).write(&mut q, &[1, 2, 3, 4]).unwrap();
+            b.icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port))
+                .write(&mut f, &q)
+                .unwrap();
+        }
+        _ => {
+            // GRE, carried as opaque payload.
+            PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], dst_mac)
+                .ipv4(src, dst, ttl)
+                .write(&mut f, etherparse::IpNumber(47), &payload)
+                .unwrap();
+        }
+    }
+    damage(r, &mut f);
+    (f, port)
+}
+
+/// Some frames get one defect, or a harmless change (DF, a trailer).
+fn damage(r: &mut Rng, f: &mut Vec<u8>) {
+    match r.below(24) {
+        0 => {
+            let i = r.below(f.len().min(64) as u64) as usize;
+            f[i] ^= 1 << r.below(8);
+        }
+        1 => f.truncate(r.below(f.len() as u64) as usize),
+        2 => f.extend((0..r.below(20) + 1).map(|_| 0xee)),
+        3 => {
+            f[20] |= 0x40; // DF
+            fix_ip_checksum(f, 14);
+        }
+        4 => {
+            f[20] |= 0x20; // MF
+            fix_ip_checksum(f, 14);
+        }
+        5 => {
+            f[21] = r.pick(&[1u8, 185]); // an offset
+            fix_ip_checksum(f, 14);
+        }
+        6 => {
+            // A priority tag (VID 0) or a VLAN.
+            let vid = r.pick(&[0u8, 5]);
+            f.splice(12..12, [0x81, 0x00, 0x00, vid]);
+        }
+        7 => {
+            // Four bytes of NOP options.
+            f.splice(34..34, [1, 1, 1, 0]);
+            f[14] = 0x46;
+            let tl = u16::from_be_bytes([f[16], f[17]]) + 4;
+            f[16..18].copy_from_slice(&tl.to_be_bytes());
+            fix_ip_checksum(f, 14);
+        }
+        8 => f[24] ^= 0x55, // checksum
+        9 => {
+            let tl = u16::from_be_bytes([f[16], f[17]]) + r.pick(&[4u16, 200]);
+            f[16..18].copy_from_slice(&tl.to_be_bytes());
+            fix_ip_checksum(f, 14);
+        }
+        10 => {
+            f[16..18].copy_from_slice(&r.pick(&[0u16, 19, 20, 27]).to_be_bytes());
+            fix_ip_checksum(f, 14);
+        }
+        _ => {}
+    }
+}
+
+/// What each port sent, the drop counts and the stage counters.
+#[derive(Debug, PartialEq)]
+struct Outcome {
+    sent: Vec<Vec<Vec<u8>>>,
+    drops: Vec<u64>,
+    local: u64,
+    stages: Vec<u64>,
+}
+
+struct Side {
+    pipe: Pipeline,
+    pool: Pool,
+    staging: Vec<Vec<Pkt>>,
+    c: Counters,
+    sent: Vec<Vec<Vec<u8>>>,
+    fast: bool,
+}
+
+impl Side {
+    fn new(fast: bool) -> Side {
+        let mut pipe = Pipeline::new(ConntrackConfig { seed: Some(1), ..Default::default() });
+        pipe.set_now(1);
+        Side {
+            pipe,
+            pool: Pool::new(64),
+            staging: (0..4).map(|_| Vec::new()).collect(),
+            c: Counters::new(4),
+            sent: vec![vec![]; 4],
+            fast,
+        }
+    }
+
+    fn run(&mut self, snap: &Snapshot, frames: &[(Vec<u8>, u16)]) {
+        let mut burst: Burst = Burst::new(32);
+        for (f, port) in frames {
+            burst.push(Pkt::from_slice(f).unwrap(), *port).unwrap();
+        }
+        let rest = !self.fast || self.pipe.process_fast(snap, &mut burst, &mut self.staging);
+        if rest {
+            self.pipe.process(snap, &mut burst);
+        }
+        dispatch(&mut burst, &mut self.staging, &mut self.pool, &mut self.c);
+        for (port, q) in self.staging.iter_mut().enumerate() {
+            let mut got: Vec<Vec<u8>> = q.drain(..).map(|p| p.data().to_vec()).collect();
+            // Within a burst the fast path's packets go first.
+            got.sort();
+            self.sent[port].extend(got);
+        }
+    }
+
+    fn outcome(&self) -> Outcome {
+        let fast = STAGE_COUNTERS.iter().position(|n| *n == "fast path: forwarded in one pass").unwrap();
+        let mut stages = self.pipe.stage_counters().to_vec();
+        stages.remove(fast);
+        Outcome { sent: self.sent.clone(), drops: self.c.drops.to_vec(), local: self.c.local, stages }
+    }
+}
+
+/// The frame the router must send for `f`: next hop's and egress MACs,
+/// TTL one less, checksum recomputed, cut to the IP total length.
+fn expected(f: &[u8], next_hop: [u8; 6], egress: [u8; 6]) -> Vec<u8> {
+    let total = u16::from_be_bytes([f[16], f[17]]) as usize;
+    let mut e = f[..14 + total].to_vec();
+    e[0..6].copy_from_slice(&next_hop);
+    e[6..12].copy_from_slice(&egress);
+    e[22] -= 1;
+    fix_ip_checksum(&mut e, 14);
+    e
+}
+
+fn compare(open: bool, burst: usize, seed: u64) -> (Side, Side, Vec<(Vec<u8>, u16)>) {
+    let snap = snapshot(open);
+    let mut r = Rng(seed);
+    let frames: Vec<(Vec<u8>, u16)> = (0..20_000).map(|_| frame(&mut r)).collect();
+    let (mut a, mut b) = (Side::new(true), Side::new(false));
+    for chunk in frames.chunks(burst) {
+        a.run(&snap, chunk);
+        b.run(&snap, chunk);
+    }
+    let (oa, ob) = (a.outcome(), b.outcome());
+    for port in 0..4 {
+        let (x, y) = (&oa.sent[port], &ob.sent[port]);
+        assert_eq!(x.len(), y.len(), "frames sent on port {port}");
+        if let Some(i) = (0..x.len()).find(|&i| x[i] != y[i]) {
+            panic!("port {port}, frame {i}: with the fast path {:02x?}, without {:02x?}", x[i], y[i]);
+        }
+    }
+    assert_eq!(oa.drops, ob.drops, "drops by reason");
+    assert_eq!(oa.local, ob.local, "local");
+    assert_eq!(oa.stages, ob.stages, "stage counters");
+    (a, b, frames)
+}
+
+#[test]
+fn fast_path_forwards_one_at_a_time_as_the_full_pipeline_does() {
+    let (a, _, frames) = compare(true, 1, 0x9e37_79b9_7f4a_7c15);
+    let fast = a.pipe.fast.counters.forwarded;
+    let forwarded: usize = a.sent.iter().map(|q| q.len()).sum();
+    assert!(fast > 800, "the corpus must exercise the fast path: {fast}");
+    assert!((fast as usize) < forwarded, "and forwarding it leaves to the full pipeline: {fast} of {forwarded}");
+    // Every frame sent on ge3 to 198.18.0.0/15 (through 192.168.2.253) or
+    // to the static neighbour 192.168.2.9 is one computed here from an
+    // input frame.
+    let mut want: Vec<Vec<u8>> = Vec::new();
+    for (f, _) in &frames {
+        let mut f = f.clone();
+        // A priority tag goes.
+        if f.len() >= 18 && f[12..16] == [0x81, 0, 0, 0] {
+            f.drain(12..16);
+        }
+        if f.len() < 34 || f[12..14] != [8, 0] || f[22] <= 1 {
+            continue;
+        }
+        let total = u16::from_be_bytes([f[16], f[17]]) as usize;
+        let mac = match [f[30], f[31], f[32], f[33]] {
+            [198, 18 | 19, ..] => [2, 0, 0, 0, 2, 0xfd],
+            [192, 168, 2, 9] => [2, 0, 0, 0, 2, 9],
+            _ => continue,
+        };
+        if total >= 20 && f.len() >= 14 + total {
+            want.push(expected(&f, mac, MACS[3]));
+        }
+    }
+    want.sort();
+    let mut checked = 0;
+    for out in &a.sent[3] {
+        if out[30..32] == [198, 18] || out[30..32] == [198, 19] || out[30..34] == [192, 168, 2, 9] {
+            let at = want.binary_search(out).unwrap_or_else(|_| panic!("unexpected frame on ge3: {out:02x?}"));
+            want.remove(at);
+            checked += 1;
+        }
+    }
+    assert!(checked > 800, "{checked}");
+}
+
+#[test]
+fn fast_path_forwards_bursts_as_the_full_pipeline_does() {
+    for seed in [1, 2, 3] {
+        let (a, _, _) = compare(true, 32, seed);
+        assert!(a.pipe.fast.counters.forwarded > 800);
+    }
+}
+
+#[test]
+fn fast_path_stands_aside_under_a_forwarding_policy() {
+    let (a, _, _) = compare(false, 32, 7);
+    assert_eq!(a.pipe.fast.counters.forwarded, 0);
+    assert!(a.sent.iter().map(|q| q.len()).sum::<usize>() > 1_000);
+}
