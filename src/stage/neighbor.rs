@@ -3,7 +3,7 @@
 //! tag of the ingress frame is stripped by writing the new header right in
 //! front of the IP header.
 
-use super::{AdjKind, DropReason as D, Punt, Snapshot};
+use super::{AdjKind, Adjacency, DropReason as D, Punt, Snapshot};
 use crate::packet::ethernet::{ETHER_HEADER_LEN, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
 use crate::packet::{Burst, L3, Mac, Meta, PacketBuf, Verdict};
 
@@ -48,12 +48,19 @@ pub(super) fn resolve(snap: &Snapshot, m: &Meta) -> Result<Mac, D> {
     if snap.port(m.out_port).is_none() {
         return Err(D::Internal);
     }
+    next_hop_mac(snap, adj, m.dst, m.l3 == L3::Ipv4)
+}
+
+/// The MAC of `adj`'s next hop for a packet to `dst`: the gateway's, or
+/// the destination's own on a connected network.
+#[inline(always)]
+pub(super) fn next_hop_mac(snap: &Snapshot, adj: &Adjacency, dst: u128, v4: bool) -> Result<Mac, D> {
     if let Some(mac) = adj.mac {
         return Ok(mac);
     }
     let (ip, v4) = match adj.kind {
         AdjKind::Gateway => (adj.gw, adj.gw_v4),
-        AdjKind::Connected => (m.dst, m.l3 == L3::Ipv4),
+        AdjKind::Connected => (dst, v4),
         _ => return Err(D::Internal),
     };
     let mac = if v4 { snap.neighbors.get_v4(adj.port, ip as u32) } else { snap.neighbors.get_v6(adj.port, ip) };
