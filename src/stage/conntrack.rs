@@ -183,6 +183,9 @@ pub struct Conntrack {
     keys: Vec<FlowKey>,
     found: Vec<Option<(u32, u8)>>,
     hashes: Vec<u64>,
+    /// Burst positions of the lookups `post_route` makes (deferred packets
+    /// routed out of the external port), in the order of `keys`.
+    late: Vec<usize>,
     /// New flows of the burst being planned: (position, plan).
     planned: Vec<(usize, Plan)>,
     /// Translated source ports given to balanced flows of this burst, as
@@ -267,6 +270,7 @@ impl Conntrack {
             keys: vec![FlowKey::default(); MAX_BURST],
             found: vec![None; MAX_BURST],
             hashes: vec![0; MAX_BURST],
+            late: Vec::with_capacity(MAX_BURST),
             planned: Vec::with_capacity(MAX_BURST),
             lb_taken: Vec::with_capacity(MAX_BURST),
             reroute: false,
@@ -425,22 +429,40 @@ impl Conntrack {
         }
     }
 
-    /// The lookup `pre_route` deferred, for a packet routed out of the
-    /// external port (its destination is not translated, so the route
-    /// stands).
-    fn late_lookup<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, m: &mut Meta, i: usize) {
-        let key = key_of(m);
-        self.info[i] = Info { kind: Kind::New, orig: key, ..Info::default() };
-        let found = self.sessions.lookup(&key).filter(|&(idx, _)| !self.retire_if_expired(idx));
-        match found {
-            Some((idx, dir)) => {
-                self.info[i].kind = Kind::Hit;
-                self.counters.hits += 1;
-                self.apply(pkt, m, idx, dir);
-                self.sessions.touch(idx, dir, self.now, m.tcp_flags);
-                self.lb_hit(snap, m, idx);
+    /// The lookups `pre_route` deferred, for packets routed out of the
+    /// external port (their destination is not translated, so the route
+    /// stands): in bulk, as `pre_route`'s, so that their cache misses
+    /// overlap. Keys and hashes are in `keys`/`hashes`, positions in `late`.
+    fn late_lookups<P: PacketBuf>(&mut self, snap: &Snapshot, burst: &mut Burst<P>) {
+        let n = self.late.len();
+        if self.sessions.is_empty() {
+            self.found[..n].fill(None);
+        } else {
+            let mut done = 0;
+            while done < n {
+                let k = (n - done).min(64);
+                self.sessions.lookup_bulk_hashed(
+                    &self.keys[done..done + k],
+                    &self.hashes[done..done + k],
+                    &mut self.found[done..done + k],
+                );
+                done += k;
             }
-            None => self.counters.new_flows += 1,
+        }
+        for j in 0..n {
+            let i = self.late[j];
+            let found = self.found[j];
+            match found.filter(|&(idx, _)| !self.retire_if_expired(idx)) {
+                Some((idx, dir)) => {
+                    let (pkt, m) = burst.pair_mut(i);
+                    self.info[i].kind = Kind::Hit;
+                    self.counters.hits += 1;
+                    self.apply(pkt, m, idx, dir);
+                    self.sessions.touch(idx, dir, self.now, m.tcp_flags);
+                    self.lb_hit(snap, m, idx);
+                }
+                None => self.counters.new_flows += 1,
+            }
         }
     }
 
@@ -689,19 +711,34 @@ impl Conntrack {
         // Deferred packets leaving by the external port, and those for the
         // appliance (its INPUT policy), are tracked as any other.
         let ext = snap.nat.external.map(|(p, _)| p);
+        self.late.clear();
         for i in 0..burst.len() {
             if self.info[i].kind != Kind::Deferred {
                 continue;
             }
-            let (pkt, m) = burst.pair_mut(i);
+            let m = burst.meta(i);
             match m.verdict {
-                Verdict::Forward if Some(m.out_port) == ext => self.late_lookup(snap, pkt, m, i),
+                Verdict::Forward if Some(m.out_port) == ext => {
+                    let key = key_of(m);
+                    self.info[i] = Info { kind: Kind::New, orig: key, ..Info::default() };
+                    let j = self.late.len();
+                    self.keys[j] = key;
+                    if !self.sessions.is_empty() {
+                        let h = self.sessions.hash(&key);
+                        self.sessions.prefetch(h);
+                        self.hashes[j] = h;
+                    }
+                    self.late.push(i);
+                }
                 Verdict::Local => {
                     self.info[i] = Info { kind: Kind::New, orig: key_of(m), ..Info::default() };
                     self.counters.new_flows += 1;
                 }
                 _ => {}
             }
+        }
+        if !self.late.is_empty() {
+            self.late_lookups(snap, burst);
         }
         // Pass 1: policy and translation of new flows; the index lines of
         // both keys of each new session are prefetched for pass 2.
