@@ -103,6 +103,7 @@ impl Pipeline {
             r.ecmp,
             self.neighbor.counters.rewritten + f,
             f,
+            self.fast.counters.skipped,
             self.answer.counters.arp,
             self.answer.counters.echo,
             c.hits,

@@ -35,11 +35,37 @@ pub struct FastCounters {
     /// `route: forwarded` and `neighbor: rewritten`, as if the full pipeline
     /// had forwarded them.
     pub forwarded: u64,
+    /// Bursts it did not try because recent ones gave it too little.
+    pub skipped: u64,
 }
 
-#[derive(Default)]
+/// Per ingress port slot: bursts to skip, and the current skip length.
+#[derive(Debug, Default, Clone, Copy)]
+struct Backoff {
+    skip: u16,
+    len: u16,
+}
+
+/// Ingress port slots for the backoff (ports beyond share them).
+const SLOTS: usize = 32;
+/// The longest run of bursts skipped between two tries.
+const MAX_SKIP: u16 = 64;
+
 pub struct FastPath {
     pub counters: FastCounters,
+    /// Skip the fast path for a while on a port where it forwarded less
+    /// than a quarter of a burst (on by default). A packet it tries and
+    /// leaves costs about as much as one it forwards saves: traffic that is
+    /// mostly translated (masquerade without a forwarding policy) would
+    /// pay for it and gain nothing. Off, it tries every burst (tests).
+    pub adaptive: bool,
+    backoff: [Backoff; SLOTS],
+}
+
+impl Default for FastPath {
+    fn default() -> Self {
+        FastPath { counters: FastCounters::default(), adaptive: true, backoff: [Backoff::default(); SLOTS] }
+    }
 }
 
 impl FastPath {
@@ -54,7 +80,14 @@ impl FastPath {
     /// Forwards what it can of the burst's pending packets to ports below
     /// `ports` (the transmit queues there are); returns how many.
     pub fn process<P: PacketBuf>(&mut self, snap: &Snapshot, burst: &mut Burst<P>, ports: usize) -> usize {
-        if !Self::applies(snap) {
+        if !Self::applies(snap) || burst.is_empty() {
+            return 0;
+        }
+        // (A received burst comes from one port.)
+        let slot = burst.meta(0).in_port as usize % SLOTS;
+        if self.adaptive && self.backoff[slot].skip > 0 {
+            self.backoff[slot].skip -= 1;
+            self.counters.skipped += 1;
             return 0;
         }
         // The route lookups' first-level entries, before any is read.
@@ -72,6 +105,14 @@ impl FastPath {
             }
         }
         self.counters.forwarded += n as u64;
+        let b = &mut self.backoff[slot];
+        if 4 * n < burst.len() {
+            // Twice as long each time it is still not worth it.
+            b.len = (2 * b.len).clamp(1, MAX_SKIP);
+            b.skip = b.len;
+        } else {
+            b.len = 0;
+        }
         n
     }
 }
