@@ -1041,7 +1041,7 @@ struct Plan {
 /// address). Every translation that rewrites a destination has one of
 /// those as its destination, so such a packet is routed as it is; it needs
 /// the session table only if it then leaves by the external port.
-#[inline(always)]
+#[inline]
 pub(super) fn deferrable(snap: &Snapshot, m: &Meta) -> bool {
     let nat = &snap.nat;
     if m.frag != 0 || nat.external.is_some_and(|(p, _)| p == m.in_port) {
