@@ -11,6 +11,9 @@
 //!                                   orchestrator (adpNm) m0 fdca:3ba5:a17a:acda::1
 //! ```
 //!
+//! Tests that need a second internal network add a host on ge3
+//! (`Topo::add_internal`).
+//!
 //! Needs root, iproute2, iputils-ping, curl, python3, iperf3 and ethtool
 //! (CI installs them); run with `--include-ignored`.
 
@@ -34,6 +37,8 @@ struct Topo {
     router: Option<Child>,
     /// The document the router starts with.
     doc: serde_json::Value,
+    /// Hosts on further internal networks (`add_internal`).
+    extra: Vec<String>,
 }
 
 fn run(args: &[&str]) -> Output {
@@ -63,6 +68,7 @@ impl Topo {
             children: Vec::new(),
             router: None,
             doc: document(),
+            extra: Vec::new(),
         };
         for ns in [&t.ns_in, &t.ns_rt, &t.ns_out, &t.ns_mgt] {
             must(&["ip", "netns", "add", ns]);
@@ -109,6 +115,41 @@ impl Topo {
         t.exec(&t.ns_mgt, &["ip", "addr", "add", "fdca:3ba5:a17a:acda::1/64", "dev", "m0", "nodad"]);
         t.exec(&t.ns_mgt, &["ip", "link", "set", "m0", "up"]);
         t
+    }
+
+    /// A host on a further internal network: namespace `<tag>h<n>`, its
+    /// veth `h0` (MAC `mac`, address `host/24`, default route via `.1`) to
+    /// the router's port `port`, and the network (`.1/24` on `port`, the
+    /// host as an allocation) in the document. Returns the namespace.
+    fn add_internal(&mut self, port: &str, host: &str, mac: &str) -> String {
+        let ns = format!("{}h{}", &self.ns_in[..self.ns_in.len() - 1], self.extra.len());
+        must(&["ip", "netns", "add", &ns]);
+        self.extra.push(ns.clone());
+        let etc = format!("/etc/netns/{ns}");
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(format!("{etc}/resolv.conf"), "# no resolver in this test namespace\n").unwrap();
+        must(&["ip", "link", "add", "h0", "netns", &ns, "type", "veth", "peer", "name", port, "netns", &self.ns_rt]);
+        self.exec(&self.ns_rt, &["sysctl", "-qw", &format!("net.ipv6.conf.{port}.disable_ipv6=1")]);
+        self.exec(&self.ns_rt, &["ip", "link", "set", port, "up"]);
+        let net = host.rsplit_once('.').unwrap().0;
+        let gw = format!("{net}.1");
+        self.exec(&ns, &["ip", "link", "set", "lo", "up"]);
+        self.exec(&ns, &["ethtool", "-K", "h0", "tso", "off", "gso", "off"]);
+        self.exec(&ns, &["ip", "link", "set", "h0", "address", mac]);
+        self.exec(&ns, &["ip", "addr", "add", &format!("{host}/24"), "dev", "h0"]);
+        self.exec(&ns, &["ip", "link", "set", "h0", "up"]);
+        self.exec(&ns, &["ip", "route", "add", "default", "via", &gw]);
+        let n = self.extra.len();
+        self.doc["networks"].as_array_mut().unwrap().push(serde_json::json!({
+            "network_id": format!("5e1f0c3a-7d2b-4c8e-9a6f-00000000000{n}"), "name": format!("app{n}"),
+            "network_type": "internal", "v4_conf_service": "static", "v6_conf_service": "static",
+            "interface": {"ifname": port, "addresses": [format!("{gw}/24")]},
+            "subnets": [{"id": format!("6f2a1d4b-8e3c-4d9f-ab70-00000000000{n}"), "cidr": format!("{net}.0/24"),
+                         "gateway_ip": gw, "dhcp_enabled": true, "dns_nameservers": [], "host_routes": []}],
+            "allocations": [{"mac_address": mac, "ip_addresses": {host: true},
+                             "hostname": format!("vm-app{n}"), "device_id": format!("7a3b2e5c-9f4d-4e0a-bc81-00000000000{n}")}]
+        }));
+        ns
     }
 
     /// The API's base URL, as the orchestrator reaches it.
@@ -266,7 +307,7 @@ impl Drop for Topo {
         if std::thread::panicking() {
             eprintln!("router log:\n{}", self.router_log());
         }
-        for ns in [&self.ns_in, &self.ns_rt, &self.ns_out, &self.ns_mgt] {
+        for ns in [&self.ns_in, &self.ns_rt, &self.ns_out, &self.ns_mgt].into_iter().chain(&self.extra) {
             let _ = run(&["ip", "netns", "del", ns]);
             let _ = std::fs::remove_dir_all(format!("/etc/netns/{ns}"));
         }
@@ -421,6 +462,77 @@ fn ping_and_http_through_masquerade_floating_ip_and_hairpin() {
     // echo requests themselves (the kernel's ping checked those replies).
     assert!(counter(&m, "echo requests answered by the worker") >= 1, "{m}");
     assert!(counter(&m, "icmp errors sent") >= 1, "{m}");
+}
+
+/// Between two internal networks, with no forwarding policy, packets take
+/// the fast path: ping (one hop: TTL 63 on arrival), HTTP both ways with
+/// the client's own address, and a TCP stream.
+#[test]
+#[ignore = "needs root, iproute2, iputils-ping, curl, python3, iperf3, ethtool: run with --include-ignored"]
+fn traffic_between_internal_networks_takes_the_fast_path() {
+    let mut t = Topo::new();
+    let ns2 = t.add_internal("ge3", "192.168.2.30", "fa:16:3e:00:02:30");
+    t.start_router_with(
+        r#"
+[[ports]]
+name = "ge1"
+backend = "af_packet"
+interface = "ge1"
+[[ports]]
+name = "ge2"
+backend = "af_packet"
+interface = "ge2"
+[[ports]]
+name = "ge3"
+backend = "af_packet"
+interface = "ge3"
+"#,
+    );
+    let ns_in = t.ns_in.clone();
+    let o = t.try_exec(&ns_in, &["ping", "-c", "5", "-i", "0.2", "-W", "2", "-I", "192.168.1.20", "192.168.2.30"]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success() && text.contains("ttl=63"), "{text}");
+
+    let srv = serve_http(&mut t, &ns2, "192.168.2.30", 8082);
+    let page = t.http(&ns_in, "http://192.168.2.30:8082/", Some("192.168.1.20"));
+    assert!(page.contains("Directory listing"), "{page}");
+    let log = t.finish(srv);
+    assert!(http_clients(&log).contains(&"192.168.1.20"), "not translated: {log}");
+    let srv = serve_http(&mut t, &ns_in, "192.168.1.20", 8083);
+    let page = t.http(&ns2, "http://192.168.1.20:8083/", None);
+    assert!(page.contains("Directory listing"), "{page}");
+    let log = t.finish(srv);
+    assert!(http_clients(&log).contains(&"192.168.2.30"), "not translated: {log}");
+
+    let srv = t.spawn(&ns2, &["timeout", "30", "iperf3", "-s", "-B", "192.168.2.30", "-1"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let o = t.try_exec(
+        &ns_in,
+        &[
+            "timeout",
+            "20",
+            "iperf3",
+            "-c",
+            "192.168.2.30",
+            "-B",
+            "192.168.1.20",
+            "-t",
+            "3",
+            "-J",
+            "--connect-timeout",
+            "3000",
+        ],
+    );
+    let _ = t.finish(srv);
+    assert!(o.status.success(), "iperf3: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
+    eprintln!("iperf3 between internal networks (af_packet, fast path): {:.1} Mbit/s", bps / 1e6);
+    assert!(bps > 1e6, "{bps}");
+
+    let m = t.metrics();
+    let fast = counter(&m, "forwarded in one pass");
+    assert!(fast >= 1_000, "the stream went through the fast path: {fast}\n{m}");
 }
 
 #[test]
