@@ -210,6 +210,13 @@ pub fn is_martian_source(a: u32) -> bool {
     first == 0 || first == 127 || first >= 224
 }
 
+/// Multicast and the limited broadcast: link-scope, delivered to the host
+/// stack whatever the route table says (no multicast routing).
+#[inline]
+pub fn is_link_scope_dest(a: u32) -> bool {
+    a >> 28 == 0xe || a == u32::MAX
+}
+
 /// True for destinations that are never forwarded: 0/8, 127/8, class E
 /// (multicast and limited broadcast are delivered locally, not dropped).
 #[inline]

@@ -18,7 +18,7 @@
 //! against frames computed in the test.
 
 use super::conntrack::deferrable;
-use super::neighbor::next_hop_mac;
+use super::neighbor::{next_hop_mac, rewrite_l2};
 use super::parse::parse_l4;
 use super::{AdjKind, PortRole, Snapshot};
 use crate::packet::ethernet::ETHERTYPE_IPV4;
@@ -142,7 +142,7 @@ fn forward<P: PacketBuf>(snap: &Snapshot, pkt: &mut P, m: &mut Meta, ext: Option
     let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
     // Martians are dropped, and multicast and broadcast delivered, by the
     // full pipeline.
-    if ipv4::is_martian_source(src) || ipv4::is_martian_dest(dst) || dst >> 28 == 0xe || dst == u32::MAX {
+    if ipv4::is_martian_source(src) || ipv4::is_martian_dest(dst) || ipv4::is_link_scope_dest(dst) {
         return false;
     }
     let ttl = ip[8];
@@ -178,15 +178,17 @@ fn forward<P: PacketBuf>(snap: &Snapshot, pkt: &mut P, m: &mut Meta, ext: Option
     let Ok(mac) = next_hop_mac(snap, adj, dst as u128, true) else { return false };
     m.nh = nh;
     m.out_port = adj.port;
-    // Committed: trim any trailer, rewrite L2, decrement the TTL.
+    // Committed: trim any trailer, rewrite L2 as the neighbour stage does,
+    // decrement the TTL with the checksum updated as `Ipv4Packet::set_ttl`
+    // does (RFC 1624; the frame holds the 34 bytes checked above).
     pkt.trim(14 + total);
-    let Some(h) = pkt.data_mut().first_chunk_mut::<HEAD>() else { return false };
-    h[0..6].copy_from_slice(&mac.0);
-    h[6..12].copy_from_slice(&out.mac.0);
-    let old = u16::from_be_bytes([ttl, h[23]]);
-    let c = checksum::update16(u16::from_be_bytes([h[24], h[25]]), old, old - 0x100);
-    h[22] = ttl - 1;
-    h[24..26].copy_from_slice(&c.to_be_bytes());
+    rewrite_l2(pkt, m, mac, out.mac);
+    if let Some(h) = pkt.data_mut().get_mut(22..26) {
+        let old = u16::from_be_bytes([ttl, h[1]]);
+        let c = checksum::update16(u16::from_be_bytes([h[2], h[3]]), old, old - 0x100);
+        h[0] = ttl - 1;
+        h[2..4].copy_from_slice(&c.to_be_bytes());
+    }
     m.verdict = Verdict::Forward;
     true
 }

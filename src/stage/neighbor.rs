@@ -68,7 +68,7 @@ pub(super) fn next_hop_mac(snap: &Snapshot, adj: &Adjacency, dst: u128, v4: bool
 }
 
 #[inline]
-fn rewrite_l2<P: PacketBuf>(pkt: &mut P, m: &mut Meta, dst: Mac, src: Mac) {
+pub(super) fn rewrite_l2<P: PacketBuf>(pkt: &mut P, m: &mut Meta, dst: Mac, src: Mac) {
     let strip = m.l3_off as usize - ETHER_HEADER_LEN;
     if strip > 0 {
         pkt.adj(strip);

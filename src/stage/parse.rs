@@ -126,7 +126,7 @@ impl Parse {
         m.dst = dst as u128;
         // Multicast and the limited broadcast are link-scope: for the host
         // stack, whatever the route table says (no multicast routing).
-        if dst >> 28 == 0xe || dst == u32::MAX {
+        if ipv4::is_link_scope_dest(dst) {
             m.verdict = Verdict::Local;
         }
         m.proto = ip.protocol();
