@@ -368,6 +368,21 @@ fn fast_path_stands_aside_under_a_forwarding_policy() {
     assert!(a.sent.iter().map(|q| q.len()).sum::<usize>() > 1_000);
 }
 
+/// 32 UDP frames from 192.168.1.5 on ge2 to hosts of `net`.0/24.
+fn udp_burst(r: &mut Rng, net: [u8; 3]) -> Vec<(Vec<u8>, u16)> {
+    (0..32)
+        .map(|_| {
+            let mut f = Vec::new();
+            PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], MACS[2])
+                .ipv4([192, 168, 1, 5], [net[0], net[1], net[2], r.below(250) as u8 + 1], 64)
+                .udp(1024 + r.below(60000) as u16, 53)
+                .write(&mut f, &[0; 18])
+                .unwrap();
+            (f, 2)
+        })
+        .collect()
+}
+
 /// Masquerade traffic (ge2 to the internet, no forwarding policy): the fast
 /// path can forward none of it, so it stops trying for growing runs of
 /// bursts, and what it does try it still leaves untouched.
@@ -379,17 +394,7 @@ fn fast_path_backs_off_from_traffic_it_cannot_forward() {
     a.pipe.fast.adaptive = true;
     let mut b = Side::new(false);
     for _ in 0..2_000 {
-        let burst: Vec<(Vec<u8>, u16)> = (0..32)
-            .map(|_| {
-                let mut f = Vec::new();
-                PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], MACS[2])
-                    .ipv4([192, 168, 1, 5], [8, 8, 4, r.below(250) as u8 + 1], 64)
-                    .udp(1024 + r.below(60000) as u16, 53)
-                    .write(&mut f, &[0; 18])
-                    .unwrap();
-                (f, 2)
-            })
-            .collect();
+        let burst = udp_burst(&mut r, [8, 8, 4]);
         a.run(&snap, &burst);
         b.run(&snap, &burst);
     }
@@ -404,17 +409,7 @@ fn fast_path_backs_off_from_traffic_it_cannot_forward() {
     // Routed traffic on the same port: taken up again at the next try (at
     // most 64 bursts later) and from then on every burst.
     for _ in 0..200 {
-        let burst: Vec<(Vec<u8>, u16)> = (0..32)
-            .map(|_| {
-                let mut f = Vec::new();
-                PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], MACS[2])
-                    .ipv4([192, 168, 1, 5], [198, 18, 0, r.below(250) as u8 + 1], 64)
-                    .udp(1024 + r.below(60000) as u16, 53)
-                    .write(&mut f, &[0; 18])
-                    .unwrap();
-                (f, 2)
-            })
-            .collect();
+        let burst = udp_burst(&mut r, [198, 18, 0]);
         a.run(&snap, &burst);
         b.run(&snap, &burst);
     }

@@ -194,18 +194,7 @@ impl Topo {
 
     /// Starts the router with the test's runtime file and document.
     fn start_router(&mut self) {
-        self.start_router_with(
-            r#"
-[[ports]]
-name = "ge1"
-backend = "af_packet"
-interface = "ge1"
-[[ports]]
-name = "ge2"
-backend = "af_packet"
-interface = "ge2"
-"#,
-        );
+        self.start_router_with(&af_packet_ports(&["ge1", "ge2"]));
     }
 
     /// Starts the router with `ports` (TOML) for ge1 and ge2 beside the
@@ -359,6 +348,12 @@ fn wait_http(t: &Topo, ns: &str, url: &str) {
 }
 
 /// Pings `dst` from `ns` three times; all must be answered.
+/// `[[ports]]` entries for af_packet ports on the router's interfaces of
+/// the same names.
+fn af_packet_ports(names: &[&str]) -> String {
+    names.iter().map(|n| format!("[[ports]]\nname = \"{n}\"\nbackend = \"af_packet\"\ninterface = \"{n}\"\n")).collect()
+}
+
 fn ping_ok(t: &Topo, ns: &str, dst: &str) {
     let o = t.try_exec(ns, &["ping", "-c", "3", "-i", "0.2", "-W", "2", dst]);
     assert!(o.status.success(), "ping {dst}: {}", String::from_utf8_lossy(&o.stdout));
@@ -472,22 +467,7 @@ fn ping_and_http_through_masquerade_floating_ip_and_hairpin() {
 fn traffic_between_internal_networks_takes_the_fast_path() {
     let mut t = Topo::new();
     let ns2 = t.add_internal("ge3", "192.168.2.30", "fa:16:3e:00:02:30");
-    t.start_router_with(
-        r#"
-[[ports]]
-name = "ge1"
-backend = "af_packet"
-interface = "ge1"
-[[ports]]
-name = "ge2"
-backend = "af_packet"
-interface = "ge2"
-[[ports]]
-name = "ge3"
-backend = "af_packet"
-interface = "ge3"
-"#,
-    );
+    t.start_router_with(&af_packet_ports(&["ge1", "ge2", "ge3"]));
     let ns_in = t.ns_in.clone();
     let o = t.try_exec(&ns_in, &["ping", "-c", "5", "-i", "0.2", "-W", "2", "-I", "192.168.1.20", "192.168.2.30"]);
     let text = String::from_utf8_lossy(&o.stdout);

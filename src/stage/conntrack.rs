@@ -377,31 +377,11 @@ impl Conntrack {
                 continue;
             }
             self.info[i].kind = Kind::Hit; // provisional: looked up below
-            self.keys[lookups] = key;
-            if !self.sessions.is_empty() {
-                let h = self.sessions.hash(&key);
-                self.sessions.prefetch(h);
-                self.hashes[lookups] = h;
-            }
+            self.queue_lookup(lookups, key);
             lookups += 1;
         }
-        // Pass 2: bulk lookups, 64 at a time (none in an empty table: a
-        // router with no NAT and no policy never pays for the index).
-        let mut done = if self.sessions.is_empty() {
-            self.found[..lookups].fill(None);
-            lookups
-        } else {
-            0
-        };
-        while done < lookups {
-            let k = (lookups - done).min(64);
-            self.sessions.lookup_bulk_hashed(
-                &self.keys[done..done + k],
-                &self.hashes[done..done + k],
-                &mut self.found[done..done + k],
-            );
-            done += k;
-        }
+        // Pass 2: bulk lookups.
+        self.lookup_queued(lookups);
         // Pass 3: translate hits, prepare new flows.
         let mut j = 0;
         for i in 0..n {
@@ -429,26 +409,46 @@ impl Conntrack {
         }
     }
 
+    /// Queues `key` as lookup `j` of a bulk lookup (`lookup_queued`),
+    /// prefetching its index line.
+    #[inline]
+    fn queue_lookup(&mut self, j: usize, key: FlowKey) {
+        self.keys[j] = key;
+        if !self.sessions.is_empty() {
+            let h = self.sessions.hash(&key);
+            self.sessions.prefetch(h);
+            self.hashes[j] = h;
+        }
+    }
+
+    /// Looks up the first `n` queued keys into `found`, 64 at a time (none
+    /// in an empty table: a router with no NAT and no policy never pays
+    /// for the index).
+    #[inline]
+    fn lookup_queued(&mut self, n: usize) {
+        if self.sessions.is_empty() {
+            self.found[..n].fill(None);
+            return;
+        }
+        let mut done = 0;
+        while done < n {
+            let k = (n - done).min(64);
+            self.sessions.lookup_bulk_hashed(
+                &self.keys[done..done + k],
+                &self.hashes[done..done + k],
+                &mut self.found[done..done + k],
+            );
+            done += k;
+        }
+    }
+
     /// The lookups `pre_route` deferred, for packets routed out of the
     /// external port (their destination is not translated, so the route
     /// stands): in bulk, as `pre_route`'s, so that their cache misses
     /// overlap. Keys and hashes are in `keys`/`hashes`, positions in `late`.
     fn late_lookups<P: PacketBuf>(&mut self, snap: &Snapshot, burst: &mut Burst<P>) {
         let n = self.late.len();
-        if self.sessions.is_empty() {
-            self.found[..n].fill(None);
-        } else {
-            let mut done = 0;
-            while done < n {
-                let k = (n - done).min(64);
-                self.sessions.lookup_bulk_hashed(
-                    &self.keys[done..done + k],
-                    &self.hashes[done..done + k],
-                    &mut self.found[done..done + k],
-                );
-                done += k;
-            }
-        }
+        self.lookup_queued(n);
         for j in 0..n {
             let i = self.late[j];
             let found = self.found[j];
@@ -721,13 +721,7 @@ impl Conntrack {
                 Verdict::Forward if Some(m.out_port) == ext => {
                     let key = key_of(m);
                     self.info[i] = Info { kind: Kind::New, orig: key, ..Info::default() };
-                    let j = self.late.len();
-                    self.keys[j] = key;
-                    if !self.sessions.is_empty() {
-                        let h = self.sessions.hash(&key);
-                        self.sessions.prefetch(h);
-                        self.hashes[j] = h;
-                    }
+                    self.queue_lookup(self.late.len(), key);
                     self.late.push(i);
                 }
                 Verdict::Local => {
