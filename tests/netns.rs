@@ -354,6 +354,24 @@ fn af_packet_ports(names: &[&str]) -> String {
     names.iter().map(|n| format!("[[ports]]\nname = \"{n}\"\nbackend = \"af_packet\"\ninterface = \"{n}\"\n")).collect()
 }
 
+/// A TCP stream of `secs` seconds from namespace `client` (from address
+/// `from`, or the kernel's choice) to an iperf3 server started on
+/// `server` (namespace, address); the bits per second received.
+fn iperf3(t: &mut Topo, server: (&str, &str), client: &str, from: Option<&str>, secs: u32) -> f64 {
+    let srv = t.spawn(server.0, &["timeout", "40", "iperf3", "-s", "-B", server.1, "-1"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let secs = secs.to_string();
+    let mut args = vec!["timeout", "30", "iperf3", "-c", server.1, "-t", &secs, "-J", "--connect-timeout", "3000"];
+    if let Some(a) = from {
+        args.extend(["-B", a]);
+    }
+    let o = t.try_exec(client, &args);
+    let _ = t.finish(srv);
+    assert!(o.status.success(), "iperf3: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0)
+}
+
 fn ping_ok(t: &Topo, ns: &str, dst: &str) {
     let o = t.try_exec(ns, &["ping", "-c", "3", "-i", "0.2", "-W", "2", dst]);
     assert!(o.status.success(), "ping {dst}: {}", String::from_utf8_lossy(&o.stdout));
@@ -484,29 +502,7 @@ fn traffic_between_internal_networks_takes_the_fast_path() {
     let log = t.finish(srv);
     assert!(http_clients(&log).contains(&"192.168.2.30"), "not translated: {log}");
 
-    let srv = t.spawn(&ns2, &["timeout", "30", "iperf3", "-s", "-B", "192.168.2.30", "-1"]);
-    std::thread::sleep(Duration::from_millis(500));
-    let o = t.try_exec(
-        &ns_in,
-        &[
-            "timeout",
-            "20",
-            "iperf3",
-            "-c",
-            "192.168.2.30",
-            "-B",
-            "192.168.1.20",
-            "-t",
-            "3",
-            "-J",
-            "--connect-timeout",
-            "3000",
-        ],
-    );
-    let _ = t.finish(srv);
-    assert!(o.status.success(), "iperf3: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
+    let bps = iperf3(&mut t, (&ns2, "192.168.2.30"), &ns_in, Some("192.168.1.20"), 3);
     eprintln!("iperf3 between internal networks (af_packet, fast path): {:.1} Mbit/s", bps / 1e6);
     assert!(bps > 1e6, "{bps}");
 
@@ -521,16 +517,7 @@ fn iperf3_tcp_through_nat() {
     let mut t = Topo::new();
     t.start_router();
     let (ns_in, ns_out) = (t.ns_in.clone(), t.ns_out.clone());
-    let srv = t.spawn(&ns_out, &["timeout", "40", "iperf3", "-s", "-B", "203.0.113.1", "-1"]);
-    std::thread::sleep(Duration::from_millis(500));
-    let o = t.try_exec(
-        &ns_in,
-        &["timeout", "30", "iperf3", "-c", "203.0.113.1", "-t", "5", "-J", "--connect-timeout", "3000"],
-    );
-    let _ = t.finish(srv);
-    assert!(o.status.success(), "iperf3: {}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().unwrap_or(0.0);
+    let bps = iperf3(&mut t, (&ns_out, "203.0.113.1"), &ns_in, None, 5);
     eprintln!("iperf3 through astara-dp (af_packet, NAT): {:.1} Mbit/s", bps / 1e6);
     assert!(bps > 1e6, "{bps}");
     // The external MTU is 1400: TCP got there by path MTU discovery, from
