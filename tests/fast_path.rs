@@ -8,6 +8,12 @@
 //! Every forwarded frame is also checked against the frame expected by hand
 //! (MACs swapped for the next hop's and the egress port's, TTL one less,
 //! the header checksum computed here, any trailer cut).
+//!
+//! Packets of known flows (translated or not) take the fast path too: NAT
+//! traffic in both directions, with replies made from what the router sent,
+//! TCP flags, damage and sessions expiring, must also come out the same
+//! with and without it, with checksums that verify (checked with
+//! `etherparse`), and a translated reply must be the frame computed here.
 
 use astara_dp::control::{AstaraConfig, StaticNeighbor, compile, ports_from_config};
 use astara_dp::dataplane::{Counters, Pipeline, STAGE_COUNTERS, dispatch};
@@ -24,8 +30,10 @@ const MACS: [[u8; 6]; 4] = [
     [0xfa, 0x16, 0x3e, 0x11, 0x22, 0x02],
 ];
 /// Static neighbours: (port, address, MAC).
-const NEIGHBORS: [(&str, [u8; 4], [u8; 6]); 4] = [
+const NEIGHBORS: [(&str, [u8; 4], [u8; 6]); 6] = [
     ("ge2", [192, 168, 1, 5], [2, 0, 0, 0, 1, 5]),
+    ("ge2", [192, 168, 1, 6], [2, 0, 0, 0, 1, 6]),
+    ("ge3", [192, 168, 2, 7], [2, 0, 0, 0, 2, 7]),
     ("ge3", [192, 168, 2, 9], [2, 0, 0, 0, 2, 9]),
     ("ge3", [192, 168, 2, 253], [2, 0, 0, 0, 2, 0xfd]),
     ("ge3", [192, 168, 2, 254], [2, 0, 0, 0, 2, 0xfe]),
@@ -271,7 +279,7 @@ impl Side {
     fn outcome(&self) -> Outcome {
         let fast = STAGE_COUNTERS.iter().position(|n| n.starts_with("fast path:")).unwrap();
         let mut stages = self.pipe.stage_counters().to_vec();
-        stages.drain(fast..fast + 2);
+        stages.drain(fast..fast + 3);
         Outcome { sent: self.sent.clone(), drops: self.c.drops.to_vec(), local: self.c.local, stages }
     }
 }
@@ -361,21 +369,26 @@ fn fast_path_forwards_bursts_as_the_full_pipeline_does() {
     }
 }
 
+/// Under a forwarding policy every flow needs a session: the fast path
+/// forwards only packets of flows already in the table.
 #[test]
-fn fast_path_stands_aside_under_a_forwarding_policy() {
+fn fast_path_forwards_no_untracked_packet_under_a_forwarding_policy() {
     let (a, _, _) = compare(false, 32, 7);
-    assert_eq!(a.pipe.fast.counters.forwarded, 0);
+    let c = a.pipe.fast.counters;
+    assert_eq!(c.forwarded, c.tracked, "{c:?}");
     assert!(a.sent.iter().map(|q| q.len()).sum::<usize>() > 1_000);
 }
 
-/// 32 UDP frames from 192.168.1.5 on ge2 to hosts of `net`.0/24.
-fn udp_burst(r: &mut Rng, net: [u8; 3]) -> Vec<(Vec<u8>, u16)> {
+/// 32 UDP frames from 192.168.1.6 on ge2 to hosts of `net`.0/24, each
+/// of a flow not seen before (`k` counts the frames made).
+fn udp_burst(k: &mut u32, net: [u8; 3]) -> Vec<(Vec<u8>, u16)> {
     (0..32)
         .map(|_| {
+            *k += 1;
             let mut f = Vec::new();
             PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], MACS[2])
-                .ipv4([192, 168, 1, 5], [net[0], net[1], net[2], r.below(250) as u8 + 1], 64)
-                .udp(1024 + r.below(60000) as u16, 53)
+                .ipv4([192, 168, 1, 6], [net[0], net[1], net[2], (*k / 60000) as u8 + 1], 64)
+                .udp(1024 + (*k % 60000) as u16, 53)
                 .write(&mut f, &[0; 18])
                 .unwrap();
             (f, 2)
@@ -383,18 +396,19 @@ fn udp_burst(r: &mut Rng, net: [u8; 3]) -> Vec<(Vec<u8>, u16)> {
         .collect()
 }
 
-/// Masquerade traffic (ge2 to the internet, no forwarding policy): the fast
-/// path can forward none of it, so it stops trying for growing runs of
-/// bursts, and what it does try it still leaves untouched.
+/// Masquerade traffic of new flows only (ge2 to the internet, no
+/// forwarding policy): the fast path can forward none of it (each packet
+/// needs a new session), so it stops trying for growing runs of bursts,
+/// and what it does try it still leaves untouched.
 #[test]
 fn fast_path_backs_off_from_traffic_it_cannot_forward() {
     let snap = snapshot(true);
-    let mut r = Rng(11);
+    let mut k = 0;
     let mut a = Side::new(true);
     a.pipe.fast.adaptive = true;
     let mut b = Side::new(false);
     for _ in 0..2_000 {
-        let burst = udp_burst(&mut r, [8, 8, 4]);
+        let burst = udp_burst(&mut k, [8, 8, 4]);
         a.run(&snap, &burst);
         b.run(&snap, &burst);
     }
@@ -409,10 +423,303 @@ fn fast_path_backs_off_from_traffic_it_cannot_forward() {
     // Routed traffic on the same port: taken up again at the next try (at
     // most 64 bursts later) and from then on every burst.
     for _ in 0..200 {
-        let burst = udp_burst(&mut r, [198, 18, 0]);
+        let burst = udp_burst(&mut k, [198, 18, 0]);
         a.run(&snap, &burst);
         b.run(&snap, &burst);
     }
     assert_eq!(a.outcome(), b.outcome());
     assert!(a.pipe.fast.counters.forwarded >= (200 - 64) * 32, "{:?}", a.pipe.fast.counters);
+}
+
+/// Builds a TCP or UDP frame arriving on a port (`dst_mac` its MAC).
+#[allow(clippy::too_many_arguments)]
+fn l4_frame(
+    r: &mut Rng,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    tcp: bool,
+) -> Vec<u8> {
+    let ttl = r.pick(&[64u8, 64, 64, 64, 2, 1]);
+    let b = PacketBuilder::ethernet2(src_mac, dst_mac).ipv4(src, dst, ttl);
+    let payload: Vec<u8> = (0..r.below(40)).map(|_| r.next() as u8).collect();
+    let mut f = Vec::new();
+    if tcp {
+        let t = b.tcp(sport, dport, r.next() as u32, 65535);
+        let t = match r.below(30) {
+            0 => t.syn(),
+            1 => t.ack(1).fin(),
+            2 => t.rst(),
+            _ => t.ack(9),
+        };
+        t.write(&mut f, &payload).unwrap();
+    } else {
+        b.udp(sport, dport).write(&mut f, &payload).unwrap();
+    }
+    f
+}
+
+/// The reply to a frame the router sent out of `port`: addresses and ports
+/// swapped, arriving on that port from the station it was sent to.
+fn reply(r: &mut Rng, out: &[u8], port: u16) -> Option<(Vec<u8>, u16)> {
+    reply_to(r, out, port, MACS[port as usize])
+}
+
+/// `reply` to a port whose MAC is `mac`.
+fn reply_to(r: &mut Rng, out: &[u8], port: u16, mac: [u8; 6]) -> Option<(Vec<u8>, u16)> {
+    let p = etherparse::SlicedPacket::from_ethernet(out).ok()?;
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else { return None };
+    let h = ip.header();
+    let (src, dst) = (h.source(), h.destination());
+    let (sp, dp, tcp) = match &p.transport {
+        Some(etherparse::TransportSlice::Udp(u)) => (u.source_port(), u.destination_port(), false),
+        Some(etherparse::TransportSlice::Tcp(t)) => (t.source_port(), t.destination_port(), true),
+        _ => return None,
+    };
+    let station: [u8; 6] = out[0..6].try_into().unwrap();
+    Some((l4_frame(r, station, mac, dst, src, dp, sp, tcp), port))
+}
+
+/// Every IPv4 TCP/UDP frame `f` must carry a header and a transport
+/// checksum that verify (computed by etherparse).
+fn assert_checksums(f: &[u8]) {
+    let p = etherparse::SlicedPacket::from_ethernet(f).unwrap_or_else(|e| panic!("{e:?}: {f:02x?}"));
+    let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else { return };
+    let h = ip.header().to_header();
+    assert_eq!(h.header_checksum, h.calc_header_checksum(), "ip checksum of {f:02x?}");
+    match &p.transport {
+        Some(etherparse::TransportSlice::Udp(u)) => {
+            let uh = u.to_header();
+            assert_eq!(uh.checksum, uh.calc_checksum_ipv4(&h, u.payload()).unwrap(), "udp checksum of {f:02x?}");
+        }
+        Some(etherparse::TransportSlice::Tcp(t)) => {
+            let th = t.to_header();
+            assert_eq!(th.checksum, th.calc_checksum_ipv4(&h, t.payload()).unwrap(), "tcp checksum of {f:02x?}");
+        }
+        _ => {}
+    }
+}
+
+/// Translated traffic both ways: inside hosts (with and without a
+/// floating IP, resolved or not) to outside and routed-inside addresses,
+/// outside clients to the floating IPs, and replies to whatever the router
+/// sent, from a small set of flows so most packets belong to known ones;
+/// sessions expiring among them, and with `damaged` frames damaged (a
+/// router forwards a frame whose transport checksum a flipped bit broke:
+/// checksums are verified only without).
+fn compare_translated(open: bool, seed: u64, damaged: bool) -> (Side, Side) {
+    let snap = snapshot(open);
+    let mut r = Rng(seed);
+    let (mut a, mut b) = (Side::new(true), Side::new(false));
+    let mut now = 1;
+    let mut replies: Vec<(Vec<u8>, u16)> = Vec::new();
+    for _ in 0..1_500 {
+        let mut burst = Vec::new();
+        for _ in 0..32 {
+            let f = if !replies.is_empty() && r.chance(45) {
+                let k = r.below(replies.len() as u64) as usize;
+                replies.swap_remove(k)
+            } else if r.chance(15) {
+                // An outside client to a floating IP.
+                let dst = r.pick(&[[203, 0, 113, 50], [203, 0, 113, 51]]);
+                let client = [198, 51, 100, r.below(4) as u8 + 1];
+                let sport = 40000 + r.below(4) as u16;
+                let tcp = r.chance(50);
+                (l4_frame(&mut r, [2, 0, 0, 0, 0, 1], MACS[1], client, dst, sport, 80, tcp), 1)
+            } else {
+                let (src, port) = r.pick(&[
+                    ([192, 168, 1, 5], 2u16),
+                    ([192, 168, 1, 6], 2),
+                    ([192, 168, 1, 6], 2),
+                    ([192, 168, 1, 30], 2),
+                    ([192, 168, 2, 7], 3),
+                    ([192, 168, 2, 9], 3),
+                ]);
+                let dst =
+                    r.pick(&[[8, 8, 8, 8], [93, 184, 216, 34], [172, 20, 1, 1], [198, 18, 0, 9], [192, 168, 2, 9]]);
+                let sport = 1024 + r.below(8) as u16;
+                let mac = [2, 0, 0, 0, src[2], src[3]];
+                let tcp = r.chance(50);
+                (l4_frame(&mut r, mac, MACS[port as usize], src, dst, sport, 443, tcp), port)
+            };
+            let mut f = f;
+            if damaged && r.chance(10) {
+                damage(&mut r, &mut f.0);
+            }
+            burst.push(f);
+        }
+        let before: Vec<usize> = a.sent.iter().map(|q| q.len()).collect();
+        a.run(&snap, &burst);
+        b.run(&snap, &burst);
+        for port in 1..4u16 {
+            for out in &a.sent[port as usize][before[port as usize]..] {
+                if !damaged {
+                    assert_checksums(out);
+                }
+                if r.chance(70)
+                    && let Some(f) = reply(&mut r, out, port)
+                {
+                    replies.push(f);
+                }
+            }
+        }
+        replies.truncate(256);
+        // Time passes; now and then past the UDP timeout (120 s).
+        now += if r.chance(2) { 125 } else { r.below(3) as u32 };
+        a.pipe.set_now(now);
+        b.pipe.set_now(now);
+    }
+    let (oa, ob) = (a.outcome(), b.outcome());
+    for port in 0..4 {
+        let (x, y) = (&oa.sent[port], &ob.sent[port]);
+        assert_eq!(x.len(), y.len(), "frames sent on port {port}");
+        if let Some(i) = (0..x.len()).find(|&i| x[i] != y[i]) {
+            panic!("port {port}, frame {i}: with the fast path {:02x?}, without {:02x?}", x[i], y[i]);
+        }
+    }
+    assert_eq!(oa.drops, ob.drops, "drops by reason");
+    assert_eq!(oa.local, ob.local, "local");
+    assert_eq!(oa.stages, ob.stages, "stage counters");
+    // Outbound traffic leaves ge1 translated, to the masquerade address or
+    // a floating IP.
+    for out in &oa.sent[1] {
+        assert!(
+            [[203, 0, 113, 10], [203, 0, 113, 50], [203, 0, 113, 51]].contains(&[out[26], out[27], out[28], out[29]]),
+            "untranslated on ge1: {out:02x?}"
+        );
+    }
+    (a, b)
+}
+
+#[test]
+fn fast_path_translates_known_flows_as_the_full_pipeline_does() {
+    for (seed, damaged) in [(5, false), (6, true)] {
+        let (a, _) = compare_translated(true, seed, damaged);
+        let c = a.pipe.fast.counters;
+        assert!(c.tracked > 10_000, "the traffic must exercise the fast path's sessions: {c:?}");
+        assert!(c.forwarded > c.tracked, "and plain forwarding beside them: {c:?}");
+    }
+}
+
+#[test]
+fn fast_path_translates_known_flows_under_a_forwarding_policy_as_the_full_pipeline_does() {
+    let (a, _) = compare_translated(false, 9, true);
+    let c = a.pipe.fast.counters;
+    assert!(c.tracked > 10_000, "{c:?}");
+    assert_eq!(c.forwarded, c.tracked, "{c:?}");
+}
+
+/// A masqueraded flow's reply, through the fast path, is the frame computed
+/// here: destination address and port back to the inside host's, both
+/// checksums recomputed from scratch, TTL one less, the inside host's MAC.
+#[test]
+fn fast_path_translates_a_reply_to_the_frame_computed_here() {
+    let snap = snapshot(true);
+    let mut a = Side::new(true);
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 1, 6], MACS[2])
+        .ipv4([192, 168, 1, 6], [8, 8, 8, 8], 64)
+        .udp(5353, 53)
+        .write(&mut f, b"query")
+        .unwrap();
+    a.run(&snap, &[(f, 2)]);
+    assert_eq!(a.pipe.fast.counters.tracked, 0, "a new flow takes the full pipeline");
+    let out = a.sent[1].last().expect("masqueraded").clone();
+    assert_eq!(out[26..30], [203, 0, 113, 10]);
+    let ext_port = u16::from_be_bytes([out[34], out[35]]);
+
+    let mut rep = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0x5e, 0, 0, 1], MACS[1])
+        .ipv4([8, 8, 8, 8], [203, 0, 113, 10], 50)
+        .udp(53, ext_port)
+        .write(&mut rep, b"answer!")
+        .unwrap();
+    a.run(&snap, &[(rep, 1)]);
+    assert_eq!(a.pipe.fast.counters.tracked, 1, "the reply takes the fast path");
+    let got = a.sent[2].last().expect("translated back").clone();
+
+    let mut want = Vec::new();
+    PacketBuilder::ethernet2(MACS[2], [2, 0, 0, 0, 1, 6])
+        .ipv4([8, 8, 8, 8], [192, 168, 1, 6], 49)
+        .udp(53, 5353)
+        .write(&mut want, b"answer!")
+        .unwrap();
+    // etherparse leaves identification 0 and DF clear, as the reply had.
+    fix_ip_checksum(&mut want, 14);
+    assert_eq!(got, want);
+    assert_checksums(&got);
+}
+
+/// configs/loadbalancer.json (VIP 192.168.0.137:80 on ge1, members .194
+/// and .195), its first member up or set down (draining).
+fn lb_snapshot(first_up: bool) -> Snapshot {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/loadbalancer.json");
+    let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    doc["services"]["loadbalancer"]["listeners"][0]["default_pool"]["members"][0]["admin_state_up"] = first_up.into();
+    let cfg = AstaraConfig::from_json(&serde_json::to_vec(&doc).unwrap()).unwrap();
+    let mut opts = common::options();
+    opts.neighbors = vec![StaticNeighbor {
+        port: "ge1".into(),
+        ip: "192.168.0.1".parse().unwrap(),
+        mac: astara_dp::packet::Mac([2, 0, 0x5e, 0, 0, 1]),
+    }];
+    compile(&cfg, &ports_from_config(&cfg), &opts).unwrap().snapshot
+}
+
+/// Balanced flows through the fast path: clients to the VIP and the
+/// members' replies, a member then set down (its flows drain) and the drain
+/// timeout passing; the outputs, drops and counters as without it.
+#[test]
+fn fast_path_balances_known_flows_as_the_full_pipeline_does() {
+    let (up, down) = (lb_snapshot(true), lb_snapshot(false));
+    let ge1 = up.ports[1].mac.0;
+    let mut r = Rng(21);
+    let (mut a, mut b) = (Side::new(true), Side::new(false));
+    let mut now = 1;
+    let mut replies: Vec<(Vec<u8>, u16)> = Vec::new();
+    for round in 0..1_200 {
+        let snap = if round < 600 { &up } else { &down };
+        let mut burst = Vec::new();
+        for _ in 0..32 {
+            let mut f = if !replies.is_empty() && r.chance(50) {
+                let k = r.below(replies.len() as u64) as usize;
+                replies.swap_remove(k)
+            } else {
+                // 4,096 flows: each sees a few packets before a FIN or
+                // RST takes it out of the established state.
+                let client = [10, 20, 0, r.below(64) as u8 + 1];
+                let sport = 20000 + r.below(64) as u16;
+                let tcp = r.chance(85);
+                (l4_frame(&mut r, [2, 0, 0x5e, 0, 0, 1], ge1, client, [192, 168, 0, 137], sport, 80, tcp), 1)
+            };
+            if r.chance(5) {
+                damage(&mut r, &mut f.0);
+            }
+            burst.push(f);
+        }
+        let before = a.sent[1].len();
+        a.run(snap, &burst);
+        b.run(snap, &burst);
+        for out in &a.sent[1][before..] {
+            if r.chance(70)
+                && let Some(f) = reply_to(&mut r, out, 1, ge1)
+            {
+                replies.push(f);
+            }
+        }
+        replies.truncate(256);
+        // Past the drain timeout (300 s) once the member is down.
+        now += if round == 900 { 301 } else { 1 };
+        a.pipe.set_now(now);
+        b.pipe.set_now(now);
+    }
+    let (oa, ob) = (a.outcome(), b.outcome());
+    assert_eq!(oa, ob);
+    let c = a.pipe.fast.counters;
+    assert!(c.tracked > 5_000, "{c:?}");
+    let drained = astara_dp::stage::DropReason::LbDrained as usize;
+    assert!(oa.drops[drained] > 0, "flows of the drained member ended: {:?}", oa.drops);
 }

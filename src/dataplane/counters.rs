@@ -18,6 +18,7 @@ pub const STAGE_COUNTERS: &[&str] = &[
     "route: ecmp",
     "neighbor: rewritten",
     "fast path: forwarded in one pass",
+    "fast path: of which packets of known flows",
     "fast path: bursts left to the full pipeline (backoff)",
     "answer: arp requests answered by the worker",
     "answer: echo requests answered by the worker",

@@ -55,7 +55,12 @@ impl Pipeline {
         staging: &mut [Vec<P>],
     ) -> bool {
         let n = burst.len();
-        let fast = self.fast.process(snap, burst, staging.len());
+        // Sessions expire at the pace of the traffic, before its lookups,
+        // here for the whole burst (the full pipeline's `pre_route` does
+        // not again for what is left).
+        self.conntrack.expire_burst(n);
+        self.conntrack.swept = true;
+        let fast = self.fast.process(snap, &mut self.conntrack, burst, staging.len());
         if fast == 0 {
             return true;
         }
@@ -64,8 +69,7 @@ impl Pipeline {
             return true;
         }
         burst.drain(|p, m| staging[m.out_port as usize].push(p));
-        // Sessions still expire at the pace of the traffic.
-        self.conntrack.expire(2 * n + 16);
+        self.conntrack.swept = false;
         false
     }
 
@@ -103,6 +107,7 @@ impl Pipeline {
             r.ecmp,
             self.neighbor.counters.rewritten + f,
             f,
+            self.fast.counters.tracked,
             self.fast.counters.skipped,
             self.answer.counters.arp,
             self.answer.counters.echo,

@@ -151,8 +151,10 @@ impl<P: WorkerBuf> Worker<P> {
                 if let Some(r) = c.port_rx.get_mut(*port as usize) {
                     *r += n as u64;
                 }
-                // Plain forwarding needs no session, so no owner: the fast
-                // path forwards it on the worker that received it.
+                // Plain forwarding needs no session, so no owner, and a
+                // known flow's session is in its owner's table only: the
+                // fast path forwards both on the worker that received them
+                // (another worker's flows miss here and are handed off).
                 let rest = pipeline.process_fast(snap, &mut burst, &mut staging);
                 match &self.handoff {
                     Some(h) if rest => {

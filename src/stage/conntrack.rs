@@ -28,7 +28,7 @@ use super::nat::{Tuple4, quoted_v4, rewrite_v4, translate_icmp_error};
 use super::{DropReason as D, Filtering, Punt, Snapshot};
 use crate::dataplane::query::{SessionQuery, SessionView};
 use crate::packet::ipv4::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
-use crate::packet::l4::{icmp_is_echo, icmp_is_error};
+use crate::packet::l4::{TCP_FIN, TCP_RST, TCP_SYN, icmp_is_echo, icmp_is_error};
 use crate::packet::{Burst, L3, MAX_BURST, Meta, PacketBuf, Verdict};
 use crate::table::natmap::{NatMap, proto_slot, worker_ranges};
 use crate::table::session::{FlowKey, Session, SessionError, SessionState, SessionTable, Timeouts};
@@ -193,6 +193,8 @@ pub struct Conntrack {
     lb_taken: Vec<u64>,
     /// `post_route` left packets for the route stage (see `take_reroute`).
     reroute: bool,
+    /// This burst's expiry is done (`expire_burst`): `pre_route` skips it.
+    pub(crate) swept: bool,
     /// Seconds, from the worker's clock or the capture's timestamps.
     pub now: u32,
     pub counters: ConntrackCounters,
@@ -232,7 +234,7 @@ impl Default for Conntrack {
 }
 
 #[inline]
-fn key_of(m: &Meta) -> FlowKey {
+pub(super) fn key_of(m: &Meta) -> FlowKey {
     FlowKey::new(m.src, m.dst, m.sport, m.dport, m.proto, m.l3 == L3::Ipv6)
 }
 
@@ -274,10 +276,21 @@ impl Conntrack {
             planned: Vec::with_capacity(MAX_BURST),
             lb_taken: Vec::with_capacity(MAX_BURST),
             reroute: false,
+            swept: false,
             now: 0,
             counters: ConntrackCounters::default(),
             lb: LbCounters::default(),
         }
+    }
+
+    /// The expiry work that goes with a burst of `n` packets, before any of
+    /// them is looked up. The fast path does it for the burst it is given,
+    /// and marks it done (`swept`) for the `pre_route` that follows with
+    /// what it left: either way a burst expires the same sessions before its
+    /// lookups, so the port mappings its new flows find free are the same.
+    #[inline]
+    pub fn expire_burst(&mut self, n: usize) {
+        self.expire(2 * n + 16);
     }
 
     /// Frees idle sessions (and their port mappings), a bounded amount of
@@ -337,7 +350,9 @@ impl Conntrack {
 
     pub fn pre_route<P: PacketBuf>(&mut self, snap: &Snapshot, burst: &mut Burst<P>) {
         let n = burst.len();
-        self.expire(2 * n + 16);
+        if !std::mem::take(&mut self.swept) {
+            self.expire_burst(n);
+        }
         // Without a forwarding policy, only flows through the external port
         // and to translated addresses are tracked.
         let defer = snap.acl.is_empty() && !snap.nat.track_all;
@@ -394,12 +409,7 @@ impl Conntrack {
             // A session past its deadline is gone, freed or not yet.
             let found = found.filter(|&(idx, _)| !self.retire_if_expired(idx));
             match found {
-                Some((idx, dir)) => {
-                    self.counters.hits += 1;
-                    self.apply(pkt, m, idx, dir);
-                    self.sessions.touch(idx, dir, self.now, m.tcp_flags);
-                    self.lb_hit(snap, m, idx);
-                }
+                Some((idx, dir)) => self.hit(snap, pkt, m, idx, dir),
                 None => {
                     self.info[i].kind = Kind::New;
                     self.counters.new_flows += 1;
@@ -456,14 +466,53 @@ impl Conntrack {
                 Some((idx, dir)) => {
                     let (pkt, m) = burst.pair_mut(i);
                     self.info[i].kind = Kind::Hit;
-                    self.counters.hits += 1;
-                    self.apply(pkt, m, idx, dir);
-                    self.sessions.touch(idx, dir, self.now, m.tcp_flags);
-                    self.lb_hit(snap, m, idx);
+                    self.hit(snap, pkt, m, idx, dir);
                 }
                 None => self.counters.new_flows += 1,
             }
         }
+    }
+
+    /// A packet of live session `idx` arriving in direction `dir`:
+    /// translated, its session refreshed (and its TCP state moved), counted.
+    #[inline]
+    pub(super) fn hit<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, m: &mut Meta, idx: u32, dir: u8) {
+        self.counters.hits += 1;
+        self.apply(pkt, m, idx, dir);
+        self.sessions.touch(idx, dir, self.now, m.tcp_flags);
+        self.lb_hit(snap, m, idx);
+    }
+
+    /// For the fast path: what an IPv4 packet (`m`) of session `idx`
+    /// arriving in direction `dir` becomes, when `hit` would do nothing else
+    /// than translate, refresh and count it. None, and the packet left to
+    /// `pre_route`, when the session is past its deadline (it is retired,
+    /// and the packet is a new flow), belongs to a draining load-balancer
+    /// member with a drain timeout (whose sessions `lb_hit` may end), or is
+    /// a TCP connection not established or a segment with SYN, FIN or RST.
+    ///
+    /// The last rule keeps a flow's TCP state independent of the order the
+    /// fast path and the full pipeline take a burst's packets in: an ACK or
+    /// data segment of an established connection leaves any state it meets
+    /// as it is (see `tcp_next`), so it commutes with every other segment.
+    #[inline]
+    pub(super) fn fast_target(&self, snap: &Snapshot, m: &Meta, idx: u32, dir: u8) -> Option<Tuple4> {
+        if self.sessions.is_expired(idx, self.now) {
+            return None;
+        }
+        let s = self.sessions.get(idx)?;
+        if s.key[0].proto == PROTO_TCP
+            && (s.state != SessionState::Established || m.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0)
+        {
+            return None;
+        }
+        if NatKind::of(s.flags) == NatKind::Lb
+            && snap.lb.drain_timeout != 0
+            && snap.lb.slot_state(s.user) == SLOT_DRAINING
+        {
+            return None;
+        }
+        Some(Tuple4::of(&s.key[1 - dir as usize]).reversed())
     }
 
     /// Frees session `idx` if it is past its deadline; true if it is gone

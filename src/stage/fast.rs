@@ -1,30 +1,35 @@
-//! Fast path: plain IPv4 forwarding in one pass over the burst.
+//! Fast path: IPv4 forwarding in one pass over the burst, for plain
+//! forwarding and for packets of established flows.
 //!
 //! Most of a router's packets are untagged IPv4 with a 20-byte header, to a
-//! unicast destination through a resolved next hop, and need no session
-//! (no translation, no forwarding policy). For those, parse, route and
-//! neighbour rewrite are done here in one loop, reading each header once,
-//! and the packet is marked `Verdict::Forward` with its egress port; the
-//! pipeline moves such packets straight to their transmit queue. Anything
-//! else — and anything this stage is not sure about — is left untouched
-//! (`Verdict::Pending`, packet bytes unchanged, no counter moved) for the
-//! full pipeline, which gives it its exact verdict and drop reason.
+//! unicast destination through a resolved next hop, and either need no
+//! session (no translation, no forwarding policy) or belong to a flow the
+//! session table already holds. For those, parse, session lookup and
+//! translation, route and neighbour rewrite are done here, reading each
+//! header once, and the packet is marked `Verdict::Forward` with its egress
+//! port; the pipeline moves such packets straight to their transmit queue.
+//! Anything else — new flows, ICMP, fragments, options, anything this
+//! stage is not sure about — is left untouched (`Verdict::Pending`, packet
+//! bytes unchanged, no session or counter moved) for the full pipeline,
+//! which gives it its exact verdict and drop reason.
 //!
 //! Every decision reuses the full pipeline's own rules (martian addresses,
-//! the transport header checks of `parse`, conntrack's `deferrable`, the
-//! neighbour stage's `next_hop_mac`), so a packet forwarded here leaves exactly
-//! as it would have left the full pipeline; `tests/fast_path.rs` checks
-//! that on a corpus of good and bad frames against the full pipeline and
-//! against frames computed in the test.
+//! the transport header checks of `parse`, conntrack's `deferrable` and its
+//! `hit`, the neighbour stage's `next_hop_mac`), so a packet forwarded here
+//! leaves exactly as it would have left the full pipeline;
+//! `tests/fast_path.rs` checks that on a corpus of good and bad frames,
+//! plain and translated, against the full pipeline and against frames
+//! computed in the test.
 
-use super::conntrack::deferrable;
+use super::conntrack::{Conntrack, deferrable, key_of};
 use super::neighbor::{next_hop_mac, rewrite_l2};
 use super::parse::parse_l4;
 use super::{AdjKind, PortRole, Snapshot};
 use crate::packet::ethernet::ETHERTYPE_IPV4;
-use crate::packet::ipv4;
-use crate::packet::{Burst, L3, Meta, PacketBuf, Verdict, checksum};
+use crate::packet::ipv4::{self, PROTO_TCP, PROTO_UDP};
+use crate::packet::{Burst, L3, MAX_BURST, Mac, Meta, PacketBuf, Verdict, checksum};
 use crate::table::NO_ROUTE;
+use crate::table::session::FlowKey;
 
 /// Ethernet header (14) and an option-less IPv4 header (20).
 const HEAD: usize = 34;
@@ -32,9 +37,12 @@ const HEAD: usize = 34;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FastCounters {
     /// Packets forwarded here. They count too in `parse: ipv4`,
-    /// `route: forwarded` and `neighbor: rewritten`, as if the full pipeline
-    /// had forwarded them.
+    /// `route: forwarded` and `neighbor: rewritten` (and those of known
+    /// flows in `conntrack: packets of known flows`), as if the full
+    /// pipeline had forwarded them.
     pub forwarded: u64,
+    /// Of those, packets of flows in the session table.
+    pub tracked: u64,
     /// Bursts it did not try because recent ones gave it too little.
     pub skipped: u64,
 }
@@ -56,21 +64,55 @@ pub struct FastPath {
     /// Skip the fast path for a while on a port where it forwarded less
     /// than a quarter of a burst (on by default). A packet it tries and
     /// leaves costs about as much as one it forwards saves: traffic that is
-    /// mostly translated (masquerade without a forwarding policy) would
-    /// pay for it and gain nothing. Off, it tries every burst (tests).
+    /// mostly new flows, or needs the full pipeline for another reason,
+    /// would pay for it and gain nothing. Off, it tries every burst (tests).
     pub adaptive: bool,
     backoff: [Backoff; SLOTS],
+    /// The burst's session lookups: what is known of each packet, its key,
+    /// hash and what the table holds for it.
+    pending: Vec<Lookup>,
+    keys: Vec<FlowKey>,
+    hashes: Vec<u64>,
+    found: Vec<Option<(u32, u8)>>,
+}
+
+/// What `head` found: the TTL, and the IP total length (a longer frame
+/// has a trailer, cut when the packet is forwarded).
+#[derive(Debug, Default, Clone, Copy)]
+struct Head {
+    ttl: u8,
+    total: u16,
+}
+
+/// A packet waiting for its session lookup.
+#[derive(Debug, Default, Clone, Copy)]
+struct Lookup {
+    /// Position in the burst.
+    at: u16,
+    head: Head,
+    /// Without a forwarding policy, a packet that needs no session unless
+    /// it leaves by the external port (`deferrable`): conntrack looks it up
+    /// only then, so it is taken here only then.
+    only_external: bool,
 }
 
 impl Default for FastPath {
     fn default() -> Self {
-        FastPath { counters: FastCounters::default(), adaptive: true, backoff: [Backoff::default(); SLOTS] }
+        FastPath {
+            counters: FastCounters::default(),
+            adaptive: true,
+            backoff: [Backoff::default(); SLOTS],
+            pending: Vec::with_capacity(MAX_BURST),
+            keys: vec![FlowKey::default(); MAX_BURST],
+            hashes: vec![0; MAX_BURST],
+            found: vec![None; MAX_BURST],
+        }
     }
 }
 
 impl FastPath {
-    /// Whether the fast path can forward anything under `snap`: only when
-    /// no flow needs a session unless it is translated (no forwarding
+    /// Whether plain forwarding (no session) is possible under `snap`: only
+    /// when no flow needs a session unless it is translated (no forwarding
     /// policy), as conntrack's deferral rule requires.
     #[inline]
     pub fn applies(snap: &Snapshot) -> bool {
@@ -78,9 +120,18 @@ impl FastPath {
     }
 
     /// Forwards what it can of the burst's pending packets to ports below
-    /// `ports` (the transmit queues there are); returns how many.
-    pub fn process<P: PacketBuf>(&mut self, snap: &Snapshot, burst: &mut Burst<P>, ports: usize) -> usize {
-        if !Self::applies(snap) || burst.is_empty() {
+    /// `ports` (the transmit queues there are), translating those of flows
+    /// in `ct`'s session table; returns how many.
+    pub fn process<P: PacketBuf>(
+        &mut self,
+        snap: &Snapshot,
+        ct: &mut Conntrack,
+        burst: &mut Burst<P>,
+        ports: usize,
+    ) -> usize {
+        let plain = Self::applies(snap);
+        let tracked = !ct.sessions.is_empty();
+        if !(plain || tracked) || burst.is_empty() {
             return 0;
         }
         // (A received burst comes from one port.)
@@ -90,7 +141,9 @@ impl FastPath {
             self.counters.skipped += 1;
             return 0;
         }
-        // The route lookups' first-level entries, before any is read.
+        // The route lookups' first-level entries, before any is read (a
+        // translated destination is nearly always an inside host, whose
+        // entry is in cache).
         for i in 0..burst.len() {
             if let Some(h) = burst.pkt(i).data().first_chunk::<HEAD>() {
                 snap.fib4.prefetch(u32::from_be_bytes([h[30], h[31], h[32], h[33]]));
@@ -98,11 +151,40 @@ impl FastPath {
         }
         let ext = snap.nat.external.map(|(p, _)| p);
         let mut n = 0;
+        // Pass 1: parse; forward what needs no session, queue session
+        // lookups (index lines prefetched) for the rest.
+        self.pending.clear();
         for i in 0..burst.len() {
             let (pkt, m) = burst.pair_mut(i);
-            if m.verdict == Verdict::Pending && forward(snap, pkt, m, ext, ports) {
-                n += 1;
+            if m.verdict != Verdict::Pending {
+                continue;
             }
+            let Some(hd) = head(snap, pkt, m) else { continue };
+            let deferred = plain && deferrable(snap, m);
+            if deferred {
+                match egress(snap, m.dst as u32, hd, ports) {
+                    Some(e) if Some(e.port) != ext => {
+                        commit(pkt, m, e, hd);
+                        n += 1;
+                        continue;
+                    }
+                    Some(_) => {}
+                    None => continue,
+                }
+            }
+            // Sessions: TCP and UDP (ICMP is left to the full pipeline).
+            if tracked && matches!(m.proto, PROTO_TCP | PROTO_UDP) {
+                let j = self.pending.len();
+                let key = key_of(m);
+                let h = ct.sessions.hash(&key);
+                ct.sessions.prefetch(h);
+                self.keys[j] = key;
+                self.hashes[j] = h;
+                self.pending.push(Lookup { at: i as u16, head: hd, only_external: deferred });
+            }
+        }
+        if !self.pending.is_empty() {
+            n += self.forward_tracked(snap, ct, burst, ports, ext);
         }
         self.counters.forwarded += n as u64;
         let b = &mut self.backoff[slot];
@@ -115,35 +197,86 @@ impl FastPath {
         }
         n
     }
+
+    /// Passes 2 and 3: the queued lookups in bulk, then each packet of a
+    /// live session translated, routed and rewritten as `pre_route`, the
+    /// route stage and the neighbour stage would; returns how many.
+    fn forward_tracked<P: PacketBuf>(
+        &mut self,
+        snap: &Snapshot,
+        ct: &mut Conntrack,
+        burst: &mut Burst<P>,
+        ports: usize,
+        ext: Option<u16>,
+    ) -> usize {
+        let q = self.pending.len();
+        let mut done = 0;
+        while done < q {
+            let k = (q - done).min(64);
+            let r = done..done + k;
+            ct.sessions.lookup_bulk_hashed(&self.keys[r.clone()], &self.hashes[r.clone()], &mut self.found[r]);
+            done += k;
+        }
+        let mut n = 0;
+        for j in 0..q {
+            let Some((idx, dir)) = self.found[j] else { continue };
+            let Lookup { at, head, only_external } = self.pending[j];
+            let (pkt, m) = burst.pair_mut(at as usize);
+            let Some(to) = ct.fast_target(snap, m, idx, dir) else { continue };
+            let Some(e) = egress(snap, to.dst, head, ports) else { continue };
+            if only_external && Some(e.port) != ext {
+                continue;
+            }
+            // Committed: what pre_route does with a known flow's packet.
+            ct.hit(snap, pkt, m, idx, dir);
+            commit(pkt, m, e, head);
+            n += 1;
+        }
+        self.counters.tracked += n as u64;
+        n
+    }
 }
 
-/// Forwards one packet if every check passes; otherwise returns false with
-/// the packet unchanged and `m.verdict` still `Pending` (the other fields
-/// it may have filled are all set again by the parse stage).
+/// Where a packet goes when the route stage would forward it and the
+/// neighbour stage rewrite it.
+#[derive(Debug, Clone, Copy)]
+struct Egress {
+    nh: u32,
+    port: u16,
+    next_hop: Mac,
+    src: Mac,
+}
+
+/// The checks of the parse stage for an untagged IPv4 packet with a
+/// 20-byte header to this port's MAC, unfragmented, with a good checksum
+/// and transport header, from and to no martian or link-scope address:
+/// fills the metadata the later stages read and returns what it found; None when
+/// the packet needs the full pipeline (`m.verdict` still `Pending`, the
+/// other fields it may have filled are all set again by the parse stage).
 #[inline]
-fn forward<P: PacketBuf>(snap: &Snapshot, pkt: &mut P, m: &mut Meta, ext: Option<u16>, ports: usize) -> bool {
-    let Some(port) = snap.port(m.in_port) else { return false };
+fn head<P: PacketBuf>(snap: &Snapshot, pkt: &P, m: &mut Meta) -> Option<Head> {
+    let port = snap.port(m.in_port)?;
     let data = pkt.data();
-    let Some(h) = data.first_chunk::<HEAD>() else { return false };
+    let h = data.first_chunk::<HEAD>()?;
     // Unicast to this port's MAC, untagged IPv4, version 4 with IHL 5.
     if h[0..6] != port.mac.0 || u16::from_be_bytes([h[12], h[13]]) != ETHERTYPE_IPV4 || h[14] != 0x45 {
-        return false;
+        return None;
     }
-    let Some(ip) = h.last_chunk::<20>() else { return false };
+    let ip = h.last_chunk::<20>()?;
     let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
     // Whole, within the ingress MTU, not a fragment (DF may be set).
     if total < 20 || 14 + total > data.len() || total > port.mtu as usize || ip[6] & 0x3f != 0 || ip[7] != 0 {
-        return false;
+        return None;
     }
     if checksum::fold(checksum::sum(ip)) != 0xffff {
-        return false;
+        return None;
     }
     let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
     let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
     // Martians are dropped, and multicast and broadcast delivered, by the
     // full pipeline.
     if ipv4::is_martian_source(src) || ipv4::is_martian_dest(dst) || ipv4::is_link_scope_dest(dst) {
-        return false;
+        return None;
     }
     let ttl = ip[8];
     m.l3 = L3::Ipv4;
@@ -152,37 +285,45 @@ fn forward<P: PacketBuf>(snap: &Snapshot, pkt: &mut P, m: &mut Meta, ext: Option
     m.proto = ip[9];
     m.l3_off = 14;
     m.l4_off = HEAD as u16;
-    if parse_l4(&data[HEAD..14 + total], m, false).is_err() {
-        return false;
-    }
-    // No session needed (not translated, not an ICMP error).
-    if !deferrable(snap, m) {
-        return false;
-    }
+    m.frag = 0;
+    m.xlated = false;
+    parse_l4(&data[HEAD..14 + total], m, false).ok()?;
+    Some(Head { ttl, total: total as u16 })
+}
+
+/// The route and neighbour stages' decision for a packet to `dst` (`h`
+/// from `head`) when it is forwarded to a connected or gateway next hop
+/// (not ECMP) with a known MAC on a port below `ports`, not the management
+/// port, within the egress MTU, with a TTL left; None otherwise.
+#[inline]
+fn egress(snap: &Snapshot, dst: u32, h: Head, ports: usize) -> Option<Egress> {
     let nh = snap.fib4.lookup(dst);
-    if nh == NO_ROUTE {
-        return false;
+    if nh == NO_ROUTE || h.ttl <= 1 {
+        return None;
     }
-    let Some(adj) = snap.adj.get(nh as usize) else { return false };
-    if !matches!(adj.kind, AdjKind::Connected | AdjKind::Gateway)
-        || adj.port as usize >= ports
-        || Some(adj.port) == ext
-        || ttl <= 1
-    {
-        return false;
+    let adj = snap.adj.get(nh as usize)?;
+    if !matches!(adj.kind, AdjKind::Connected | AdjKind::Gateway) || adj.port as usize >= ports {
+        return None;
     }
-    let Some(out) = snap.port(adj.port) else { return false };
-    if out.role == PortRole::Management || total > out.mtu as usize {
-        return false;
+    let out = snap.port(adj.port)?;
+    if out.role == PortRole::Management || h.total > out.mtu {
+        return None;
     }
-    let Ok(mac) = next_hop_mac(snap, adj, dst as u128, true) else { return false };
-    m.nh = nh;
-    m.out_port = adj.port;
-    // Committed: trim any trailer, rewrite L2 as the neighbour stage does,
-    // decrement the TTL with the checksum updated as `Ipv4Packet::set_ttl`
-    // does (RFC 1624; the frame holds the 34 bytes checked above).
-    pkt.trim(14 + total);
-    rewrite_l2(pkt, m, mac, out.mac);
+    let next_hop = next_hop_mac(snap, adj, dst as u128, true).ok()?;
+    Some(Egress { nh, port: adj.port, next_hop, src: out.mac })
+}
+
+/// Forwards a packet `egress` accepted: any trailer cut as the parse stage
+/// does, L2 rewritten as the neighbour stage does, the TTL decremented with
+/// the checksum updated as `Ipv4Packet::set_ttl` does (RFC 1624; `head`
+/// checked the 34 bytes).
+#[inline]
+fn commit<P: PacketBuf>(pkt: &mut P, m: &mut Meta, e: Egress, h: Head) {
+    let ttl = h.ttl;
+    m.nh = e.nh;
+    m.out_port = e.port;
+    pkt.trim(14 + h.total as usize);
+    rewrite_l2(pkt, m, e.next_hop, e.src);
     if let Some(h) = pkt.data_mut().get_mut(22..26) {
         let old = u16::from_be_bytes([ttl, h[1]]);
         let c = checksum::update16(u16::from_be_bytes([h[2], h[3]]), old, old - 0x100);
@@ -190,5 +331,4 @@ fn forward<P: PacketBuf>(snap: &Snapshot, pkt: &mut P, m: &mut Meta, ext: Option
         h[2..4].copy_from_slice(&c.to_be_bytes());
     }
     m.verdict = Verdict::Forward;
-    true
 }
