@@ -92,8 +92,10 @@ struct Lookup {
     head: Head,
     /// Without a forwarding policy, a packet that needs no session unless
     /// it leaves by the external port (`deferrable`): conntrack looks it up
-    /// only then, so it is taken here only then.
-    only_external: bool,
+    /// only then, so it is taken here only then. Its route, out of the
+    /// external port, found before the lookup (its destination is not
+    /// translated, so it stands).
+    external: Option<Egress>,
 }
 
 impl Default for FastPath {
@@ -160,15 +162,15 @@ impl FastPath {
                 continue;
             }
             let Some(hd) = head(snap, pkt, m) else { continue };
-            let deferred = plain && deferrable(snap, m);
-            if deferred {
+            let mut external = None;
+            if plain && deferrable(snap, m) {
                 match egress(snap, m.dst as u32, hd, ports) {
                     Some(e) if Some(e.port) != ext => {
                         commit(pkt, m, e, hd);
                         n += 1;
                         continue;
                     }
-                    Some(_) => {}
+                    Some(e) => external = Some(e),
                     None => continue,
                 }
             }
@@ -180,11 +182,11 @@ impl FastPath {
                 ct.sessions.prefetch(h);
                 self.keys[j] = key;
                 self.hashes[j] = h;
-                self.pending.push(Lookup { at: i as u16, head: hd, only_external: deferred });
+                self.pending.push(Lookup { at: i as u16, head: hd, external });
             }
         }
         if !self.pending.is_empty() {
-            n += self.forward_tracked(snap, ct, burst, ports, ext);
+            n += self.forward_tracked(snap, ct, burst, ports);
         }
         self.counters.forwarded += n as u64;
         let b = &mut self.backoff[slot];
@@ -207,7 +209,6 @@ impl FastPath {
         ct: &mut Conntrack,
         burst: &mut Burst<P>,
         ports: usize,
-        ext: Option<u16>,
     ) -> usize {
         let q = self.pending.len();
         let mut done = 0;
@@ -220,13 +221,18 @@ impl FastPath {
         let mut n = 0;
         for j in 0..q {
             let Some((idx, dir)) = self.found[j] else { continue };
-            let Lookup { at, head, only_external } = self.pending[j];
+            let Lookup { at, head, external } = self.pending[j];
             let (pkt, m) = burst.pair_mut(at as usize);
             let Some(to) = ct.fast_target(snap, m, idx, dir) else { continue };
-            let Some(e) = egress(snap, to.dst, head, ports) else { continue };
-            if only_external && Some(e.port) != ext {
-                continue;
-            }
+            let e = match external {
+                Some(e) if to.dst == m.dst as u32 => e,
+                // (A deferrable packet's destination is not translated.)
+                Some(_) => continue,
+                None => match egress(snap, to.dst, head, ports) {
+                    Some(e) => e,
+                    None => continue,
+                },
+            };
             // Committed: what pre_route does with a known flow's packet.
             ct.hit(snap, pkt, m, idx, dir);
             commit(pkt, m, e, head);
