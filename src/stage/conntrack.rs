@@ -420,9 +420,10 @@ impl Conntrack {
     }
 
     /// Queues `key` as lookup `j` of a bulk lookup (`lookup_queued`),
-    /// prefetching its index line.
+    /// prefetching its index line. (The fast path queues its lookups here
+    /// too, before `pre_route` runs.)
     #[inline]
-    fn queue_lookup(&mut self, j: usize, key: FlowKey) {
+    pub(super) fn queue_lookup(&mut self, j: usize, key: FlowKey) {
         self.keys[j] = key;
         if !self.sessions.is_empty() {
             let h = self.sessions.hash(&key);
@@ -435,7 +436,7 @@ impl Conntrack {
     /// in an empty table: a router with no NAT and no policy never pays
     /// for the index).
     #[inline]
-    fn lookup_queued(&mut self, n: usize) {
+    pub(super) fn lookup_queued(&mut self, n: usize) {
         if self.sessions.is_empty() {
             self.found[..n].fill(None);
             return;
@@ -450,6 +451,12 @@ impl Conntrack {
             );
             done += k;
         }
+    }
+
+    /// What lookup `j` of the last `lookup_queued` found.
+    #[inline]
+    pub(super) fn queued_result(&self, j: usize) -> Option<(u32, u8)> {
+        self.found.get(j).copied().flatten()
     }
 
     /// The lookups `pre_route` deferred, for packets routed out of the

@@ -29,7 +29,6 @@ use crate::packet::ethernet::ETHERTYPE_IPV4;
 use crate::packet::ipv4::{self, PROTO_TCP, PROTO_UDP};
 use crate::packet::{Burst, L3, MAX_BURST, Mac, Meta, PacketBuf, Verdict, checksum};
 use crate::table::NO_ROUTE;
-use crate::table::session::FlowKey;
 
 /// Ethernet header (14) and an option-less IPv4 header (20).
 const HEAD: usize = 34;
@@ -68,12 +67,9 @@ pub struct FastPath {
     /// would pay for it and gain nothing. Off, it tries every burst (tests).
     pub adaptive: bool,
     backoff: [Backoff; SLOTS],
-    /// The burst's session lookups: what is known of each packet, its key,
-    /// hash and what the table holds for it.
+    /// The packets of the burst's session lookups, in the order of
+    /// conntrack's lookup queue (`Conntrack::queue_lookup`).
     pending: Vec<Lookup>,
-    keys: Vec<FlowKey>,
-    hashes: Vec<u64>,
-    found: Vec<Option<(u32, u8)>>,
 }
 
 /// What `head` found: the TTL, and the IP total length (a longer frame
@@ -105,9 +101,6 @@ impl Default for FastPath {
             adaptive: true,
             backoff: [Backoff::default(); SLOTS],
             pending: Vec::with_capacity(MAX_BURST),
-            keys: vec![FlowKey::default(); MAX_BURST],
-            hashes: vec![0; MAX_BURST],
-            found: vec![None; MAX_BURST],
         }
     }
 }
@@ -176,12 +169,7 @@ impl FastPath {
             }
             // Sessions: TCP and UDP (ICMP is left to the full pipeline).
             if tracked && matches!(m.proto, PROTO_TCP | PROTO_UDP) {
-                let j = self.pending.len();
-                let key = key_of(m);
-                let h = ct.sessions.hash(&key);
-                ct.sessions.prefetch(h);
-                self.keys[j] = key;
-                self.hashes[j] = h;
+                ct.queue_lookup(self.pending.len(), key_of(m));
                 self.pending.push(Lookup { at: i as u16, head: hd, external });
             }
         }
@@ -211,16 +199,10 @@ impl FastPath {
         ports: usize,
     ) -> usize {
         let q = self.pending.len();
-        let mut done = 0;
-        while done < q {
-            let k = (q - done).min(64);
-            let r = done..done + k;
-            ct.sessions.lookup_bulk_hashed(&self.keys[r.clone()], &self.hashes[r.clone()], &mut self.found[r]);
-            done += k;
-        }
+        ct.lookup_queued(q);
         let mut n = 0;
         for j in 0..q {
-            let Some((idx, dir)) = self.found[j] else { continue };
+            let Some((idx, dir)) = ct.queued_result(j) else { continue };
             let Lookup { at, head, external } = self.pending[j];
             let (pkt, m) = burst.pair_mut(at as usize);
             let Some(to) = ct.fast_target(snap, m, idx, dir) else { continue };
@@ -256,9 +238,10 @@ struct Egress {
 /// The checks of the parse stage for an untagged IPv4 packet with a
 /// 20-byte header to this port's MAC, unfragmented, with a good checksum
 /// and transport header, from and to no martian or link-scope address:
-/// fills the metadata the later stages read and returns what it found; None when
-/// the packet needs the full pipeline (`m.verdict` still `Pending`, the
-/// other fields it may have filled are all set again by the parse stage).
+/// fills the metadata the later stages read and returns what it found;
+/// None when the packet needs the full pipeline (`m.verdict` still
+/// `Pending`, the other fields it may have filled are all set again by the
+/// parse stage).
 #[inline]
 fn head<P: PacketBuf>(snap: &Snapshot, pkt: &P, m: &mut Meta) -> Option<Head> {
     let port = snap.port(m.in_port)?;
