@@ -498,10 +498,16 @@ impl Conntrack {
     /// member with a drain timeout (whose sessions `lb_hit` may end), or is
     /// a TCP connection not established or a segment with SYN, FIN or RST.
     ///
-    /// The last rule keeps a flow's TCP state independent of the order the
-    /// fast path and the full pipeline take a burst's packets in: an ACK or
-    /// data segment of an established connection leaves any state it meets
-    /// as it is (see `tcp_next`), so it commutes with every other segment.
+    /// The fast path sends its packets ahead of the rest of the burst; the
+    /// last rule keeps that from reordering what moves a connection's
+    /// state: the segments that open and close it stay with the full
+    /// pipeline, in burst order, and an ACK or data segment of an
+    /// established connection changes no state (see `tcp_next`). One order
+    /// still matters: when both FINs of a connection are in the full
+    /// pipeline's share of a burst and its last ACK in the fast path's, the
+    /// ACK is applied first and the connection stays closing (transitory
+    /// timeout) instead of entering time-wait; only when its session
+    /// expires changes.
     #[inline]
     pub(super) fn fast_target(&self, snap: &Snapshot, m: &Meta, idx: u32, dir: u8) -> Option<Tuple4> {
         if self.sessions.is_expired(idx, self.now) {
