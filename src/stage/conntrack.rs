@@ -283,6 +283,16 @@ impl Conntrack {
         }
     }
 
+    /// Backs the session table and the port map with memory now, so that
+    /// the forwarding path never waits on the kernel for a page as they
+    /// fill (see `mem::prefault`). Workers call it before their first
+    /// burst; it takes as long as zeroing the table (about 127 bytes a
+    /// session).
+    pub fn prefault(&mut self) {
+        self.sessions.prefault();
+        self.ports.prefault();
+    }
+
     /// The expiry work that goes with a burst of `n` packets, before any of
     /// them is looked up. The fast path does it for the burst it is given,
     /// and marks it done (`swept`) for the `pre_route` that follows with

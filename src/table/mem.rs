@@ -46,6 +46,31 @@ pub fn advise_huge<T>(v: &[T]) {
     }
 }
 
+/// Makes the kernel back every page of `v` now, contents unchanged: one
+/// volatile read and write back per 4 KiB. A lazily zero-filled table
+/// otherwise takes a page fault (and, with transparent huge pages, the
+/// zeroing of 2 MiB) on the first write into each page, from the
+/// forwarding path, as it fills.
+pub fn prefault<T: Copy>(v: &mut [T]) {
+    let (p, bytes) = (v.as_mut_ptr() as *mut u8, std::mem::size_of_val(v));
+    for off in (0..bytes).step_by(4096) {
+        // SAFETY: off < bytes: a byte of the slice we hold exclusively,
+        // initialised (T: Copy, a plain value), written back unchanged.
+        unsafe { std::ptr::write_volatile(p.add(off), std::ptr::read_volatile(p.add(off))) }
+    }
+}
+
+/// `prefault` for memory not yet holding values (a `Vec`'s spare
+/// capacity): a zero byte is written per 4 KiB page.
+pub fn prefault_uninit<T>(v: &mut [std::mem::MaybeUninit<T>]) {
+    let (p, bytes) = (v.as_mut_ptr() as *mut u8, std::mem::size_of_val(v));
+    for off in (0..bytes).step_by(4096) {
+        // SAFETY: off < bytes, inside uninitialised memory we hold
+        // exclusively; writing a byte there makes no value observable.
+        unsafe { std::ptr::write_volatile(p.add(off), 0) }
+    }
+}
+
 impl LargeTable {
     /// Maps `len` zeroed u32 entries; None if the kernel refuses the mapping.
     /// `huge`: advise transparent huge pages (fewer TLB misses on a full
@@ -121,9 +146,37 @@ pub fn prefetch<T>(p: *const T) {
     let _ = p;
 }
 
+/// Pages of `bytes` bytes at `p` the kernel has backed (mincore), and
+/// pages in all: for tests of `prefault`.
+#[cfg(test)]
+pub(crate) fn resident(p: *const u8, bytes: usize) -> (usize, usize) {
+    let start = p as usize / 4096 * 4096;
+    let end = (p as usize + bytes).next_multiple_of(4096);
+    let pages = (end - start) / 4096;
+    let mut v = vec![0u8; pages];
+    // SAFETY: start..end covers mapped memory of the caller's allocation
+    // (page-aligned outward); mincore only reports residency into `v`.
+    let rc = unsafe { libc::mincore(start as *mut libc::c_void, end - start, v.as_mut_ptr()) };
+    assert_eq!(rc, 0, "mincore");
+    (v.iter().filter(|&&b| b & 1 != 0).count(), pages)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefault_keeps_contents() {
+        let mut v: Vec<u32> = (0..100_000).map(|i| i * 7).collect();
+        prefault(&mut v);
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i as u32 * 7));
+        let mut w: Vec<u64> = Vec::with_capacity(50_000);
+        w.extend([1, 2, 3]);
+        prefault_uninit(w.spare_capacity_mut());
+        assert_eq!(w, [1, 2, 3]);
+        w.resize(50_000, 9);
+        assert!(w[3..].iter().all(|&x| x == 9));
+    }
 
     #[test]
     fn zeroed_and_writable() {

@@ -14,7 +14,7 @@
 //! Fixed memory: a bitmap and an owner array per protocol, and an
 //! open-addressing index from internal endpoint to external port.
 
-use super::mem::fold_mul;
+use super::mem::{fold_mul, prefault};
 use crate::packet::ipv4::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use ahash::RandomState;
 
@@ -117,6 +117,17 @@ impl NatMap {
         debug_assert_eq!(self.live, 0, "rekeying a map in use");
         self.seed = [r.hash_one(1u64), r.hash_one(2u64) | 1];
         self
+    }
+
+    /// Backs the map's tables with memory now (see `mem::prefault`).
+    pub fn prefault(&mut self) {
+        for v in &mut self.used {
+            prefault(v);
+        }
+        for v in &mut self.owner {
+            prefault(v);
+        }
+        prefault(&mut self.index);
     }
 
     pub fn new(low: Ports, high: Ports) -> NatMap {

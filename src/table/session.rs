@@ -15,7 +15,7 @@
 //! Capacity is fixed at creation; when it is reached new flows are refused
 //! (`SessionError::Full`, counted) while existing ones keep working.
 
-use super::mem::{advise_huge, fold_mul, prefetch};
+use super::mem::{advise_huge, fold_mul, prefault, prefault_uninit, prefetch};
 use crate::packet::ipv4::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use crate::packet::l4::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use ahash::RandomState;
@@ -253,6 +253,15 @@ impl SessionTable {
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Backs the whole table with memory now (see `mem::prefault`): the
+    /// index, the records not yet used and the wheel. A worker calls it
+    /// before its first burst, so that no insert takes a page fault.
+    pub fn prefault(&mut self) {
+        prefault(&mut self.index);
+        prefault_uninit(self.sessions.spare_capacity_mut());
+        prefault(&mut self.wheel);
     }
 
     /// Bytes the table takes when full (index + records).
@@ -739,6 +748,26 @@ mod tests {
         assert_eq!(t.lookup(&v6.reversed()), Some((i6, 1)));
         assert_eq!(t.get(i6).unwrap().state, SessionState::SynSent);
         assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn prefault_backs_the_whole_table_and_changes_nothing() {
+        let mut t = SessionTable::new(200_000, Timeouts::default());
+        t.insert(udp(1), udp(1).reversed(), 0, 0).unwrap();
+        t.prefault();
+        let spare = t.sessions.spare_capacity_mut();
+        let (p, n) = (spare.as_ptr() as *const u8, std::mem::size_of_val(spare));
+        for (p, n) in [(t.index.as_ptr() as *const u8, t.index.len() * 8), (p, n)] {
+            let (resident, pages) = super::super::mem::resident(p, n);
+            assert_eq!(resident, pages, "pages backed after prefault");
+        }
+        assert_eq!(t.len(), 1);
+        assert!(t.lookup(&udp(1)).is_some());
+        for i in 2..10_000 {
+            t.insert(udp(i), udp(i).reversed(), 0, 0).unwrap();
+        }
+        assert!((1..10_000).all(|i| t.lookup(&udp(i)).is_some() && t.lookup(&udp(i).reversed()).is_some()));
+        assert!(t.lookup(&udp(20_000)).is_none());
     }
 
     #[test]
