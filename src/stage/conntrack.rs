@@ -806,6 +806,14 @@ impl Conntrack {
         if !self.late.is_empty() {
             self.late_lookups(snap, burst);
         }
+        // The port map lines of the new flows that may be masqueraded
+        // (leaving by the external port, or hairpinned), for pass 1.
+        for i in 0..burst.len() {
+            let (m, info) = (burst.meta(i), &self.info[i]);
+            if info.kind == Kind::New && m.verdict == Verdict::Forward && (Some(m.out_port) == ext || info.dnat) {
+                self.ports.prefetch(m.proto, m.src as u32, m.sport);
+            }
+        }
         // Pass 1: policy and translation of new flows; the index lines of
         // both keys of each new session are prefetched for pass 2.
         self.planned.clear();
