@@ -242,7 +242,7 @@ struct Egress {
 /// None when the packet needs the full pipeline (`m.verdict` still
 /// `Pending`, the other fields it may have filled are all set again by the
 /// parse stage).
-#[inline]
+#[inline(always)]
 fn head<P: PacketBuf>(snap: &Snapshot, pkt: &P, m: &mut Meta) -> Option<Head> {
     let port = snap.port(m.in_port)?;
     let data = pkt.data();
@@ -284,7 +284,7 @@ fn head<P: PacketBuf>(snap: &Snapshot, pkt: &P, m: &mut Meta) -> Option<Head> {
 /// from `head`) when it is forwarded to a connected or gateway next hop
 /// (not ECMP) with a known MAC on a port below `ports`, not the management
 /// port, within the egress MTU, with a TTL left; None otherwise.
-#[inline]
+#[inline(always)]
 fn egress(snap: &Snapshot, dst: u32, h: Head, ports: usize) -> Option<Egress> {
     let nh = snap.fib4.lookup(dst);
     if nh == NO_ROUTE || h.ttl <= 1 {
@@ -306,7 +306,7 @@ fn egress(snap: &Snapshot, dst: u32, h: Head, ports: usize) -> Option<Egress> {
 /// does, L2 rewritten as the neighbour stage does, the TTL decremented with
 /// the checksum updated as `Ipv4Packet::set_ttl` does (RFC 1624; `head`
 /// checked the 34 bytes).
-#[inline]
+#[inline(always)]
 fn commit<P: PacketBuf>(pkt: &mut P, m: &mut Meta, e: Egress, h: Head) {
     let ttl = h.ttl;
     m.nh = e.nh;
