@@ -286,7 +286,7 @@ impl Conntrack {
     /// Backs the session table and the port map with memory now, so that
     /// the forwarding path never waits on the kernel for a page as they
     /// fill (see `mem::prefault`). Workers call it before their first
-    /// burst; it takes as long as zeroing the table (about 127 bytes a
+    /// burst; it takes as long as zeroing the table (about 123 bytes a
     /// session).
     pub fn prefault(&mut self) {
         self.sessions.prefault();
