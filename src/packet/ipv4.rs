@@ -225,9 +225,34 @@ pub fn is_martian_dest(a: u32) -> bool {
     first == 0 || first == 127 || (first >= 240 && a != u32::MAX)
 }
 
+/// Neither a martian source nor a martian or link-scope destination: what
+/// the three tests above together allow, from the first octets alone (a
+/// source or destination from 1/8 to 223/8, except 127/8), for the fast
+/// path's one comparison per address.
+#[inline(always)]
+pub fn is_forwardable_unicast(src: u32, dst: u32) -> bool {
+    let (s, d) = ((src >> 24) as u8, (dst >> 24) as u8);
+    s.wrapping_sub(1) < 223 && d.wrapping_sub(1) < 223 && s != 127 && d != 127
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwardable_unicast_is_the_three_tests_together() {
+        // Every first octet against every first octet, with the low bits
+        // that matter for the limited broadcast.
+        for s in 0..=255u32 {
+            for d in 0..=255u32 {
+                for low in [0, 1, 0x00ff_fffe, 0x00ff_ffff] {
+                    let (src, dst) = (s << 24 | low, d << 24 | low);
+                    let slow = !is_martian_source(src) && !is_martian_dest(dst) && !is_link_scope_dest(dst);
+                    assert_eq!(is_forwardable_unicast(src, dst), slow, "{src:#x} -> {dst:#x}");
+                }
+            }
+        }
+    }
 
     fn etherparse_ipv4(options: &[u8]) -> Vec<u8> {
         let mut h =

@@ -23,13 +23,14 @@
 //! addresses is local (never translated), IPv6 is never translated.
 
 use super::firewall::{acl_key, input_policy};
-use super::lb::{Flow, HEALTH_PORTS, LbSnat, MAX_MEMBERS, SLOT_DRAINING};
+use super::lb::{Flow, HEALTH_PORTS, LbConfig, LbSnat, MAX_MEMBERS, SLOT_DRAINING};
 use super::nat::{Tuple4, quoted_v4, rewrite_v4, translate_icmp_error};
 use super::{DropReason as D, Filtering, Punt, Snapshot};
 use crate::dataplane::query::{SessionQuery, SessionView};
 use crate::packet::ipv4::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use crate::packet::l4::{TCP_FIN, TCP_RST, TCP_SYN, icmp_is_echo, icmp_is_error};
 use crate::packet::{Burst, L3, MAX_BURST, Meta, PacketBuf, Verdict};
+use crate::table::addrmap::AddrMap;
 use crate::table::natmap::{NatMap, proto_slot, worker_ranges};
 use crate::table::session::{FlowKey, Session, SessionError, SessionState, SessionTable, Timeouts};
 use ahash::RandomState;
@@ -366,6 +367,7 @@ impl Conntrack {
         // Without a forwarding policy, only flows through the external port
         // and to translated addresses are tracked.
         let defer = snap.acl.is_empty() && !snap.nat.track_all;
+        let deferral = Deferral::of(snap);
         // Pass 1: classify and gather the keys to look up.
         let mut lookups = 0;
         for i in 0..n {
@@ -374,7 +376,7 @@ impl Conntrack {
             if m.verdict == Verdict::Drop || !matches!(m.l3, L3::Ipv4 | L3::Ipv6) {
                 continue;
             }
-            if defer && deferrable(snap, m) {
+            if defer && deferral.allows(m) {
                 self.info[i].kind = Kind::Deferred;
                 continue;
             }
@@ -1115,23 +1117,47 @@ struct Plan {
 /// address). Every translation that rewrites a destination has one of
 /// those as its destination, so such a packet is routed as it is; it needs
 /// the session table only if it then leaves by the external port.
-#[inline]
-pub(super) fn deferrable(snap: &Snapshot, m: &Meta) -> bool {
-    let nat = &snap.nat;
-    if m.frag != 0 || nat.external.is_some_and(|(p, _)| p == m.in_port) {
-        return false;
-    }
-    match m.l3 {
-        L3::Ipv4 => {
-            let d = m.dst as u32;
-            !(d == METADATA_ADDR
-                || nat.is_masquerade_addr(d)
-                || nat.dnat.contains_key(&d)
-                || m.proto == PROTO_ICMP && icmp_is_error(m.icmp_type)
-                || !snap.lb.is_empty() && (snap.lb.is_vip_addr(d) || snap.lb.is_member(m.src as u32, m.sport)))
+/// What it reads of a snapshot is read once for a whole burst.
+#[derive(Clone, Copy)]
+pub(super) struct Deferral<'a> {
+    /// The external port; `u16::MAX` (no port) without one.
+    ext_port: u16,
+    masquerade: Option<u32>,
+    dnat: &'a AddrMap,
+    /// The load balancer, when it has listeners.
+    lb: Option<&'a LbConfig>,
+}
+
+impl<'a> Deferral<'a> {
+    #[inline(always)]
+    pub(super) fn of(snap: &'a Snapshot) -> Self {
+        let nat = &snap.nat;
+        Deferral {
+            ext_port: nat.external.map_or(u16::MAX, |(p, _)| p),
+            masquerade: nat.external.map(|(_, a)| a),
+            dnat: &nat.dnat,
+            lb: (!snap.lb.is_empty()).then_some(&*snap.lb),
         }
-        L3::Ipv6 => !(m.proto == PROTO_ICMPV6 && (1..=4).contains(&m.icmp_type)),
-        _ => false,
+    }
+
+    /// Whether packet `m` of the burst can wait.
+    #[inline(always)]
+    pub(super) fn allows(&self, m: &Meta) -> bool {
+        if m.frag != 0 || m.in_port == self.ext_port {
+            return false;
+        }
+        match m.l3 {
+            L3::Ipv4 => {
+                let d = m.dst as u32;
+                !(d == METADATA_ADDR
+                    || self.masquerade == Some(d)
+                    || self.dnat.contains_key(&d)
+                    || m.proto == PROTO_ICMP && icmp_is_error(m.icmp_type)
+                    || self.lb.is_some_and(|lb| lb.is_vip_addr(d) || lb.is_member(m.src as u32, m.sport)))
+            }
+            L3::Ipv6 => !(m.proto == PROTO_ICMPV6 && (1..=4).contains(&m.icmp_type)),
+            _ => false,
+        }
     }
 }
 

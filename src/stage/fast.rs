@@ -21,8 +21,8 @@
 //! plain and translated, against the full pipeline and against frames
 //! computed in the test.
 
-use super::conntrack::{Conntrack, deferrable, key_of};
-use super::neighbor::{next_hop_mac, rewrite_l2};
+use super::conntrack::{Conntrack, Deferral, key_of};
+use super::neighbor::next_hop_mac;
 use super::parse::parse_l4;
 use super::{AdjKind, PortRole, Snapshot};
 use crate::packet::ethernet::ETHERTYPE_IPV4;
@@ -130,7 +130,8 @@ impl FastPath {
             return 0;
         }
         // (A received burst comes from one port.)
-        let slot = burst.meta(0).in_port as usize % SLOTS;
+        let in_port = burst.meta(0).in_port;
+        let slot = in_port as usize % SLOTS;
         if self.adaptive && self.backoff[slot].skip > 0 {
             self.backoff[slot].skip -= 1;
             self.counters.skipped += 1;
@@ -144,7 +145,10 @@ impl FastPath {
                 snap.fib4.prefetch(u32::from_be_bytes([h[30], h[31], h[32], h[33]]));
             }
         }
+        let ingress = Ingress::of(snap, in_port);
         let ext = snap.nat.external.map(|(p, _)| p);
+        let deferral = Deferral::of(snap);
+        let mut last = LastEgress::default();
         let mut n = 0;
         // Pass 1: parse; forward what needs no session, queue session
         // lookups (index lines prefetched) for the rest.
@@ -154,10 +158,10 @@ impl FastPath {
             if m.verdict != Verdict::Pending {
                 continue;
             }
-            let Some(hd) = head(snap, pkt, m) else { continue };
+            let Some(hd) = head(snap, ingress, pkt, m) else { continue };
             let mut external = None;
-            if plain && deferrable(snap, m) {
-                match egress(snap, m.dst as u32, hd, ports) {
+            if plain && deferral.allows(m) {
+                match egress(snap, m.dst as u32, hd, ports, &mut last) {
                     Some(e) if Some(e.port) != ext => {
                         commit(pkt, m, e, hd);
                         n += 1;
@@ -174,7 +178,7 @@ impl FastPath {
             }
         }
         if !self.pending.is_empty() {
-            n += self.forward_tracked(snap, ct, burst, ports);
+            n += self.forward_tracked(snap, ct, burst, ports, &mut last);
         }
         self.counters.forwarded += n as u64;
         let b = &mut self.backoff[slot];
@@ -197,6 +201,7 @@ impl FastPath {
         ct: &mut Conntrack,
         burst: &mut Burst<P>,
         ports: usize,
+        last: &mut LastEgress,
     ) -> usize {
         let q = self.pending.len();
         ct.lookup_queued(q);
@@ -210,7 +215,7 @@ impl FastPath {
                 Some(e) if to.dst == m.dst as u32 => e,
                 // (A deferrable packet's destination is not translated.)
                 Some(_) => continue,
-                None => match egress(snap, to.dst, head, ports) {
+                None => match egress(snap, to.dst, head, ports, last) {
                     Some(e) => e,
                     None => continue,
                 },
@@ -243,8 +248,11 @@ struct Egress {
 /// `Pending`, the other fields it may have filled are all set again by the
 /// parse stage).
 #[inline(always)]
-fn head<P: PacketBuf>(snap: &Snapshot, pkt: &P, m: &mut Meta) -> Option<Head> {
-    let port = snap.port(m.in_port)?;
+fn head<P: PacketBuf>(snap: &Snapshot, ingress: Option<Ingress>, pkt: &P, m: &mut Meta) -> Option<Head> {
+    let port = match ingress {
+        Some(i) if i.port == m.in_port => i,
+        _ => Ingress::of(snap, m.in_port)?,
+    };
     let data = pkt.data();
     let h = data.first_chunk::<HEAD>()?;
     // Unicast to this port's MAC, untagged IPv4, version 4 with IHL 5.
@@ -264,7 +272,7 @@ fn head<P: PacketBuf>(snap: &Snapshot, pkt: &P, m: &mut Meta) -> Option<Head> {
     let dst = u32::from_be_bytes([ip[16], ip[17], ip[18], ip[19]]);
     // Martians are dropped, and multicast and broadcast delivered, by the
     // full pipeline.
-    if ipv4::is_martian_source(src) || ipv4::is_martian_dest(dst) || ipv4::is_link_scope_dest(dst) {
+    if !ipv4::is_forwardable_unicast(src, dst) {
         return None;
     }
     let ttl = ip[8];
@@ -280,15 +288,56 @@ fn head<P: PacketBuf>(snap: &Snapshot, pkt: &P, m: &mut Meta) -> Option<Head> {
     Some(Head { ttl, total: total as u16 })
 }
 
+/// The port a burst was received on, as `head` checks it (looked up once
+/// per burst).
+#[derive(Debug, Clone, Copy)]
+struct Ingress {
+    port: u16,
+    mac: Mac,
+    mtu: u16,
+}
+
+impl Ingress {
+    #[inline(always)]
+    fn of(snap: &Snapshot, port: u16) -> Option<Ingress> {
+        snap.port(port).map(|p| Ingress { port, mac: p.mac, mtu: p.mtu })
+    }
+}
+
+/// The last next hop `egress` resolved in this burst, with its port's MTU:
+/// a burst's packets mostly share a few next hops, and the adjacency, port
+/// and neighbour behind one do not change within a snapshot. A gateway's
+/// MAC is the same for every destination; a connected next hop's is the
+/// destination's own, so it is reused only for the same destination.
+#[derive(Debug, Clone, Copy)]
+struct LastEgress {
+    nh: u32,
+    dst: u32,
+    gateway: bool,
+    mtu: u16,
+    e: Egress,
+}
+
+impl Default for LastEgress {
+    fn default() -> Self {
+        // NO_ROUTE never reaches the comparison: nothing matches.
+        let e = Egress { nh: NO_ROUTE, port: 0, next_hop: Mac::ZERO, src: Mac::ZERO };
+        LastEgress { nh: NO_ROUTE, dst: 0, gateway: false, mtu: 0, e }
+    }
+}
+
 /// The route and neighbour stages' decision for a packet to `dst` (`h`
 /// from `head`) when it is forwarded to a connected or gateway next hop
 /// (not ECMP) with a known MAC on a port below `ports`, not the management
 /// port, within the egress MTU, with a TTL left; None otherwise.
 #[inline(always)]
-fn egress(snap: &Snapshot, dst: u32, h: Head, ports: usize) -> Option<Egress> {
+fn egress(snap: &Snapshot, dst: u32, h: Head, ports: usize, last: &mut LastEgress) -> Option<Egress> {
     let nh = snap.fib4.lookup(dst);
     if nh == NO_ROUTE || h.ttl <= 1 {
         return None;
+    }
+    if nh == last.nh && (last.gateway || dst == last.dst) {
+        return (h.total <= last.mtu).then_some(last.e);
     }
     let adj = snap.adj.get(nh as usize)?;
     if !matches!(adj.kind, AdjKind::Connected | AdjKind::Gateway) || adj.port as usize >= ports {
@@ -299,25 +348,29 @@ fn egress(snap: &Snapshot, dst: u32, h: Head, ports: usize) -> Option<Egress> {
         return None;
     }
     let next_hop = next_hop_mac(snap, adj, dst as u128, true).ok()?;
-    Some(Egress { nh, port: adj.port, next_hop, src: out.mac })
+    let e = Egress { nh, port: adj.port, next_hop, src: out.mac };
+    *last = LastEgress { nh, dst, gateway: adj.kind == AdjKind::Gateway, mtu: out.mtu, e };
+    Some(e)
 }
 
 /// Forwards a packet `egress` accepted: any trailer cut as the parse stage
-/// does, L2 rewritten as the neighbour stage does, the TTL decremented with
-/// the checksum updated as `Ipv4Packet::set_ttl` does (RFC 1624; `head`
-/// checked the 34 bytes).
+/// does, the MACs rewritten as the neighbour stage's `rewrite_l2` does
+/// (the header is untagged and IPv4 already: nothing to strip, the
+/// EtherType stays), the TTL decremented with the checksum updated as
+/// `Ipv4Packet::set_ttl` does (RFC 1624; `head` checked the 34 bytes).
 #[inline(always)]
 fn commit<P: PacketBuf>(pkt: &mut P, m: &mut Meta, e: Egress, h: Head) {
     let ttl = h.ttl;
     m.nh = e.nh;
     m.out_port = e.port;
     pkt.trim(14 + h.total as usize);
-    rewrite_l2(pkt, m, e.next_hop, e.src);
-    if let Some(h) = pkt.data_mut().get_mut(22..26) {
-        let old = u16::from_be_bytes([ttl, h[1]]);
-        let c = checksum::update16(u16::from_be_bytes([h[2], h[3]]), old, old - 0x100);
-        h[0] = ttl - 1;
-        h[2..4].copy_from_slice(&c.to_be_bytes());
+    if let Some(f) = pkt.data_mut().first_chunk_mut::<26>() {
+        f[0..6].copy_from_slice(&e.next_hop.0);
+        f[6..12].copy_from_slice(&e.src.0);
+        let old = u16::from_be_bytes([ttl, f[23]]);
+        let c = checksum::update16(u16::from_be_bytes([f[24], f[25]]), old, old - 0x100);
+        f[22] = ttl - 1;
+        f[24..26].copy_from_slice(&c.to_be_bytes());
     }
     m.verdict = Verdict::Forward;
 }
