@@ -68,7 +68,7 @@ impl Pipeline {
             burst.split_off(|_, m| m.verdict == Verdict::Forward, |_, p, m| staging[m.out_port as usize].push(p));
             return true;
         }
-        burst.drain(|p, m| staging[m.out_port as usize].push(p));
+        burst.drain_to_queues(staging, |m| m.out_port as usize);
         self.conntrack.swept = false;
         false
     }

@@ -409,6 +409,18 @@ impl<P: PacketBuf> Burst<P> {
         Ok(())
     }
 
+    /// Adds received packets with fresh metadata, as many as there is room
+    /// for (the rest of `pkts` is not taken); returns how many. One pass
+    /// for the buffers and one for the metadata, rather than a `push` each.
+    #[inline]
+    pub fn extend_received(&mut self, pkts: impl IntoIterator<Item = P>, in_port: u16) -> usize {
+        let start = self.pkts.len();
+        self.pkts.extend(pkts.into_iter().take(self.capacity - start));
+        let end = self.pkts.len();
+        self.meta[start..end].fill(Meta { in_port, ..Meta::default() });
+        end - start
+    }
+
     /// Adds a packet with metadata a stage already filled (a packet handed
     /// over by another worker); gives it back when full.
     #[inline]
@@ -473,6 +485,32 @@ impl<P: PacketBuf> Burst<P> {
             f(p, &self.meta[i]);
         }
     }
+
+    /// Empties the burst into `queues[queue(meta)]`, in order, each packet
+    /// to the queue its metadata names (which must exist). When all go to
+    /// one queue that is empty, as a received burst routed to one port
+    /// does, the two vectors change places instead: no packet is moved
+    /// one by one (both hold at least a burst, so neither grows later).
+    #[inline]
+    pub fn drain_to_queues(&mut self, queues: &mut [Vec<P>], queue: impl Fn(&Meta) -> usize) {
+        let n = self.pkts.len();
+        if n == 0 {
+            return;
+        }
+        let q = queue(&self.meta[0]);
+        if self.meta[1..n].iter().all(|m| queue(m) == q) {
+            let to = &mut queues[q];
+            if to.is_empty() && to.capacity() >= self.capacity {
+                std::mem::swap(&mut self.pkts, to);
+            } else {
+                to.append(&mut self.pkts);
+            }
+            return;
+        }
+        for (i, p) in self.pkts.drain(..).enumerate() {
+            queues[queue(&self.meta[i])].push(p);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -509,6 +547,65 @@ mod tests {
         assert!(p.is_empty());
         assert!(Pkt::from_slice(&vec![0; MAX_FRAME + 1]).is_none());
         assert!(Pkt::from_slice(&vec![0; MAX_FRAME]).is_some());
+    }
+
+    #[test]
+    fn extend_received_takes_what_fits_with_fresh_metadata() {
+        let mut b: Burst = Burst::new(4);
+        assert!(b.push(Pkt::from_slice(&[1]).unwrap(), 3).is_ok());
+        b.meta_mut(0).drop(7);
+        // A stale metadata slot must not leak into the next packet there.
+        b.meta_mut(1).out_port = 9;
+        let frames = [[2u8], [3], [4], [5]];
+        let mut offered = 0;
+        let got = b.extend_received(
+            frames.iter().map(|f| {
+                offered += 1;
+                Pkt::from_slice(f).unwrap()
+            }),
+            6,
+        );
+        assert_eq!((got, offered, b.len()), (3, 3, 4), "only the room is taken from the iterator");
+        let firsts: Vec<u8> = (0..4).map(|i| b.pkt(i).data()[0]).collect();
+        assert_eq!(firsts, [1, 2, 3, 4]);
+        assert_eq!((b.meta(0).in_port, b.meta(0).verdict), (3, Verdict::Drop));
+        for i in 1..4 {
+            let m = b.meta(i);
+            assert_eq!((m.in_port, m.out_port, m.verdict, m.hash), (6, 0, Verdict::Pending, 0));
+        }
+        assert_eq!(b.extend_received([Pkt::new()], 6), 0);
+    }
+
+    #[test]
+    fn drain_to_queues_swaps_or_spreads_in_order() {
+        let mut b: Burst = Burst::new(4);
+        let mut queues: Vec<Vec<Pkt>> = (0..3).map(|_| Vec::with_capacity(4)).collect();
+        // All to one empty queue: the vectors change places.
+        b.extend_received((1..=3u8).map(|x| Pkt::from_slice(&[x]).unwrap()), 0);
+        for i in 0..3 {
+            b.meta_mut(i).out_port = 2;
+        }
+        b.drain_to_queues(&mut queues, |m| m.out_port as usize);
+        assert!(b.is_empty() && b.room() == 4);
+        assert_eq!(queues[2].iter().map(|p| p.data()[0]).collect::<Vec<_>>(), [1, 2, 3]);
+        assert!(queues[2].capacity() >= 4);
+        // All to one queue that holds packets already: appended after them.
+        b.extend_received([Pkt::from_slice(&[4]).unwrap()], 0);
+        b.meta_mut(0).out_port = 2;
+        b.drain_to_queues(&mut queues, |m| m.out_port as usize);
+        assert_eq!(queues[2].iter().map(|p| p.data()[0]).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        // Mixed: each to its own, in order.
+        b.extend_received((5..=8u8).map(|x| Pkt::from_slice(&[x]).unwrap()), 0);
+        for (i, q) in [0u16, 1, 0, 1].into_iter().enumerate() {
+            b.meta_mut(i).out_port = q;
+        }
+        b.drain_to_queues(&mut queues, |m| m.out_port as usize);
+        assert!(b.is_empty());
+        assert_eq!(queues[0].iter().map(|p| p.data()[0]).collect::<Vec<_>>(), [5, 7]);
+        assert_eq!(queues[1].iter().map(|p| p.data()[0]).collect::<Vec<_>>(), [6, 8]);
+        // The burst still takes a whole burst without growing.
+        let cap = b.capacity();
+        assert_eq!(b.extend_received((0..9u8).map(|x| Pkt::from_slice(&[x]).unwrap()), 0), cap);
     }
 
     #[test]

@@ -593,18 +593,24 @@ impl RxQueue<Mbuf> for DpdkRx {
                 core::arch::x86_64::_mm_prefetch(p, core::arch::x86_64::_MM_HINT_T0);
             }
         }
-        let (mut bytes, mut got) = (0usize, 0usize);
-        for &raw in &self.scratch[..n] {
-            // SAFETY: the driver handed us these mbufs: we own them now.
-            let m = Mbuf(unsafe { NonNull::new_unchecked(raw) });
-            // Scatter is never enabled; a chained frame is not ours to parse.
-            if m.raw().nb_segs != 1 {
-                self.counters.add_dropped(1);
-                continue;
-            }
-            bytes += m.len();
-            got += 1;
-            let _ = burst.push(m, port);
+        let (mut bytes, mut chained) = (0usize, 0u64);
+        let got = burst.extend_received(
+            self.scratch[..n].iter().filter_map(|&raw| {
+                // SAFETY: the driver handed us these mbufs: we own them now.
+                let m = Mbuf(unsafe { NonNull::new_unchecked(raw) });
+                // Scatter is never enabled; a chained frame is not ours to
+                // parse (dropped here, freed with `m`).
+                if m.raw().nb_segs != 1 {
+                    chained += 1;
+                    return None;
+                }
+                bytes += m.len();
+                Some(m)
+            }),
+            port,
+        );
+        if chained > 0 {
+            self.counters.add_dropped(chained);
         }
         self.counters.add(got as u64, bytes as u64);
         got
