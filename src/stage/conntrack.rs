@@ -133,7 +133,7 @@ enum Kind {
     /// Related to a known flow (ICMP error, later fragment): passes.
     Related,
     /// Cannot belong to a session or start a translated one unless it is
-    /// routed out of the external port (see `deferrable`): looked at again
+    /// routed out of the external port (see `Deferral`): looked at again
     /// after routing, and then only if it is.
     Deferred,
     /// A later fragment whose first fragment is earlier in the same burst

@@ -14,7 +14,7 @@
 //! which gives it its exact verdict and drop reason.
 //!
 //! Every decision reuses the full pipeline's own rules (martian addresses,
-//! the transport header checks of `parse`, conntrack's `deferrable` and its
+//! the transport header checks of `parse`, conntrack's `Deferral` rule and its
 //! `hit`, the neighbour stage's `next_hop_mac`), so a packet forwarded here
 //! leaves exactly as it would have left the full pipeline;
 //! `tests/fast_path.rs` checks that on a corpus of good and bad frames,
@@ -87,7 +87,7 @@ struct Lookup {
     at: u16,
     head: Head,
     /// Without a forwarding policy, a packet that needs no session unless
-    /// it leaves by the external port (`deferrable`): conntrack looks it up
+    /// it leaves by the external port (`Deferral`): conntrack looks it up
     /// only then, so it is taken here only then. Its route, out of the
     /// external port, found before the lookup (its destination is not
     /// translated, so it stands).
