@@ -244,6 +244,18 @@ fn tuple_of(m: &Meta) -> Tuple4 {
     Tuple4 { src: m.src as u32, dst: m.dst as u32, sport: m.sport, dport: m.dport }
 }
 
+/// Rewrites an IPv4 packet (its headers and `m`) to addresses and ports
+/// `to`, when they differ from what it carries.
+#[inline]
+fn translate_to<P: PacketBuf>(pkt: &mut P, m: &mut Meta, to: Tuple4) {
+    let from = tuple_of(m);
+    if from != to {
+        let (l3, l4) = (m.l3_off as usize, m.l4_off as usize);
+        rewrite_v4(pkt.data_mut(), l3, l4, m.proto, m.frag != 2, from, to);
+        set_tuple(m, to);
+    }
+}
+
 #[inline]
 fn set_tuple(m: &mut Meta, t: Tuple4) {
     if !m.xlated {
@@ -502,6 +514,24 @@ impl Conntrack {
         self.lb_hit(snap, m, idx);
     }
 
+    /// `hit` for an IPv4 packet whose target `fast_target` gave: the same
+    /// without reading the session's key again.
+    #[inline]
+    pub(super) fn hit_to<P: PacketBuf>(
+        &mut self,
+        snap: &Snapshot,
+        pkt: &mut P,
+        m: &mut Meta,
+        idx: u32,
+        dir: u8,
+        to: Tuple4,
+    ) {
+        self.counters.hits += 1;
+        translate_to(pkt, m, to);
+        self.sessions.touch(idx, dir, self.now, m.tcp_flags);
+        self.lb_hit(snap, m, idx);
+    }
+
     /// For the fast path: what an IPv4 packet (`m`) of session `idx`
     /// arriving in direction `dir` becomes, when `hit` would do nothing else
     /// than translate, refresh and count it. None, and the packet left to
@@ -564,13 +594,7 @@ impl Conntrack {
             return;
         }
         let Some(s) = self.sessions.get(idx) else { return };
-        let to = Tuple4::of(&s.key[1 - dir as usize]).reversed();
-        let from = tuple_of(m);
-        if from != to {
-            let (l3, l4) = (m.l3_off as usize, m.l4_off as usize);
-            rewrite_v4(pkt.data_mut(), l3, l4, m.proto, m.frag != 2, from, to);
-            set_tuple(m, to);
-        }
+        translate_to(pkt, m, Tuple4::of(&s.key[1 - dir as usize]).reversed());
     }
 
     /// Counts a packet of a load-balanced session, and ends the sessions of

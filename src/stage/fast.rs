@@ -221,7 +221,7 @@ impl FastPath {
                 },
             };
             // Committed: what pre_route does with a known flow's packet.
-            ct.hit(snap, pkt, m, idx, dir);
+            ct.hit_to(snap, pkt, m, idx, dir, to);
             commit(pkt, m, e, head);
             n += 1;
         }
