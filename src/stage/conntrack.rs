@@ -508,10 +508,8 @@ impl Conntrack {
     /// translated, its session refreshed (and its TCP state moved), counted.
     #[inline]
     pub(super) fn hit<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, m: &mut Meta, idx: u32, dir: u8) {
-        self.counters.hits += 1;
         self.apply(pkt, m, idx, dir);
-        self.sessions.touch(idx, dir, self.now, m.tcp_flags);
-        self.lb_hit(snap, m, idx);
+        self.refresh(snap, m, idx, dir);
     }
 
     /// `hit` for an IPv4 packet whose target `fast_target` gave: the same
@@ -526,8 +524,16 @@ impl Conntrack {
         dir: u8,
         to: Tuple4,
     ) {
-        self.counters.hits += 1;
         translate_to(pkt, m, to);
+        self.refresh(snap, m, idx, dir);
+    }
+
+    /// What `hit` and `hit_to` do besides translating: the packet counted,
+    /// its session refreshed (and its TCP state moved), a balanced
+    /// session's member counted.
+    #[inline]
+    fn refresh(&mut self, snap: &Snapshot, m: &mut Meta, idx: u32, dir: u8) {
+        self.counters.hits += 1;
         self.sessions.touch(idx, dir, self.now, m.tcp_flags);
         self.lb_hit(snap, m, idx);
     }
