@@ -311,7 +311,7 @@ impl Ingress {
 /// destination's own, so it is reused only for the same destination.
 #[derive(Debug, Clone, Copy)]
 struct LastEgress {
-    nh: u32,
+    /// Its next hop is `e.nh`.
     dst: u32,
     gateway: bool,
     mtu: u16,
@@ -322,7 +322,7 @@ impl Default for LastEgress {
     fn default() -> Self {
         // NO_ROUTE never reaches the comparison: nothing matches.
         let e = Egress { nh: NO_ROUTE, port: 0, next_hop: Mac::ZERO, src: Mac::ZERO };
-        LastEgress { nh: NO_ROUTE, dst: 0, gateway: false, mtu: 0, e }
+        LastEgress { dst: 0, gateway: false, mtu: 0, e }
     }
 }
 
@@ -336,7 +336,7 @@ fn egress(snap: &Snapshot, dst: u32, h: Head, ports: usize, last: &mut LastEgres
     if nh == NO_ROUTE || h.ttl <= 1 {
         return None;
     }
-    if nh == last.nh && (last.gateway || dst == last.dst) {
+    if nh == last.e.nh && (last.gateway || dst == last.dst) {
         return (h.total <= last.mtu).then_some(last.e);
     }
     let adj = snap.adj.get(nh as usize)?;
@@ -349,7 +349,7 @@ fn egress(snap: &Snapshot, dst: u32, h: Head, ports: usize, last: &mut LastEgres
     }
     let next_hop = next_hop_mac(snap, adj, dst as u128, true).ok()?;
     let e = Egress { nh, port: adj.port, next_hop, src: out.mac };
-    *last = LastEgress { nh, dst, gateway: adj.kind == AdjKind::Gateway, mtu: out.mtu, e };
+    *last = LastEgress { dst, gateway: adj.kind == AdjKind::Gateway, mtu: out.mtu, e };
     Some(e)
 }
 
