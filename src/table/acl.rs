@@ -112,74 +112,216 @@ impl Shape {
     }
 }
 
-/// One tuple's exact-match table: open addressing, linear probing, at
-/// most half full, over a keyed multiply-fold hash of the masked key. The
-/// probed array holds 8-byte slots (32-bit fingerprint, rule), so a table
-/// of thousands of entries stays small in the cache; the full key is read
-/// only when a fingerprint matches.
-struct Tuple {
-    shape: Shape,
-    /// The best rule in this tuple (for pruning).
-    best: u32,
-    /// fingerprint << 32 | rule; 0 marks an empty slot (rule u32::MAX never occurs).
-    slots: Vec<u64>,
-    keys: Vec<AclKey>,
-    seed: [u64; 2],
+/// A key in the form the tables compare: the ports, in and out port
+/// numbers in one word, the protocol apart, the addresses as they come
+/// (an IPv4 table packs its two into one word).
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    src: u128,
+    dst: u128,
+    /// in_port << 48 | out_port << 32 | sport << 16 | dport.
+    misc: u64,
+    proto: u8,
 }
 
-impl AclKey {
+impl Probe {
     #[inline]
-    fn hash(&self, seed: &[u64; 2]) -> u64 {
-        let misc =
-            (self.in_port as u64) << 48 | (self.out_port as u64) << 32 | (self.sport as u64) << 16 | self.dport as u64;
-        let tail = (self.proto as u64) << 1 | self.v6 as u64;
-        let h = fold_mul((self.src as u64) ^ seed[0], (self.dst as u64) ^ seed[1]);
-        let h =
-            fold_mul(h ^ misc, ((self.src >> 64) as u64 ^ (self.dst >> 64) as u64).rotate_left(17) ^ tail ^ seed[0]);
-        fold_mul(h ^ ((self.src >> 64) as u64), 0x9e37_79b9_7f4a_7c15 ^ ((self.dst >> 64) as u64))
+    fn of(k: &AclKey) -> Probe {
+        let misc = (k.in_port as u64) << 48 | (k.out_port as u64) << 32 | (k.sport as u64) << 16 | k.dport as u64;
+        Probe { src: k.src, dst: k.dst, misc, proto: k.proto }
+    }
+
+    #[inline]
+    fn masked(&self, m: &Probe) -> Probe {
+        Probe { src: self.src & m.src, dst: self.dst & m.dst, misc: self.misc & m.misc, proto: self.proto & m.proto }
+    }
+
+    /// Both IPv4 addresses in one word.
+    #[inline]
+    fn addrs4(&self) -> u64 {
+        (self.src as u32 as u64) << 32 | self.dst as u32 as u64
     }
 }
 
-impl Tuple {
-    fn from_map(shape: Shape, best: u32, map: HashMap<AclKey, u32>, seed: [u64; 2]) -> Tuple {
-        let n = (map.len() * 2).next_power_of_two().max(8);
-        let mut slots = vec![0u64; n];
-        let mut keys = vec![AclKey::default(); n];
-        for (k, p) in map {
-            let h = k.hash(&seed);
+impl Shape {
+    /// The masks `mask` applies, as a probe to AND with.
+    fn probe_mask(&self) -> Probe {
+        let ones = AclKey {
+            src: u128::MAX,
+            dst: u128::MAX,
+            in_port: u16::MAX,
+            out_port: u16::MAX,
+            sport: u16::MAX,
+            dport: u16::MAX,
+            proto: u8::MAX,
+            v6: self.v6,
+        };
+        Probe::of(&self.mask(&ones))
+    }
+}
+
+/// An IPv4 table entry.
+#[derive(Debug, Clone, Copy, Default)]
+struct Entry4 {
+    addrs: u64,
+    misc: u64,
+    /// proto << 1 | 1.
+    tail: u32,
+    rule: u32,
+}
+
+/// An IPv6 table entry.
+#[derive(Debug, Clone, Copy, Default)]
+struct Entry6 {
+    src: u128,
+    dst: u128,
+    misc: u64,
+    /// proto << 1 | 1.
+    tail: u32,
+    rule: u32,
+}
+
+/// One shape's exact-match table: open addressing, linear probing, at
+/// most half full, over a keyed multiply-fold hash of the masked key (one
+/// multiplication for IPv4). The probed array holds 4-byte tags (32 bits
+/// of the hash, never 0; 0 marks an empty slot), so a table of thousands
+/// of entries stays small in the cache; the entry (the whole masked key
+/// and its best rule) is read only when a tag matches.
+struct Tuple<E> {
+    /// The lowest rule number in the table (the priority pruning).
+    best: u32,
+    mask: Probe,
+    tags: Vec<u32>,
+    slots: Vec<E>,
+}
+
+#[inline]
+fn tag(hash: u64) -> u32 {
+    (hash >> 32) as u32 | 1
+}
+
+#[inline]
+fn tail(proto: u8) -> u32 {
+    (proto as u32) << 1 | 1
+}
+
+/// What a table's entries are: the masked key in the table's form, with
+/// its best rule.
+trait Entry: Copy + Default {
+    fn of(k: &Probe, rule: u32) -> Self;
+    fn hash(&self, seed: &[u64; 4]) -> u64;
+    /// Whether the keys (not the rules) are equal.
+    fn same_key(&self, other: &Self) -> bool;
+    fn rule(&self) -> u32;
+}
+
+impl Entry for Entry4 {
+    #[inline]
+    fn of(k: &Probe, rule: u32) -> Entry4 {
+        Entry4 { addrs: k.addrs4(), misc: k.misc, tail: tail(k.proto), rule }
+    }
+
+    /// One multiplication. (`tail` shares bits with the port numbers: keys
+    /// this merges differ in the entry compare, only their probes are longer.)
+    #[inline]
+    fn hash(&self, seed: &[u64; 4]) -> u64 {
+        fold_mul(self.addrs ^ seed[0], self.misc ^ seed[1] ^ (self.tail as u64) << 40)
+    }
+
+    #[inline]
+    fn same_key(&self, o: &Entry4) -> bool {
+        self.addrs == o.addrs && self.misc == o.misc && self.tail == o.tail
+    }
+
+    #[inline]
+    fn rule(&self) -> u32 {
+        self.rule
+    }
+}
+
+impl Entry for Entry6 {
+    #[inline]
+    fn of(k: &Probe, rule: u32) -> Entry6 {
+        Entry6 { src: k.src, dst: k.dst, misc: k.misc, tail: tail(k.proto), rule }
+    }
+
+    #[inline]
+    fn hash(&self, seed: &[u64; 4]) -> u64 {
+        let h = fold_mul((self.src as u64) ^ seed[0], ((self.src >> 64) as u64) ^ seed[1]);
+        let h = fold_mul(h ^ self.dst as u64, ((self.dst >> 64) as u64) ^ seed[2]);
+        fold_mul(h ^ self.misc, self.tail as u64 ^ seed[3])
+    }
+
+    #[inline]
+    fn same_key(&self, o: &Entry6) -> bool {
+        self.src == o.src && self.dst == o.dst && self.misc == o.misc && self.tail == o.tail
+    }
+
+    #[inline]
+    fn rule(&self) -> u32 {
+        self.rule
+    }
+}
+
+impl<E: Entry> Tuple<E> {
+    fn build(best: u32, mask: Probe, keys: &HashMap<AclKey, u32>, seed: &[u64; 4]) -> Self {
+        let n = (keys.len() * 2).next_power_of_two().max(8);
+        let mut tags = vec![0u32; n];
+        let mut slots = vec![E::default(); n];
+        for (k, &rule) in keys {
+            let e = E::of(&Probe::of(k), rule);
+            let h = e.hash(seed);
             let mut i = h as usize & (n - 1);
-            while slots[i] != 0 {
+            while tags[i] != 0 {
                 i = (i + 1) & (n - 1);
             }
-            slots[i] = (h >> 32) << 32 | (p as u64 + 1);
-            keys[i] = k;
+            tags[i] = tag(h);
+            slots[i] = e;
         }
-        Tuple { shape, best, slots, keys, seed }
+        Tuple { best, mask, tags, slots }
     }
 
     #[inline]
-    fn get(&self, k: &AclKey) -> Option<u32> {
-        let mask = self.slots.len() - 1;
-        let h = k.hash(&self.seed);
-        let fp = h >> 32;
+    fn get(&self, p: &Probe, seed: &[u64; 4]) -> Option<u32> {
+        let k = E::of(&p.masked(&self.mask), 0);
+        let h = k.hash(seed);
+        let (tag, mask) = (tag(h), self.tags.len() - 1);
         let mut i = h as usize & mask;
         loop {
-            let e = self.slots[i];
-            if e == 0 {
-                return None;
+            match self.tags[i] {
+                0 => return None,
+                x if x == tag && self.slots[i].same_key(&k) => return Some(self.slots[i].rule()),
+                _ => i = (i + 1) & mask,
             }
-            if e >> 32 == fp && self.keys[i] == *k {
-                return Some((e as u32) - 1);
-            }
-            i = (i + 1) & mask;
         }
     }
+}
+
+/// The best rule of the first tables (in order of their best rule) that
+/// match `p`, or u32::MAX: the walk stops at the first table that cannot
+/// hold a better rule than the best found.
+#[inline]
+fn first_match<E: Entry>(tables: &[Tuple<E>], p: &Probe, seed: &[u64; 4]) -> u32 {
+    let mut best = u32::MAX;
+    for t in tables {
+        if t.best >= best {
+            break;
+        }
+        if let Some(r) = t.get(p, seed) {
+            best = best.min(r);
+        }
+    }
+    best
 }
 
 /// The frozen classifier.
 #[derive(Default)]
 pub struct Acl {
-    tuples: Vec<Tuple>,
+    /// The IPv4 shapes' tables, then the IPv6 ones', each in the order of
+    /// their best rule.
+    v4: Vec<Tuple<Entry4>>,
+    v6: Vec<Tuple<Entry6>>,
+    seed: [u64; 4],
     rules: Vec<AclRule>,
     entries: usize,
 }
@@ -204,7 +346,7 @@ impl Acl {
     /// Builds the classifier; rule `i` has priority `i` (lower wins).
     pub fn build(rules: Vec<AclRule>) -> Result<Acl, String> {
         let r = RandomState::new();
-        let seed = [r.hash_one(1u64), r.hash_one(2u64)];
+        let seed = [r.hash_one(1u64), r.hash_one(2u64), r.hash_one(3u64), r.hash_one(4u64)];
         let mut tuples: Vec<(Shape, u32, HashMap<AclKey, u32>)> = Vec::new();
         let mut index: HashMap<Shape, usize> = HashMap::new();
         let mut entries = 0usize;
@@ -254,10 +396,16 @@ impl Acl {
                 }
             }
         }
-        let mut tuples: Vec<Tuple> =
-            tuples.into_iter().map(|(shape, best, map)| Tuple::from_map(shape, best, map, seed)).collect();
-        tuples.sort_by_key(|t| t.best);
-        Ok(Acl { tuples, rules, entries })
+        tuples.sort_by_key(|t| t.1);
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for (shape, best, map) in &tuples {
+            if shape.v6 {
+                v6.push(Tuple::build(*best, shape.probe_mask(), map, &seed));
+            } else {
+                v4.push(Tuple::build(*best, shape.probe_mask(), map, &seed));
+            }
+        }
+        Ok(Acl { v4, v6, seed, rules, entries })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -270,7 +418,7 @@ impl Acl {
 
     /// Distinct shapes (the per-lookup cost).
     pub fn tuples(&self) -> usize {
-        self.tuples.len()
+        self.v4.len() + self.v6.len()
     }
 
     /// Entries after range expansion.
@@ -281,18 +429,8 @@ impl Acl {
     /// The first matching rule: (rule index, pass).
     #[inline]
     pub fn classify(&self, k: &AclKey) -> Option<(u32, bool)> {
-        let mut best = u32::MAX;
-        for t in &self.tuples {
-            if t.best >= best {
-                break;
-            }
-            if t.shape.v6 != k.v6 {
-                continue;
-            }
-            if let Some(p) = t.get(&t.shape.mask(k)) {
-                best = best.min(p);
-            }
-        }
+        let p = Probe::of(k);
+        let best = if k.v6 { first_match(&self.v6, &p, &self.seed) } else { first_match(&self.v4, &p, &self.seed) };
         (best != u32::MAX).then(|| (best, self.rules[best as usize].pass))
     }
 }
