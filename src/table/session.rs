@@ -442,10 +442,9 @@ impl SessionTable {
         self.index[pos] = entry;
     }
 
-    /// Removes the index entry of (idx, dir) and shifts later entries of the
-    /// probe run back so no tombstone is left.
-    fn index_remove(&mut self, key: &FlowKey, idx: u32, dir: u8) {
-        let hash = self.hash(key);
+    /// Removes the index entry of (idx, dir), whose key hashes to `hash`,
+    /// and shifts later entries of the probe run back so no tombstone is left.
+    fn index_remove(&mut self, hash: u64, idx: u32, dir: u8) {
         let want = ((idx as u64) << 1) | dir as u64;
         let mut pos = self.home(hash);
         loop {
@@ -645,10 +644,22 @@ impl SessionTable {
     }
 
     fn release(&mut self, idx: u32) {
+        self.release_hashed(idx, self.key_hashes(idx));
+    }
+
+    /// The hashes of a session's two keys.
+    #[inline]
+    fn key_hashes(&self, idx: u32) -> [u64; 2] {
+        let k = &self.sessions[idx as usize].key;
+        [self.hash(&k[0]), self.hash(&k[1])]
+    }
+
+    /// `release` with the hashes of the session's keys (`key_hashes`).
+    fn release_hashed(&mut self, idx: u32, hashes: [u64; 2]) {
         let s = self.sessions[idx as usize];
-        self.index_remove(&s.key[0], idx, 0);
+        self.index_remove(hashes[0], idx, 0);
         if s.key[1] != s.key[0] {
-            self.index_remove(&s.key[1], idx, 1);
+            self.index_remove(hashes[1], idx, 1);
         }
         let f = &mut self.sessions[idx as usize];
         f.key = [FlowKey::default(); 2];
@@ -692,30 +703,30 @@ impl SessionTable {
             // A batch off the pending list; the index lines of the due
             // ones are fetched together before any is removed, instead of
             // each removal waiting on its own two misses.
-            let mut batch = [NIL; EXPIRY_BATCH];
+            let mut batch = [(NIL, [0u64; 2]); EXPIRY_BATCH];
             let mut n = 0;
             while n < EXPIRY_BATCH && self.pending != NIL && visited < budget {
                 let idx = self.pending;
                 visited += 1;
                 self.pending = self.sessions[idx as usize].next;
-                batch[n] = idx;
+                batch[n].0 = idx;
                 n += 1;
             }
             if self.pending != NIL {
                 self.sessions[self.pending as usize].prev = NIL;
             }
             let due = |s: &Session| (now.wrapping_sub(s.deadline) as i32) >= 0;
-            for &idx in &batch[..n] {
-                let s = &self.sessions[idx as usize];
-                if due(s) {
-                    self.prefetch(self.hash(&s.key[0]));
-                    self.prefetch(self.hash(&s.key[1]));
+            for (idx, hashes) in &mut batch[..n] {
+                if due(&self.sessions[*idx as usize]) {
+                    *hashes = self.key_hashes(*idx);
+                    self.prefetch(hashes[0]);
+                    self.prefetch(hashes[1]);
                 }
             }
-            for &idx in &batch[..n] {
+            for &(idx, hashes) in &batch[..n] {
                 if due(&self.sessions[idx as usize]) {
                     freed_fn(&self.sessions[idx as usize]);
-                    self.release(idx);
+                    self.release_hashed(idx, hashes);
                     self.stats.expired += 1;
                     freed += 1;
                 } else {
