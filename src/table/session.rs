@@ -715,16 +715,15 @@ impl SessionTable {
             if self.pending != NIL {
                 self.sessions[self.pending as usize].prev = NIL;
             }
-            let due = |s: &Session| (now.wrapping_sub(s.deadline) as i32) >= 0;
             for (idx, hashes) in &mut batch[..n] {
-                if due(&self.sessions[*idx as usize]) {
+                if self.is_expired(*idx, now) {
                     *hashes = self.key_hashes(*idx);
                     self.prefetch(hashes[0]);
                     self.prefetch(hashes[1]);
                 }
             }
             for &(idx, hashes) in &batch[..n] {
-                if due(&self.sessions[idx as usize]) {
+                if self.is_expired(idx, now) {
                     freed_fn(&self.sessions[idx as usize]);
                     self.release_hashed(idx, hashes);
                     self.stats.expired += 1;
