@@ -24,18 +24,20 @@ pub fn sum(data: &[u8]) -> u64 {
     acc
 }
 
-/// Folds a wide ones'-complement sum into 16 bits (not inverted). Four
-/// fixed end-around-carry steps, no loop: a loop's exit depends on the
-/// data and mispredicts on every other packet. (After the first step the
-/// sum is below 2^33, after the second below 2^18, after the third at most
-/// 0x10002, and the fourth brings it into 16 bits.)
+/// Folds a wide ones'-complement sum into 16 bits (not inverted), without
+/// a loop (a loop's exit depends on the data and mispredicts on every other
+/// packet): the two 32-bit halves added with their carry wrapped around
+/// (2^32 is 1 in ones'-complement arithmetic), then the two 16-bit halves
+/// of that the same way, by adding the word to itself rotated by 16 bits:
+/// the upper half of the result is high + low + the carry out of the lower
+/// half (the trick of the Linux kernel's `csum_fold`). Zero only for a zero
+/// sum, as with repeated end-around carries.
 #[inline]
 pub fn fold(acc: u64) -> u16 {
-    let a = (acc & 0xffff_ffff) + (acc >> 32);
-    let a = (a & 0xffff) + (a >> 16);
-    let a = (a & 0xffff) + (a >> 16);
-    let a = (a & 0xffff) + (a >> 16);
-    a as u16
+    let (s, carry) = (acc as u32).overflowing_add((acc >> 32) as u32);
+    // No overflow: with a carry, s is at most 2^32 - 2.
+    let s = s + carry as u32;
+    (s.wrapping_add(s.rotate_left(16)) >> 16) as u16
 }
 
 /// The checksum field value for `data` (with its own checksum field zeroed).
@@ -119,7 +121,7 @@ mod tests {
         assert!(verify(&h));
     }
 
-    /// The fixed four-step fold against the textbook loop (end-around
+    /// The branch-free fold against the textbook loop (end-around
     /// carry until nothing is left above 16 bits), edges and random sums.
     #[test]
     fn fold_matches_the_carry_loop() {

@@ -246,7 +246,7 @@ fn tuple_of(m: &Meta) -> Tuple4 {
 
 /// Rewrites an IPv4 packet (its headers and `m`) to addresses and ports
 /// `to`, when they differ from what it carries.
-#[inline]
+#[inline(always)]
 fn translate_to<P: PacketBuf>(pkt: &mut P, m: &mut Meta, to: Tuple4) {
     let from = tuple_of(m);
     if from != to {
@@ -446,7 +446,7 @@ impl Conntrack {
     /// Queues `key` as lookup `j` of a bulk lookup (`lookup_queued`),
     /// prefetching its index line. (The fast path queues its lookups here
     /// too, before `pre_route` runs.)
-    #[inline]
+    #[inline(always)]
     pub(super) fn queue_lookup(&mut self, j: usize, key: FlowKey) {
         self.keys[j] = key;
         if !self.sessions.is_empty() {

@@ -476,6 +476,7 @@ impl SessionTable {
         self.index[hole] = 0;
     }
 
+    #[inline]
     fn timeout(&self, proto: u8, state: SessionState) -> u32 {
         let t = &self.timeouts;
         let secs = match proto {
@@ -580,7 +581,7 @@ impl SessionTable {
     /// deadline. O(1): a later deadline leaves the session in its wheel slot
     /// (it is re-filed when the slot is visited); only a deadline moved
     /// earlier (a close or reset) re-files it now.
-    #[inline]
+    #[inline(always)]
     pub fn touch(&mut self, idx: u32, dir: u8, now: u32, tcp_flags: u8) {
         let Some(s) = self.sessions.get(idx as usize) else { return };
         if s.state == SessionState::Free {
