@@ -2,7 +2,7 @@
 //! (RFC 1624), and the translation of ICMP errors that quote a translated
 //! packet (RFC 5508 section 4.2).
 
-use crate::packet::checksum::{checksum, delta16, delta32, fold, update16, update32};
+use crate::packet::checksum::{checksum, delta16, fold, update16, update32};
 use crate::packet::ipv4::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use crate::packet::l4::icmp_is_echo;
 use crate::table::session::FlowKey;
@@ -67,11 +67,18 @@ fn wr32(b: &mut [u8], o: usize, v: u32) {
 /// bounds and the transport header is complete when `has_l4`.
 #[inline(always)]
 pub fn rewrite_v4(data: &mut [u8], l3: usize, l4: usize, proto: u8, has_l4: bool, from: Tuple4, to: Tuple4) {
-    // RFC 1624 eqn. 3 with every changed word summed first and folded once:
-    // the addresses' change is the same for the IP header and for the
-    // transport checksum's pseudo-header. (Unchanged words add nothing.)
-    // Fixed-size views of the headers: one bounds check each.
-    let addrs = delta32(from.src, to.src) + delta32(from.dst, to.dst);
+    // RFC 1624 eqn. 3 with every word of the 4-tuple summed first and
+    // folded once: the addresses' change is the same for the IP header and
+    // for the transport checksum's pseudo-header. Each 32-bit value is added
+    // whole (2^16 is 1 in ones'-complement arithmetic, so a 32-bit word is
+    // congruent to the sum of its two halves), and unchanged words are
+    // added too: ~w + w is all ones, ones'-complement zero. That changes
+    // the result only where the sum is exactly zero, which needs an old
+    // checksum of 0xffff; IPv4 and TCP checksums never are (the header's
+    // version and the pseudo-header's protocol are not zero), and a UDP
+    // checksum of 0xffff (a computed 0) comes out as 0, sent as 0xffff
+    // below, as it was.
+    let addrs = !from.src as u64 + to.src as u64 + !from.dst as u64 + to.dst as u64;
     let Some(ip) = data.get_mut(l3..).and_then(|d| d.first_chunk_mut::<20>()) else { return };
     ip[12..16].copy_from_slice(&to.src.to_be_bytes());
     ip[16..20].copy_from_slice(&to.dst.to_be_bytes());
@@ -85,7 +92,8 @@ pub fn rewrite_v4(data: &mut [u8], l3: usize, l4: usize, proto: u8, has_l4: bool
         PROTO_TCP | PROTO_UDP => {
             t[0..2].copy_from_slice(&to.sport.to_be_bytes());
             t[2..4].copy_from_slice(&to.dport.to_be_bytes());
-            let ports = delta16(from.sport, to.sport) + delta16(from.dport, to.dport);
+            let word = |t: Tuple4| (t.sport as u32) << 16 | t.dport as u32;
+            let ports = !word(from) as u64 + word(to) as u64;
             let c = if proto == PROTO_UDP {
                 &mut t[6..8]
             } else {
@@ -270,6 +278,54 @@ mod tests {
                 rewrite_v4(&mut v, 14, 34, proto, true, from, to);
                 check(&v, to);
             }
+        }
+    }
+
+    /// Random tuples, payloads and translations (any of the four fields
+    /// changed or kept, the identity included), checked against
+    /// etherparse's full recomputation: the whole-word incremental sum
+    /// gives the same checksums as computing them again, including the
+    /// UDP checksums whose computed value is 0 (sent as 0xffff).
+    #[test]
+    fn random_rewrites_match_etherparse_checksums() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (mut udp_ffff, mut n) = (0, 0);
+        while n < 20_000 || udp_ffff < 3 {
+            n += 1;
+            let r = rnd();
+            let from = Tuple4 { src: r as u32, dst: (r >> 32) as u32, sport: rnd() as u16, dport: rnd() as u16 };
+            let m = rnd();
+            let pick = |bit: u64, old: u32, new: u32| if m >> bit & 1 == 1 { new } else { old };
+            let r = rnd();
+            let to = Tuple4 {
+                src: pick(0, from.src, r as u32),
+                dst: pick(1, from.dst, (r >> 32) as u32),
+                sport: pick(2, from.sport as u32, (m >> 16) as u32) as u16,
+                dport: pick(3, from.dport as u32, (m >> 32) as u32) as u16,
+            };
+            let proto = if m >> 4 & 1 == 1 { PROTO_TCP } else { PROTO_UDP };
+            let payload = rnd().to_be_bytes();
+            let b = PacketBuilder::ethernet2([2; 6], [4; 6]).ipv4(from.src.to_be_bytes(), from.dst.to_be_bytes(), 64);
+            let mut v = Vec::new();
+            match proto {
+                PROTO_TCP => b.tcp(from.sport, from.dport, 7, 1024).ack(9).write(&mut v, &payload),
+                _ => b.udp(from.sport, from.dport).write(&mut v, &payload),
+            }
+            .unwrap();
+            if proto == PROTO_UDP && v[40..42] == [0xff, 0xff] {
+                udp_ffff += 1;
+            }
+            rewrite_v4(&mut v, 14, 34, proto, true, from, to);
+            check(&v, to);
+            // And back again.
+            rewrite_v4(&mut v, 14, 34, proto, true, to, from);
+            check(&v, from);
         }
     }
 
