@@ -104,9 +104,10 @@ impl SessionState {
 }
 
 /// Fetches every cache line of a record: at 92 bytes and 4-byte alignment
-/// it spans two lines, or three when it starts past byte 36 of a line
-/// (close to half of them); its first and last byte alone would leave the middle line, the
-/// end of the original key and the start of the reply's, to a demand miss.
+/// it spans two lines, or three when it starts past byte 36 of a line (6
+/// records in 16); its first and last byte alone would leave the middle
+/// line, the end of the original key and the start of the reply's, to a
+/// demand miss.
 #[inline(always)]
 fn prefetch_record(s: &Session) {
     let p = (s as *const Session).cast::<u8>();
@@ -272,8 +273,9 @@ impl SessionTable {
     }
 
     /// Backs the whole table with memory now (see `mem::prefault`): the
-    /// index, the records not yet used, their links and the wheel. A worker calls it
-    /// before its first burst, so that no insert takes a page fault.
+    /// index, the records not yet used, their links and the wheel. A worker
+    /// calls it before its first burst, so that no insert takes a page
+    /// fault.
     pub fn prefault(&mut self) {
         prefault(&mut self.index);
         prefault_uninit(self.sessions.spare_capacity_mut());
