@@ -78,12 +78,6 @@ pub fn delta16(old: u16, new: u16) -> u64 {
     if old == new { 0 } else { (!old) as u64 + new as u64 }
 }
 
-/// `delta16` for a 32-bit field (two words), such as an IPv4 address.
-#[inline]
-pub fn delta32(old: u32, new: u32) -> u64 {
-    if old == new { 0 } else { delta16((old >> 16) as u16, (new >> 16) as u16) + delta16(old as u16, new as u16) }
-}
-
 /// Sum of the IPv4 pseudo-header used by TCP, UDP (RFC 768/793).
 #[inline]
 pub fn pseudo_v4(src: u32, dst: u32, proto: u8, len: u16) -> u64 {
