@@ -130,7 +130,7 @@ fn main() {
     }
     let f = st.pipe.fast.counters;
     println!(
-        "| total {tot:.1} cycles/pkt (best of 15 rounds per stage); drops {}; fast path forwarded {} ({} of known flows), sessions {}",
+        "| total {tot:.1} cycles/pkt (best of {rounds} rounds per stage); drops {}; fast path forwarded {} ({} of known flows), sessions {}",
         st.counters.drops.iter().sum::<u64>(),
         f.forwarded,
         f.tracked,
