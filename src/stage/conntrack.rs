@@ -151,6 +151,9 @@ struct Info {
     inbound: bool,
     /// The flow key as the packet arrived.
     orig: FlowKey,
+    /// `orig`'s hash in the session table, when its lookup computed it
+    /// (a new flow's session is inserted under it without hashing again).
+    hash: Option<u64>,
     /// For `FragWait`: the burst position of the first fragment.
     first: u16,
     /// To a load-balancer listener: the member chosen (index into
@@ -436,6 +439,7 @@ impl Conntrack {
                 Some((idx, dir)) => self.hit(snap, pkt, m, idx, dir),
                 None => {
                     self.info[i].kind = Kind::New;
+                    self.info[i].hash = Some(self.hashes[j - 1]);
                     self.counters.new_flows += 1;
                     self.new_flow_dnat(snap, pkt, m, i);
                 }
@@ -449,11 +453,11 @@ impl Conntrack {
     #[inline(always)]
     pub(super) fn queue_lookup(&mut self, j: usize, key: FlowKey) {
         self.keys[j] = key;
+        let h = self.sessions.hash(&key);
         if !self.sessions.is_empty() {
-            let h = self.sessions.hash(&key);
             self.sessions.prefetch(h);
-            self.hashes[j] = h;
         }
+        self.hashes[j] = h;
     }
 
     /// Looks up the first `n` queued keys into `found`, 64 at a time (none
@@ -499,7 +503,10 @@ impl Conntrack {
                     self.info[i].kind = Kind::Hit;
                     self.hit(snap, pkt, m, idx, dir);
                 }
-                None => self.counters.new_flows += 1,
+                None => {
+                    self.info[i].hash = Some(self.hashes[j]);
+                    self.counters.new_flows += 1;
+                }
             }
         }
     }
@@ -996,7 +1003,7 @@ impl Conntrack {
             _ => {}
         }
         let reply = if v4 { FlowKey::v4(to.dst, to.src, to.dport, to.sport, m.proto) } else { key_of(m).reversed() };
-        let (orig_hash, reply_hash) = (self.sessions.hash(&info.orig), self.sessions.hash(&reply));
+        let (orig_hash, reply_hash) = (self.orig_hash(info), self.sessions.hash(&reply));
         self.sessions.prefetch(orig_hash);
         self.sessions.prefetch(reply_hash);
         Some(Plan { from, to, flags, mapping, slot: None, reply, orig_hash, reply_hash })
@@ -1021,11 +1028,19 @@ impl Conntrack {
             self.lb_taken.push(lb_taken_key(to.dst, to.dport, p));
         }
         let reply = FlowKey::v4(to.dst, to.src, to.dport, to.sport, m.proto);
-        let (orig_hash, reply_hash) = (self.sessions.hash(&info.orig), self.sessions.hash(&reply));
+        let (orig_hash, reply_hash) = (self.orig_hash(info), self.sessions.hash(&reply));
         self.sessions.prefetch(orig_hash);
         self.sessions.prefetch(reply_hash);
         let flags = (NatKind::Lb as u8) << NAT_SHIFT;
         Some(Plan { from, to, flags, mapping: None, slot: Some(slot), reply, orig_hash, reply_hash })
+    }
+
+    /// The session table hash of a new flow's key, as its lookup computed it.
+    #[inline]
+    fn orig_hash(&self, info: &Info) -> u64 {
+        let h = info.hash.unwrap_or_else(|| self.sessions.hash(&info.orig));
+        debug_assert_eq!(h, self.sessions.hash(&info.orig), "a new flow's key was hashed as another");
+        h
     }
 
     /// Creates the session of a planned flow and rewrites the packet; a
