@@ -22,6 +22,8 @@ use astara_dp::packet::{Burst, Pkt};
 use astara_dp::stage::ConntrackConfig;
 use std::path::Path;
 
+/// Rounds by default; `NEWFLOW_ROUNDS` sets another number (fewer under
+/// callgrind: with `churn`, expiry keeps pace from the third round).
 const ROUNDS: usize = 60;
 const BURSTS: usize = 8192;
 /// Bursts per second of the clock with `churn`.
@@ -43,13 +45,14 @@ fn main() {
     let mut now = 1;
     pipe.set_now(now);
     let mut burst: Burst<Pkt> = Burst::new(32);
+    let rounds = std::env::var("NEWFLOW_ROUNDS").ok().and_then(|v| v.parse().ok()).filter(|&r| r > 0).unwrap_or(ROUNDS);
     let names = ["parse", "pre_route", "route", "post_route", "neigh"];
     let mut best = [f64::MAX; 5];
     // Per stage over the second half of the rounds: with `churn`, the
     // steady state (expiry keeping pace), stage by stage.
     let mut late = [0u64; 5];
     let (mut next, mut bursts, mut all) = (0, 0u64, 0u64);
-    for round in 0..ROUNDS {
+    for round in 0..rounds {
         let mut t = [0u64; 5];
         for _ in 0..BURSTS {
             if next == flows {
@@ -86,7 +89,7 @@ fn main() {
         }
         for k in 0..5 {
             best[k] = best[k].min(t[k] as f64 / (BURSTS * 32) as f64);
-            if round >= ROUNDS / 2 {
+            if round >= rounds / 2 {
                 late[k] += t[k];
             }
         }
@@ -99,12 +102,12 @@ fn main() {
     let s = &pipe.conntrack.sessions;
     println!(
         "| total {tot:.1} (best round), mean {:.1} cycles/new flow; sessions created {}, expired {}, in use {}",
-        all as f64 / (ROUNDS * BURSTS * 32) as f64,
+        all as f64 / (rounds * BURSTS * 32) as f64,
         s.stats.inserted,
         s.stats.expired,
         s.len()
     );
-    let per = |c: u64| c as f64 / ((ROUNDS - ROUNDS / 2) * BURSTS * 32) as f64;
+    let per = |c: u64| c as f64 / ((rounds - rounds / 2) * BURSTS * 32) as f64;
     print!("second half of the rounds, mean:");
     for (k, nm) in names.iter().enumerate() {
         print!(" {nm} {:.1}", per(late[k]));

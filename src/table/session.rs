@@ -947,6 +947,31 @@ mod tests {
         assert!(t.is_empty());
     }
 
+    /// In a 16-slot index, probe runs are long and often shared: a new
+    /// session's two entries, and the entries shifted back when one is
+    /// removed, must leave every live key findable and no stray entry.
+    #[test]
+    fn both_keys_findable_when_their_probe_runs_meet() {
+        let mut t = SessionTable::new(5, Timeouts::default());
+        assert_eq!(t.index.len(), 16);
+        let mut live: Vec<(FlowKey, u32)> = Vec::new();
+        for round in 0..20_000u32 {
+            let k = udp(round.wrapping_mul(2_654_435_761));
+            if live.len() == 5 {
+                let (old, i) = live.remove((round % 5) as usize);
+                assert!(t.remove(i));
+                assert_eq!(t.lookup(&old), None);
+            }
+            let i = t.insert(k, k.reversed(), 0, 0).unwrap();
+            live.push((k, i));
+            for &(k, i) in &live {
+                assert_eq!(t.lookup(&k), Some((i, 0)));
+                assert_eq!(t.lookup(&k.reversed()), Some((i, 1)));
+            }
+            assert_eq!(t.index.iter().filter(|&&e| e != 0).count(), 2 * live.len());
+        }
+    }
+
     #[test]
     fn random_churn_matches_a_hashmap_model() {
         let mut t = SessionTable::new(3000, Timeouts::default());
