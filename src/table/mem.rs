@@ -53,7 +53,9 @@ pub fn advise_huge<T>(v: &[T]) {
 /// forwarding path, as it fills.
 pub fn prefault<T: Copy>(v: &mut [T]) {
     let (p, bytes) = (v.as_mut_ptr() as *mut u8, std::mem::size_of_val(v));
-    for off in (0..bytes).step_by(4096) {
+    // Every 4 KiB from the start, and the last byte: a slice that does
+    // not start on a page boundary ends in a page the steps miss.
+    for off in (0..bytes).step_by(4096).chain(bytes.checked_sub(1)) {
         // SAFETY: off < bytes: a byte of the slice we hold exclusively,
         // initialised (T: Copy, a plain value), written back unchanged.
         unsafe { std::ptr::write_volatile(p.add(off), std::ptr::read_volatile(p.add(off))) }
@@ -61,10 +63,10 @@ pub fn prefault<T: Copy>(v: &mut [T]) {
 }
 
 /// `prefault` for memory not yet holding values (a `Vec`'s spare
-/// capacity): a zero byte is written per 4 KiB page.
+/// capacity): a zero byte is written per 4 KiB page, and in the last one.
 pub fn prefault_uninit<T>(v: &mut [std::mem::MaybeUninit<T>]) {
     let (p, bytes) = (v.as_mut_ptr() as *mut u8, std::mem::size_of_val(v));
-    for off in (0..bytes).step_by(4096) {
+    for off in (0..bytes).step_by(4096).chain(bytes.checked_sub(1)) {
         // SAFETY: off < bytes, inside uninitialised memory we hold
         // exclusively; writing a byte there makes no value observable.
         unsafe { std::ptr::write_volatile(p.add(off), 0) }
