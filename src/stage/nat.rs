@@ -5,7 +5,7 @@
 use crate::packet::checksum::{checksum, delta16, fold, update16, update32};
 use crate::packet::ipv4::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use crate::packet::l4::icmp_is_echo;
-use crate::table::session::FlowKey;
+use crate::table::session::{FlowKey, Session};
 
 /// A 4-tuple of an IPv4 packet (ports are the ICMP echo identifier for
 /// echo, both set to it).
@@ -33,6 +33,13 @@ impl Tuple4 {
     #[inline]
     pub fn of(key: &FlowKey) -> Tuple4 {
         Tuple4 { src: key.src[3], dst: key.dst[3], sport: key.sport, dport: key.dport }
+    }
+    /// The packet of a session's direction `dir`, as it would look on the
+    /// wire (`of` its key, read from the record directly).
+    #[inline(always)]
+    pub fn of_session(s: &Session, dir: usize) -> Tuple4 {
+        let ([src, dst], [sport, dport]) = (s.addrs4(dir), s.ports(dir));
+        Tuple4 { src, dst, sport, dport }
     }
     #[inline]
     pub fn reversed(self) -> Tuple4 {

@@ -43,8 +43,11 @@ fn addr(w: [u32; 4]) -> u128 {
 
 impl FlowKey {
     /// A key from 128-bit addresses (IPv4 in the low 32 bits when `!v6`).
+    /// IPv4 keys keep only the low 32 bits of each address: the table
+    /// hashes and compares an IPv4 key's last words alone.
     pub fn new(src: u128, dst: u128, sport: u16, dport: u16, proto: u8, v6: bool) -> FlowKey {
-        FlowKey { src: words(src), dst: words(dst), sport, dport, proto, v6 }
+        let mask = if v6 { u128::MAX } else { u32::MAX as u128 };
+        FlowKey { src: words(src & mask), dst: words(dst & mask), sport, dport, proto, v6 }
     }
 
     pub fn v4(src: u32, dst: u32, sport: u16, dport: u16, proto: u8) -> FlowKey {
@@ -103,17 +106,10 @@ impl SessionState {
     }
 }
 
-/// Fetches every cache line of a record: at 92 bytes and 4-byte alignment
-/// it spans two lines, or three when it starts past byte 36 of a line (6
-/// records in 16); its first and last byte alone would leave the middle
-/// line, the end of the original key and the start of the reply's, to a
-/// demand miss.
+/// Fetches a record: one cache line.
 #[inline(always)]
 fn prefetch_record(s: &Session) {
-    let p = (s as *const Session).cast::<u8>();
-    prefetch(p);
-    prefetch(p.wrapping_add(64));
-    prefetch(p.wrapping_add(std::mem::size_of::<Session>() - 1));
+    prefetch((s as *const Session).cast::<u8>());
 }
 
 /// Idle timeouts in seconds, by protocol and state.
@@ -155,11 +151,24 @@ const NIL: u32 = u32::MAX;
 /// Sessions `expire` takes off a due wheel slot at a time.
 const EXPIRY_BATCH: usize = 8;
 
-/// One tracked flow.
+/// One tracked flow, in one 64-byte cache line: a packet of an
+/// established flow reads and writes back one line of records (a record
+/// holding two full-width keys took 92 bytes, two or three lines).
+///
+/// Both directions' keys are kept: for IPv4 both address pairs, since NAT
+/// and the load balancer make the reply's differ from the original's. The
+/// appliance never translates IPv6 (there is no NAT66), so an IPv6 reply
+/// is always the original reversed, and its one address pair fills the
+/// same 32 bytes; `insert` refuses anything else
+/// (`SessionError::Translated`).
 #[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
 pub struct Session {
-    /// [original direction, reply direction].
-    pub key: [FlowKey; 2],
+    /// IPv4: [orig src, orig dst, reply src, reply dst] in words 0..4.
+    /// IPv6: the original source in words 0..4, its destination in 4..8.
+    addr: [u32; 8],
+    /// Per direction, source port << 16 | destination port.
+    port: [u32; 2],
     /// When it expires unless another packet arrives (caller's seconds).
     pub deadline: u32,
     /// The deadline it is filed under on the wheel (may be earlier than
@@ -170,6 +179,128 @@ pub struct Session {
     pub flags: u8,
     /// Free for the stages (an LB member, a NAT pool index, ...).
     pub user: u16,
+    proto: u8,
+    v6: bool,
+}
+
+const FREE: Session = Session {
+    addr: [0; 8],
+    port: [0; 2],
+    deadline: 0,
+    filed: 0,
+    state: SessionState::Free,
+    flags: 0,
+    user: 0,
+    proto: 0,
+    v6: false,
+};
+
+#[inline(always)]
+fn ports_of(k: &FlowKey) -> u32 {
+    (k.sport as u32) << 16 | k.dport as u32
+}
+
+impl Session {
+    /// A record for a flow, or None for an IPv6 reply that is not the
+    /// original reversed.
+    #[inline]
+    fn new(orig: &FlowKey, reply: &FlowKey, deadline: u32, state: SessionState) -> Option<Session> {
+        let mut addr = [0; 8];
+        if orig.v6 {
+            if *reply != orig.reversed() {
+                return None;
+            }
+            addr[..4].copy_from_slice(&orig.src);
+            addr[4..].copy_from_slice(&orig.dst);
+        } else {
+            if reply.v6 || reply.proto != orig.proto {
+                return None;
+            }
+            addr[..4].copy_from_slice(&[orig.src[3], orig.dst[3], reply.src[3], reply.dst[3]]);
+        }
+        Some(Session {
+            addr,
+            port: [ports_of(orig), ports_of(reply)],
+            deadline,
+            filed: deadline,
+            state,
+            flags: 0,
+            user: 0,
+            proto: orig.proto,
+            v6: orig.v6,
+        })
+    }
+
+    /// The key of direction `dir` (0: original, 1: reply).
+    #[inline]
+    pub fn key(&self, dir: usize) -> FlowKey {
+        let d = dir & 1;
+        let (sport, dport) = ((self.port[d] >> 16) as u16, self.port[d] as u16);
+        let (src, dst) = if self.v6 {
+            let w = |i: usize| [self.addr[i], self.addr[i + 1], self.addr[i + 2], self.addr[i + 3]];
+            if d == 0 { (w(0), w(4)) } else { (w(4), w(0)) }
+        } else {
+            ([0, 0, 0, self.addr[2 * d]], [0, 0, 0, self.addr[2 * d + 1]])
+        };
+        FlowKey { src, dst, sport, dport, proto: self.proto, v6: self.v6 }
+    }
+
+    /// The IPv4 source and destination of direction `dir` (for IPv6, the
+    /// addresses' last words, as in `key`).
+    #[inline(always)]
+    pub fn addrs4(&self, dir: usize) -> [u32; 2] {
+        let d = dir & 1;
+        if self.v6 {
+            let k = self.key(d);
+            [k.src[3], k.dst[3]]
+        } else {
+            [self.addr[2 * d], self.addr[2 * d + 1]]
+        }
+    }
+
+    /// The source and destination ports (ICMP: the query identifier) of
+    /// direction `dir`.
+    #[inline(always)]
+    pub fn ports(&self, dir: usize) -> [u16; 2] {
+        let p = self.port[dir & 1];
+        [(p >> 16) as u16, p as u16]
+    }
+
+    #[inline(always)]
+    pub fn proto(&self) -> u8 {
+        self.proto
+    }
+
+    #[inline(always)]
+    pub fn is_v6(&self) -> bool {
+        self.v6
+    }
+
+    /// Whether `key` is this session's key in direction `dir`.
+    #[inline(always)]
+    fn matches(&self, dir: usize, key: &FlowKey) -> bool {
+        let d = dir & 1;
+        let meta = (self.proto ^ key.proto) as u32 | (self.v6 ^ key.v6) as u32 | (self.port[d] ^ ports_of(key));
+        if !key.v6 {
+            // An IPv4 key's other address words are zero (`FlowKey::new`).
+            meta | (self.addr[2 * d] ^ key.src[3]) | (self.addr[2 * d + 1] ^ key.dst[3]) == 0
+        } else {
+            let (a, b) = (&self.addr[..4], &self.addr[4..]);
+            let (s, t) = if d == 0 { (a, b) } else { (b, a) };
+            meta == 0 && s == key.src && t == key.dst
+        }
+    }
+
+    /// Whether the reply's key is the original's (a flow to itself: one
+    /// index entry).
+    #[inline(always)]
+    fn reply_is_orig(&self) -> bool {
+        if self.v6 {
+            self.addr[..4] == self.addr[4..] && self.port[0] == self.port[1]
+        } else {
+            self.addr[0] == self.addr[2] && self.addr[1] == self.addr[3] && self.port[0] == self.port[1]
+        }
+    }
 }
 
 /// A session's neighbours on its wheel slot's list (or, for a free record,
@@ -189,6 +320,8 @@ pub enum SessionError {
     Full,
     #[error("a session with this key exists")]
     Exists,
+    #[error("an IPv6 session cannot be translated")]
+    Translated,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -372,7 +505,7 @@ impl SessionTable {
                 let idx = ((e as u32) >> 1) as usize;
                 let dir = (e & 1) as u8;
                 if let Some(s) = self.sessions.get(idx)
-                    && s.key[dir as usize] == *key
+                    && s.matches(dir as usize, key)
                 {
                     return Some((idx as u32, dir));
                 }
@@ -427,7 +560,7 @@ impl SessionTable {
             } else {
                 let (idx, dir) = ((e as u32) >> 1, (e & 1) as u8);
                 match self.sessions.get(idx as usize) {
-                    Some(s) if s.key[dir as usize] == keys[i] => Some((idx, dir)),
+                    Some(s) if s.matches(dir as usize, &keys[i]) => Some((idx, dir)),
                     // A tag collision: walk the run properly.
                     _ => self.lookup_hashed(&keys[i], hashes[i]),
                 }
@@ -572,7 +705,9 @@ impl SessionTable {
         let state =
             if orig.proto == PROTO_TCP { tcp_next(SessionState::Open, 0, tcp_flags) } else { SessionState::Open };
         let deadline = now.wrapping_add(self.timeout(orig.proto, state));
-        let s = Session { key: [orig, reply], deadline, filed: deadline, state, flags: 0, user: 0 };
+        let Some(s) = Session::new(&orig, &reply, deadline, state) else {
+            return Err(SessionError::Translated);
+        };
         let idx = if self.free != NIL {
             let i = self.free;
             self.free = self.links[i as usize][NEXT];
@@ -602,7 +737,7 @@ impl SessionTable {
         if s.state == SessionState::Free {
             return;
         }
-        let proto = s.key[0].proto;
+        let proto = s.proto;
         let state = match proto {
             PROTO_TCP => tcp_next(s.state, dir, tcp_flags),
             _ if dir == 1 => SessionState::Established,
@@ -632,7 +767,7 @@ impl SessionTable {
     /// When the session last saw a packet (its deadline less its timeout).
     pub fn last_seen(&self, idx: u32) -> Option<u32> {
         let s = self.sessions.get(idx as usize).filter(|s| s.state != SessionState::Free)?;
-        Some(s.deadline.wrapping_sub(self.timeout(s.key[0].proto, s.state)))
+        Some(s.deadline.wrapping_sub(self.timeout(s.proto, s.state)))
     }
 
     /// Removes a session now (e.g. a flow the firewall refused).
@@ -666,20 +801,18 @@ impl SessionTable {
     /// The hashes of a session's two keys.
     #[inline]
     fn key_hashes(&self, idx: u32) -> [u64; 2] {
-        let k = &self.sessions[idx as usize].key;
-        [self.hash(&k[0]), self.hash(&k[1])]
+        let s = &self.sessions[idx as usize];
+        [self.hash(&s.key(0)), self.hash(&s.key(1))]
     }
 
     /// `release` with the hashes of the session's keys (`key_hashes`).
     fn release_hashed(&mut self, idx: u32, hashes: [u64; 2]) {
-        let s = self.sessions[idx as usize];
+        let one_key = self.sessions[idx as usize].reply_is_orig();
         self.index_remove(hashes[0], idx, 0);
-        if s.key[1] != s.key[0] {
+        if !one_key {
             self.index_remove(hashes[1], idx, 1);
         }
-        let f = &mut self.sessions[idx as usize];
-        f.key = [FlowKey::default(); 2];
-        f.state = SessionState::Free;
+        self.sessions[idx as usize] = FREE;
         self.links[idx as usize] = [self.free, NIL];
         self.free = idx;
         self.live -= 1;
@@ -785,6 +918,65 @@ mod tests {
 
     fn udp(i: u32) -> FlowKey {
         FlowKey::v4(0x0a00_0000 | i, 0x0808_0808, 1024 + (i % 60000) as u16, 53, 17)
+    }
+
+    fn v6(i: u32) -> FlowKey {
+        FlowKey::new(0xfd00 << 112 | (i as u128) << 64 | 0x5, 0x2001_0db8 << 96 | 0x53, 1024 + i as u16, 53, 17, true)
+    }
+
+    /// Each direction's key comes back out of the 64-byte record as it went
+    /// in, for translated IPv4 flows and for IPv6 ones; an IPv6 flow whose
+    /// reply is not its reverse is refused.
+    #[test]
+    fn records_keep_both_keys_in_one_line() {
+        assert_eq!(std::mem::size_of::<Session>(), 64);
+        assert_eq!(std::mem::align_of::<Session>(), 64);
+        let mut t = SessionTable::new(100, Timeouts::default());
+        let tcp = |s, d, sp, dp| FlowKey::v4(s, d, sp, dp, PROTO_TCP);
+        let v6tcp = FlowKey::new(0xfdd6 << 112 | 5, 0x2001 << 112 | 0xffff_0001 << 32 | 1, 41000, 443, 6, true);
+        let flows = [
+            // masquerade: the reply comes back to the external address
+            (tcp(0xc0a8_0105, 0x0808_0808, 40000, 443), tcp(0x0808_0808, 0xcb00_710a, 443, 61000)),
+            // load balancer: to a member, from the pool-side address
+            (tcp(0xc633_6401, 0xcb00_7164, 5555, 80), tcp(0x0a00_0203, 0x0a00_0201, 8080, 33000)),
+            (udp(9), udp(9).reversed()),
+            (v6tcp, v6tcp.reversed()),
+            (v6(7), v6(7).reversed()),
+        ];
+        for (orig, reply) in flows {
+            let i = t.insert(orig, reply, 10, TCP_SYN).unwrap();
+            let s = *t.get(i).unwrap();
+            assert_eq!((s.key(0), s.key(1)), (orig, reply));
+            assert_eq!((s.proto(), s.is_v6()), (orig.proto, orig.v6));
+            for (dir, k) in [orig, reply].into_iter().enumerate() {
+                assert_eq!(s.ports(dir), [k.sport, k.dport]);
+                assert_eq!(s.addrs4(dir), [k.src[3], k.dst[3]]);
+                assert_eq!(t.lookup(&k), Some((i, dir as u8)));
+            }
+        }
+        // Keys that differ from a stored one in one field only are not it.
+        let (o, _) = flows[0];
+        for k in [
+            FlowKey { sport: o.sport + 1, ..o },
+            FlowKey { dport: o.dport + 1, ..o },
+            FlowKey { proto: PROTO_UDP, ..o },
+            FlowKey::new(0xc0a8_0106, o.dst_addr(), o.sport, o.dport, o.proto, false),
+            FlowKey::new(o.src_addr(), 0x0808_0809, o.sport, o.dport, o.proto, false),
+            FlowKey::new(o.src_addr(), o.dst_addr(), o.sport, o.dport, o.proto, true),
+            FlowKey { src: [0, 0, 0xffff, o.src[3]], ..FlowKey::new(0, o.dst_addr(), o.sport, o.dport, o.proto, true) },
+        ] {
+            assert_eq!(t.lookup(&k), None, "{k:?}");
+        }
+        let (o6, _) = flows[3];
+        let moved = FlowKey { src: [o6.src[0], o6.src[1], o6.src[2] ^ 1, o6.src[3]], ..o6 };
+        assert_eq!(t.lookup(&moved), None);
+        assert_eq!(t.lookup(&FlowKey { dst: o6.src, ..o6 }), None);
+        // NAT66 is not done: a translated IPv6 reply has no record.
+        let other = FlowKey { dport: 444, ..v6tcp.reversed() };
+        assert_eq!(t.insert(FlowKey { sport: 1, ..v6tcp }, other, 10, 0), Err(SessionError::Translated));
+        assert_eq!(t.len(), flows.len());
+        // An IPv4 key built from wide addresses keeps their low 32 bits.
+        assert_eq!(FlowKey::new(0xffff_0000_0001 << 32 | 7, 8, 1, 2, 17, false), FlowKey::v4(7, 8, 1, 2, 17));
     }
 
     #[test]
@@ -974,6 +1166,8 @@ mod tests {
 
     #[test]
     fn random_churn_matches_a_hashmap_model() {
+        // A quarter of the flows IPv6, sharing the records and the index.
+        let key = |i: u32| if i % 4 == 3 { v6(i) } else { udp(i) };
         let mut t = SessionTable::new(3000, Timeouts::default());
         let mut model: HashMap<FlowKey, u32> = HashMap::new();
         let mut x = 0x2545_f491_4f6c_dd1du64;
@@ -984,7 +1178,7 @@ mod tests {
             x
         };
         for step in 0..200_000u32 {
-            let k = udp((rnd() % 5000) as u32);
+            let k = key((rnd() % 5000) as u32);
             match rnd() % 3 {
                 0 | 1 => match t.insert(k, k.reversed(), 0, 0) {
                     Ok(i) => {
@@ -993,6 +1187,7 @@ mod tests {
                     }
                     Err(SessionError::Exists) => assert!(model.contains_key(&k)),
                     Err(SessionError::Full) => assert_eq!(model.len(), 3000),
+                    Err(e @ SessionError::Translated) => panic!("{e}"),
                 },
                 _ => {
                     if let Some(i) = model.remove(&k) {
@@ -1006,7 +1201,7 @@ mod tests {
                     assert_eq!(t.lookup(&k.reversed()), Some((i, 1)));
                 }
                 // The bulk lookup agrees, hits and misses alike.
-                let keys: Vec<FlowKey> = (0..64).map(|j| udp((rnd() % 5000) as u32 ^ (j & 1))).collect();
+                let keys: Vec<FlowKey> = (0..64).map(|j| key((rnd() % 5000) as u32 ^ (j & 1))).collect();
                 let mut out = [None; 64];
                 t.lookup_bulk(&keys, &mut out);
                 for (k, o) in keys.iter().zip(out) {
@@ -1038,7 +1233,7 @@ mod tests {
 
     #[test]
     fn at_most_128_bytes_per_session_at_ten_million() {
-        assert!(std::mem::size_of::<Session>() <= 92, "{}", std::mem::size_of::<Session>());
+        assert_eq!(std::mem::size_of::<Session>(), 64);
         let t = SessionTable::new(10_000_000, Timeouts::default());
         let per = t.memory_bytes() as f64 / t.capacity() as f64;
         assert!(per <= 128.0, "{per} bytes per session");
