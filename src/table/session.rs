@@ -235,7 +235,7 @@ impl Session {
     #[inline]
     pub fn key(&self, dir: usize) -> FlowKey {
         let d = dir & 1;
-        let (sport, dport) = ((self.port[d] >> 16) as u16, self.port[d] as u16);
+        let [sport, dport] = self.ports(d);
         let (src, dst) = if self.v6 {
             let w = |i: usize| [self.addr[i], self.addr[i + 1], self.addr[i + 2], self.addr[i + 3]];
             if d == 0 { (w(0), w(4)) } else { (w(4), w(0)) }
@@ -708,6 +708,8 @@ impl SessionTable {
         let Some(s) = Session::new(&orig, &reply, deadline, state) else {
             return Err(SessionError::Translated);
         };
+        // (As `release_hashed` decides which entries to remove.)
+        let one_key = s.reply_is_orig();
         let idx = if self.free != NIL {
             let i = self.free;
             self.free = self.links[i as usize][NEXT];
@@ -718,7 +720,7 @@ impl SessionTable {
             (self.sessions.len() - 1) as u32
         };
         self.index_insert(orig_hash, idx, 0);
-        if reply != orig {
+        if !one_key {
             self.index_insert(reply_hash, idx, 1);
         }
         self.link(idx);
@@ -975,6 +977,17 @@ mod tests {
         let other = FlowKey { dport: 444, ..v6tcp.reversed() };
         assert_eq!(t.insert(FlowKey { sport: 1, ..v6tcp }, other, 10, 0), Err(SessionError::Translated));
         assert_eq!(t.len(), flows.len());
+        // A flow to itself (reply key = original key) has one index
+        // entry, and leaves none when it goes.
+        let entries = |t: &SessionTable| t.index.iter().filter(|&&e| e != 0).count();
+        let before = entries(&t);
+        for k in [FlowKey::v4(5, 5, 7, 7, PROTO_UDP), FlowKey::new(9 << 100, 9 << 100, 7, 7, PROTO_UDP, true)] {
+            assert_eq!(k, k.reversed());
+            let i = t.insert(k, k, 10, 0).unwrap();
+            assert_eq!((t.lookup(&k), entries(&t)), (Some((i, 0)), before + 1));
+            assert!(t.remove(i));
+            assert_eq!((t.lookup(&k), entries(&t)), (None, before));
+        }
         // An IPv4 key built from wide addresses keeps their low 32 bits.
         assert_eq!(FlowKey::new(0xffff_0000_0001 << 32 | 7, 8, 1, 2, 17, false), FlowKey::v4(7, 8, 1, 2, 17));
     }
