@@ -107,6 +107,11 @@ pub fn topology(cfg: &AstaraConfig, ports: &[PortSpec], neighbors: &[StaticNeigh
         })
         .collect();
     let mut topo = Topology::new(ref_ports, routes, nbrs);
+    for f in &cfg.floating_ips {
+        if let (IpAddr::V4(floating), IpAddr::V4(fixed)) = (f.floating_ip, f.fixed_ip) {
+            topo.floating.insert(u32::from(floating), u32::from(fixed));
+        }
+    }
     // Virtual servers: the listeners that are up, with the members that
     // take new flows (up, weight above 0, IPv4).
     if let Some(lb) = lb.filter(|l| l.admin_state_up) {

@@ -54,6 +54,10 @@ pub struct Topology {
     /// Load-balancer virtual servers: (VIP, protocol, port) → the
     /// addresses of the members taking new flows.
     pub vips: HashMap<(u32, u8, u16), Vec<u32>>,
+    /// Floating IPs (`floating_ips`): IPv4 floating address → fixed
+    /// address. Whatever arrives for a floating address, on any port, is
+    /// sent on to its fixed address (ASTARA.md, IPv4 NAT).
+    pub floating: HashMap<u32, u32>,
     index: HashMap<(bool, u8, u128), Target>,
     /// Prefix lengths present, longest first: [IPv6, IPv4].
     lens: [Vec<u8>; 2],
@@ -76,6 +80,7 @@ impl Topology {
             routes,
             neighbors,
             vips: HashMap::new(),
+            floating: HashMap::new(),
             index: HashMap::new(),
             lens: [Vec::new(), Vec::new()],
         };
@@ -133,7 +138,8 @@ impl Topology {
     }
 
     /// `expect` for the first packet of a flow to `dst`:`dport` over
-    /// `proto`: a load-balancer virtual server sends it on to a member.
+    /// `proto`: a load-balancer virtual server sends it on to a member, a
+    /// floating IP to its fixed address.
     #[allow(clippy::too_many_arguments)]
     pub fn expect_flow(
         &self,
@@ -147,6 +153,10 @@ impl Topology {
         df: bool,
     ) -> Expect {
         let Some(members) = self.vips.get(&(dst as u32, proto, dport)).filter(|_| v4) else {
+            let dst = match self.floating.get(&(dst as u32)) {
+                Some(&fixed) if v4 => fixed as u128,
+                _ => dst,
+            };
             return self.expect(ingress, v4, dst, ip_len, ttl, df);
         };
         let mut outcomes: Vec<Expect> =
@@ -253,5 +263,28 @@ mod tests {
         );
         assert_eq!(t.expect(2, false, 0x2001 << 112, 100, 64, true), Expect::Drop("route: no route"));
         assert_eq!(t.expect(2, true, 0x0808_0808, 1460, 64, true), Expect::Drop("parse: larger than ingress mtu"));
+    }
+
+    #[test]
+    fn floating_ips_reach_their_fixed_address() {
+        let mut t = topo();
+        // 203.0.113.50 → 192.168.1.5 (on ge2, MAC known); 203.0.113.51 →
+        // 192.168.1.6 (no MAC).
+        t.floating.insert(0xcb00_7132, 0xc0a8_0105);
+        t.floating.insert(0xcb00_7133, 0xc0a8_0106);
+        // From outside (ge1) and from inside (ge2: hairpin).
+        assert_eq!(t.expect_flow(1, true, 0xcb00_7132, 17, 8080, 100, 64, true), Expect::Forward(2));
+        assert_eq!(t.expect_flow(2, true, 0xcb00_7132, 6, 80, 100, 64, true), Expect::Forward(2));
+        assert_eq!(
+            t.expect_flow(1, true, 0xcb00_7133, 17, 8080, 100, 64, true),
+            Expect::Drop("neighbor: no neighbour entry")
+        );
+        // Not a floating IP: its own on-link neighbour, which is unknown.
+        assert_eq!(
+            t.expect_flow(1, true, 0xcb00_7134, 17, 8080, 100, 64, true),
+            Expect::Drop("neighbor: no neighbour entry")
+        );
+        // Only IPv4 addresses are translated.
+        assert_eq!(t.expect_flow(1, false, 0xcb00_7132, 17, 8080, 100, 64, true), Expect::Drop("route: no route"));
     }
 }
