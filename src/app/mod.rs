@@ -6,11 +6,11 @@ pub mod ctl;
 pub mod replay;
 pub mod run;
 
-use crate::control::model::{NetworkType, StaticRoute, ip_bits};
+use crate::control::model::{Action, AddrSpec, Direction, Family, NetworkType, StaticRoute, ip_bits, protocol_number};
 use crate::control::{AstaraConfig, CompileOptions, PortSpec, StaticNeighbor, ports_from_config};
 use crate::packet::Mac;
 use crate::pktgen::{
-    GeneratedRoute, RefPort, RefRoute, Rng, Scenario, Topology, Traffic, generate_routes, generate_traffic,
+    GeneratedRoute, RefPort, RefRoute, RefRule, Rng, Scenario, Topology, Traffic, generate_routes, generate_traffic,
 };
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -107,6 +107,7 @@ pub fn topology(cfg: &AstaraConfig, ports: &[PortSpec], neighbors: &[StaticNeigh
         })
         .collect();
     let mut topo = Topology::new(ref_ports, routes, nbrs);
+    topo.anchors = anchors(cfg, &port_of);
     for f in &cfg.floating_ips {
         if let (IpAddr::V4(floating), IpAddr::V4(fixed)) = (f.floating_ip, f.fixed_ip) {
             topo.floating.insert(u32::from(floating), u32::from(fixed));
@@ -135,6 +136,55 @@ pub fn topology(cfg: &AstaraConfig, ports: &[PortSpec], neighbors: &[StaticNeigh
         }
     }
     topo
+}
+
+/// The document's `anchors` as the model's rules, read from the document
+/// as ASTARA.md and the README state them (not through the policy
+/// compiler): an interface name that is not a port, or an address-book name
+/// that does not exist, leaves the rule out (the data plane refuses such a
+/// document).
+fn anchors(cfg: &AstaraConfig, port_of: &dyn Fn(&str) -> Option<usize>) -> Vec<RefRule> {
+    let set = |a: &Option<AddrSpec>| -> Option<Option<Vec<(bool, u128, u8)>>> {
+        match a {
+            None | Some(AddrSpec::Any) => Some(None),
+            Some(AddrSpec::Cidr(c)) => Some(Some(vec![(c.is_v4(), c.bits(), c.len)])),
+            Some(AddrSpec::Table(t)) => {
+                cfg.address_book.get(t).map(|v| Some(v.iter().map(|c| (c.is_v4(), c.bits(), c.len)).collect()))
+            }
+        }
+    };
+    let mut out = Vec::new();
+    for r in cfg.anchors.iter().flat_map(|a| &a.rules) {
+        let port = |n: &Option<String>| match n {
+            None => Some(None),
+            Some(n) => port_of(n).map(Some),
+        };
+        let (Some(iface), Some(dest_iface), Some(src), Some(dst)) =
+            (port(&r.interface), port(&r.destination_interface), set(&r.source), set(&r.destination))
+        else {
+            continue;
+        };
+        let proto = match &r.protocol {
+            None => None,
+            Some(p) => match protocol_number(p) {
+                Some(n) => Some(n),
+                None => continue,
+            },
+        };
+        out.push(RefRule {
+            pass: r.action == Action::Pass,
+            iface,
+            direction: r.direction.map(|d| d == Direction::In),
+            dest_iface,
+            v4: r.family.map(|f| f == Family::Inet),
+            proto,
+            src,
+            dst,
+            sport: r.source_port.map(|p| (p.lo, p.hi)),
+            dport: r.destination_port.map(|p| (p.lo, p.hi)),
+        });
+    }
+    out
 }
 
 /// A scenario made ready to run: the document with its generated routes,

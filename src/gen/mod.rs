@@ -7,7 +7,7 @@ pub mod reference;
 pub mod scenario;
 pub mod traffic;
 
-pub use reference::{Expect, RefPort, RefRoute, Topology};
+pub use reference::{Expect, RefFlow, RefPort, RefRoute, RefRule, Topology};
 pub use scenario::{LengthDist, Scenario, SizeSpec};
 pub use traffic::{GeneratedRoute, Traffic, generate_routes, generate_traffic};
 

@@ -38,6 +38,37 @@ pub enum Expect {
     Drop(&'static str),
 }
 
+/// A flow as the model sees it (addresses as 128 bits, IPv4 in the low 32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefFlow {
+    pub v4: bool,
+    pub src: u128,
+    pub dst: u128,
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// A rule of the forwarding policy (`anchors`), as the document states it:
+/// ports are indices into `Topology::ports`, address sets are (is IPv4,
+/// network, length) lists with an address-book name already expanded.
+#[derive(Debug, Clone, Default)]
+pub struct RefRule {
+    pub pass: bool,
+    /// `interface`, and `direction`: Some(true) in, Some(false) out, None
+    /// either.
+    pub iface: Option<usize>,
+    pub direction: Option<bool>,
+    pub dest_iface: Option<usize>,
+    /// `family`: Some(true) inet, Some(false) inet6.
+    pub v4: Option<bool>,
+    pub proto: Option<u8>,
+    pub src: Option<Vec<(bool, u128, u8)>>,
+    pub dst: Option<Vec<(bool, u128, u8)>>,
+    pub sport: Option<(u16, u16)>,
+    pub dport: Option<(u16, u16)>,
+}
+
 #[derive(Debug, Clone)]
 enum Target {
     Connected(usize),
@@ -58,6 +89,8 @@ pub struct Topology {
     /// address. Whatever arrives for a floating address, on any port, is
     /// sent on to its fixed address (ASTARA.md, IPv4 NAT).
     pub floating: HashMap<u32, u32>,
+    /// The forwarding policy, in document order.
+    pub anchors: Vec<RefRule>,
     index: HashMap<(bool, u8, u128), Target>,
     /// Prefix lengths present, longest first: [IPv6, IPv4].
     lens: [Vec<u8>; 2],
@@ -81,6 +114,7 @@ impl Topology {
             neighbors,
             vips: HashMap::new(),
             floating: HashMap::new(),
+            anchors: Vec::new(),
             index: HashMap::new(),
             lens: [Vec::new(), Vec::new()],
         };
@@ -137,30 +171,24 @@ impl Topology {
         best.map(|b| b.1)
     }
 
-    /// `expect` for the first packet of a flow to `dst`:`dport` over
-    /// `proto`: a load-balancer virtual server sends it on to a member, a
-    /// floating IP to its fixed address.
-    #[allow(clippy::too_many_arguments)]
-    pub fn expect_flow(
-        &self,
-        ingress: usize,
-        v4: bool,
-        dst: u128,
-        proto: u8,
-        dport: u16,
-        ip_len: usize,
-        ttl: u8,
-        df: bool,
-    ) -> Expect {
-        let Some(members) = self.vips.get(&(dst as u32, proto, dport)).filter(|_| v4) else {
-            let dst = match self.floating.get(&(dst as u32)) {
+    /// What must happen to the first packet of `flow` (`ip_len` bytes,
+    /// TTL or hop limit `ttl`, DF `df`) arriving on port `ingress`: a
+    /// load-balancer virtual server sends it on to a member, a floating IP
+    /// to its fixed address; forwarded, it meets the forwarding policy
+    /// (`anchors`) before its next hop is resolved.
+    pub fn expect_flow(&self, ingress: usize, flow: &RefFlow, ip_len: usize, ttl: u8, df: bool) -> Expect {
+        let v4 = flow.v4;
+        let Some(members) = self.vips.get(&(flow.dst as u32, flow.proto, flow.dport)).filter(|_| v4) else {
+            let dst = match self.floating.get(&(flow.dst as u32)) {
                 Some(&fixed) if v4 => fixed as u128,
-                _ => dst,
+                _ => flow.dst,
             };
-            return self.expect(ingress, v4, dst, ip_len, ttl, df);
+            return self.expect_to(ingress, &RefFlow { dst, ..*flow }, ip_len, ttl, df);
         };
-        let mut outcomes: Vec<Expect> =
-            members.iter().map(|&m| self.expect(ingress, true, m as u128, ip_len, ttl, df)).collect();
+        let mut outcomes: Vec<Expect> = members
+            .iter()
+            .map(|&m| self.expect_to(ingress, &RefFlow { dst: m as u128, ..*flow }, ip_len, ttl, df))
+            .collect();
         outcomes.sort_unstable();
         outcomes.dedup();
         match outcomes.as_slice() {
@@ -170,46 +198,110 @@ impl Topology {
         }
     }
 
+    /// `expect` for a flow whose destination is final (translated), with
+    /// the forwarding policy applied to what would leave by one port (a
+    /// route over gateways on several ports gives `ForwardAny`, unchecked).
+    fn expect_to(&self, ingress: usize, flow: &RefFlow, ip_len: usize, ttl: u8, df: bool) -> Expect {
+        match self.route(ingress, flow.v4, flow.dst, ip_len, ttl, df) {
+            Ok((egress, _)) if !self.policy_passes(ingress, egress, flow) => Expect::Drop("firewall: blocked by rule"),
+            Ok((egress, true)) => Expect::Forward(egress),
+            Ok((_, false)) => Expect::Drop("neighbor: no neighbour entry"),
+            Err(e) => e,
+        }
+    }
+
+    /// The forwarding policy for a flow from `ingress` out of `egress`: the
+    /// rules in order, the first that matches decides, none passes.
+    pub fn policy_passes(&self, ingress: usize, egress: usize, f: &RefFlow) -> bool {
+        let on = |p: usize| p == egress;
+        let covers = |set: &Option<Vec<(bool, u128, u8)>>, a: u128| {
+            set.as_ref()
+                .is_none_or(|v| v.iter().any(|&(v4, net, len)| v4 == f.v4 && a & mask(v4, len) == net & mask(v4, len)))
+        };
+        let within = |r: Option<(u16, u16)>, p: u16| r.is_none_or(|(lo, hi)| lo <= p && p <= hi);
+        for r in &self.anchors {
+            let iface = match (r.iface, r.direction) {
+                (None, _) => true,
+                (Some(p), Some(true)) => p == ingress,
+                (Some(p), Some(false)) => on(p),
+                (Some(p), None) => p == ingress || on(p),
+            };
+            let ports = r.sport.is_some() || r.dport.is_some();
+            let proto = match r.proto {
+                Some(p) => p == f.proto,
+                None => !ports || f.proto == 6 || f.proto == 17,
+            };
+            if iface
+                && r.dest_iface.is_none_or(on)
+                && r.v4.is_none_or(|v4| v4 == f.v4)
+                && proto
+                && covers(&r.src, f.src)
+                && covers(&r.dst, f.dst)
+                && within(r.sport, f.sport)
+                && within(r.dport, f.dport)
+            {
+                return r.pass;
+            }
+        }
+        true
+    }
+
     /// What must happen to a well-formed IP packet of `ip_len` bytes for
-    /// `dst`, arriving on port `ingress` with TTL/hop limit `ttl`.
+    /// `dst`, arriving on port `ingress` with TTL/hop limit `ttl` (no
+    /// translation, no policy).
     pub fn expect(&self, ingress: usize, v4: bool, dst: u128, ip_len: usize, ttl: u8, df: bool) -> Expect {
-        let Some(inp) = self.ports.get(ingress) else { return Expect::Drop("parse: destination mac not ours") };
+        match self.route(ingress, v4, dst, ip_len, ttl, df) {
+            Ok((egress, true)) => Expect::Forward(egress),
+            Ok((_, false)) => Expect::Drop("neighbor: no neighbour entry"),
+            Err(e) => e,
+        }
+    }
+
+    /// Routing: the egress port and whether its next hop's MAC is known,
+    /// or the outcome when the packet is not forwarded to one port.
+    fn route(
+        &self,
+        ingress: usize,
+        v4: bool,
+        dst: u128,
+        ip_len: usize,
+        ttl: u8,
+        df: bool,
+    ) -> Result<(usize, bool), Expect> {
+        let Some(inp) = self.ports.get(ingress) else { return Err(Expect::Drop("parse: destination mac not ours")) };
         if ip_len > inp.mtu as usize {
-            return Expect::Drop("parse: larger than ingress mtu");
+            return Err(Expect::Drop("parse: larger than ingress mtu"));
         }
         if self.is_local(v4, dst) {
-            return Expect::Local;
+            return Err(Expect::Local);
         }
-        let Some(target) = self.lookup(v4, dst) else { return Expect::Drop("route: no route") };
+        let Some(target) = self.lookup(v4, dst) else { return Err(Expect::Drop("route: no route")) };
         if ttl <= 1 {
-            return Expect::Drop(if v4 { "route: ipv4 ttl expired" } else { "route: ipv6 hop limit expired" });
+            return Err(Expect::Drop(if v4 { "route: ipv4 ttl expired" } else { "route: ipv6 hop limit expired" }));
         }
         let (egress, neighbor) = match target {
             Target::Connected(p) => (*p, self.neighbors.contains(&(*p, v4, dst))),
             Target::Via(hops) => {
                 let ports: HashSet<Option<usize>> = hops.iter().map(|h| self.on_link(v4, *h)).collect();
                 if ports.len() != 1 {
-                    return Expect::ForwardAny;
+                    return Err(Expect::ForwardAny);
                 }
-                let Some(p) = ports.into_iter().next().flatten() else { return Expect::Drop("route: no route") };
+                let Some(p) = ports.into_iter().next().flatten() else { return Err(Expect::Drop("route: no route")) };
                 (p, hops.iter().all(|h| self.neighbors.contains(&(p, v4, *h))))
             }
         };
         let out = &self.ports[egress];
         if out.management && egress != ingress {
-            return Expect::Drop("route: forwarding into management network");
+            return Err(Expect::Drop("route: forwarding into management network"));
         }
         if ip_len > out.mtu as usize {
-            return Expect::Drop(match (v4, df) {
+            return Err(Expect::Drop(match (v4, df) {
                 (true, true) => "route: exceeds egress mtu (df set)",
                 (true, false) => "route: needs fragmentation",
                 _ => "route: ipv6 packet too big",
-            });
+            }));
         }
-        if !neighbor {
-            return Expect::Drop("neighbor: no neighbour entry");
-        }
-        Expect::Forward(egress)
+        Ok((egress, neighbor))
     }
 }
 
@@ -265,6 +357,10 @@ mod tests {
         assert_eq!(t.expect(2, true, 0x0808_0808, 1460, 64, true), Expect::Drop("parse: larger than ingress mtu"));
     }
 
+    fn udp(src: u32, dst: u32) -> RefFlow {
+        RefFlow { v4: true, src: src as u128, dst: dst as u128, proto: 17, sport: 40000, dport: 8080 }
+    }
+
     #[test]
     fn floating_ips_reach_their_fixed_address() {
         let mut t = topo();
@@ -273,18 +369,85 @@ mod tests {
         t.floating.insert(0xcb00_7132, 0xc0a8_0105);
         t.floating.insert(0xcb00_7133, 0xc0a8_0106);
         // From outside (ge1) and from inside (ge2: hairpin).
-        assert_eq!(t.expect_flow(1, true, 0xcb00_7132, 17, 8080, 100, 64, true), Expect::Forward(2));
-        assert_eq!(t.expect_flow(2, true, 0xcb00_7132, 6, 80, 100, 64, true), Expect::Forward(2));
+        assert_eq!(t.expect_flow(1, &udp(0x6440_0001, 0xcb00_7132), 100, 64, true), Expect::Forward(2));
         assert_eq!(
-            t.expect_flow(1, true, 0xcb00_7133, 17, 8080, 100, 64, true),
+            t.expect_flow(2, &RefFlow { proto: 6, ..udp(0xc0a8_0106, 0xcb00_7132) }, 100, 64, true),
+            Expect::Forward(2)
+        );
+        assert_eq!(
+            t.expect_flow(1, &udp(0x6440_0001, 0xcb00_7133), 100, 64, true),
             Expect::Drop("neighbor: no neighbour entry")
         );
         // Not a floating IP: its own on-link neighbour, which is unknown.
         assert_eq!(
-            t.expect_flow(1, true, 0xcb00_7134, 17, 8080, 100, 64, true),
+            t.expect_flow(1, &udp(0x6440_0001, 0xcb00_7134), 100, 64, true),
             Expect::Drop("neighbor: no neighbour entry")
         );
         // Only IPv4 addresses are translated.
-        assert_eq!(t.expect_flow(1, false, 0xcb00_7132, 17, 8080, 100, 64, true), Expect::Drop("route: no route"));
+        assert_eq!(
+            t.expect_flow(1, &RefFlow { v4: false, ..udp(0x6440_0001, 0xcb00_7132) }, 100, 64, true),
+            Expect::Drop("route: no route")
+        );
+    }
+
+    #[test]
+    fn anchors_first_match_wins_after_translation() {
+        let mut t = topo();
+        t.floating.insert(0xcb00_7132, 0xc0a8_0105);
+        let v4net = |a: u32, l: u8| Some(vec![(true, a as u128, l)]);
+        t.anchors = vec![
+            // Inbound on ge1 from 198.51.100.0/24: blocked.
+            RefRule { iface: Some(1), direction: Some(true), src: v4net(0xc633_6400, 24), ..Default::default() },
+            // TCP to 192.168.1.5 port 22 out of ge2: passed.
+            RefRule {
+                pass: true,
+                iface: Some(2),
+                direction: Some(false),
+                proto: Some(6),
+                dst: v4net(0xc0a8_0105, 32),
+                dport: Some((22, 22)),
+                ..Default::default()
+            },
+            // Ports without a protocol: TCP and UDP to 192.168.1.0/24
+            // ports 20-30, blocked (ICMP is not).
+            RefRule { dst: v4net(0xc0a8_0100, 24), dport: Some((20, 30)), ..Default::default() },
+            // IPv6 only: everything else blocked.
+            RefRule { v4: Some(false), ..Default::default() },
+        ];
+        let f = |src: u32, dst: u32, proto: u8, dport: u16| RefFlow {
+            v4: true,
+            src: src as u128,
+            dst: dst as u128,
+            proto,
+            sport: 50000,
+            dport,
+        };
+        let blocked = Expect::Drop("firewall: blocked by rule");
+        // The floating IP is translated before the rules: they see
+        // 192.168.1.5.
+        assert_eq!(t.expect_flow(1, &f(0xc633_6401, 0xcb00_7132, 6, 22), 100, 64, true), blocked);
+        assert_eq!(t.expect_flow(1, &f(0x0808_0808, 0xcb00_7132, 6, 22), 100, 64, true), Expect::Forward(2));
+        assert_eq!(t.expect_flow(1, &f(0x0808_0808, 0xcb00_7132, 17, 22), 100, 64, true), blocked);
+        assert_eq!(t.expect_flow(1, &f(0x0808_0808, 0xcb00_7132, 6, 25), 100, 64, true), blocked);
+        assert_eq!(t.expect_flow(1, &f(0x0808_0808, 0xcb00_7132, 1, 25), 100, 64, true), Expect::Forward(2));
+        assert_eq!(t.expect_flow(1, &f(0x0808_0808, 0xcb00_7132, 17, 31), 100, 64, true), Expect::Forward(2));
+        // Blocked before its next hop is looked for; not applied to the
+        // router's own traffic or to what routing drops.
+        assert_eq!(t.expect_flow(1, &f(0xc633_6401, 0xc0a8_0106, 17, 9), 100, 64, true), blocked);
+        assert_eq!(t.expect_flow(1, &f(0xc633_6401, 0xcb00_710a, 17, 9), 100, 64, true), Expect::Local);
+        assert_eq!(
+            t.expect_flow(1, &f(0xc633_6401, 0xc0a8_0105, 17, 9), 1460, 64, true),
+            Expect::Drop("route: exceeds egress mtu (df set)")
+        );
+        // No direction: the interface is either side.
+        t.anchors = vec![RefRule { iface: Some(2), ..Default::default() }];
+        assert_eq!(t.expect_flow(1, &f(0x0808_0808, 0xc0a8_0105, 17, 9), 100, 64, true), blocked);
+        assert_eq!(t.expect_flow(2, &f(0xc0a8_0105, 0x0808_0808, 17, 9), 100, 64, true), blocked);
+        t.anchors = vec![RefRule { iface: Some(2), direction: Some(true), ..Default::default() }];
+        assert_eq!(t.expect_flow(1, &f(0x0808_0808, 0xc0a8_0105, 17, 9), 100, 64, true), Expect::Forward(2));
+        assert_eq!(t.expect_flow(2, &f(0xc0a8_0105, 0x0808_0808, 17, 9), 100, 64, true), blocked);
+        t.anchors = vec![RefRule { dest_iface: Some(1), ..Default::default() }];
+        assert_eq!(t.expect_flow(2, &f(0xc0a8_0105, 0x0808_0808, 17, 9), 100, 64, true), blocked);
+        assert_eq!(t.expect_flow(1, &f(0x0808_0808, 0xc0a8_0105, 17, 9), 100, 64, true), Expect::Forward(2));
     }
 }

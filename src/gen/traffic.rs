@@ -2,7 +2,7 @@
 //! the data plane's own writers) and the expected outcome of each packet.
 
 use super::Rng;
-use super::reference::{Expect, Topology};
+use super::reference::{Expect, RefFlow, Topology};
 use super::scenario::{LengthDist, Protocol, RouteSpec, Scenario};
 use etherparse::{IpHeaders, IpNumber, Ipv4Extensions, Ipv4Header, Ipv6Extensions, Ipv6Header, PacketBuilder};
 use std::collections::HashSet;
@@ -186,7 +186,8 @@ pub fn generate_traffic(s: &Scenario, topo: &Topology, routes: &[GeneratedRoute]
             Protocol::Tcp => 6,
             Protocol::Icmp => 1,
         };
-        expect.push(topo.expect_flow(ingress, f.v4, f.dst, proto, f.dport, ip_len, t.ttl, true));
+        let flow = RefFlow { v4: f.v4, src: f.src, dst: f.dst, proto, sport: f.sport, dport: f.dport };
+        expect.push(topo.expect_flow(ingress, &flow, ip_len, t.ttl, true));
         frames.push(frame);
     }
     Ok(Traffic { ingress, frames, expect })
