@@ -39,7 +39,14 @@ pub fn load_config(path: &Path) -> Result<AstaraConfig, String> {
 pub fn topology(cfg: &AstaraConfig, ports: &[PortSpec], neighbors: &[StaticNeighbor]) -> Topology {
     let mut ref_ports: Vec<RefPort> = ports
         .iter()
-        .map(|p| RefPort { name: p.name.clone(), mac: p.mac.0, mtu: p.mtu, management: false, addrs: Vec::new() })
+        .map(|p| RefPort {
+            name: p.name.clone(),
+            mac: p.mac.0,
+            mtu: p.mtu,
+            management: false,
+            internal: false,
+            addrs: Vec::new(),
+        })
         .collect();
     // (is IPv4, network, length, order, next hop), grouped after sorting.
     let mut flat: Vec<(bool, u128, u8, usize, u128)> = Vec::new();
@@ -78,6 +85,7 @@ pub fn topology(cfg: &AstaraConfig, ports: &[PortSpec], neighbors: &[StaticNeigh
         let Some(p) = port_of(&n.interface.ifname) else { continue };
         let rp = &mut ref_ports[p];
         rp.management = n.network_type == NetworkType::Management;
+        rp.internal = n.network_type == NetworkType::Internal;
         if let Some(m) = n.interface.mtu {
             rp.mtu = rp.mtu.min(m.min(u16::MAX as u32) as u16);
         }

@@ -13,6 +13,8 @@ pub struct RefPort {
     pub mac: [u8; 6],
     pub mtu: u16,
     pub management: bool,
+    /// On an internal network: everything from it may reach the router.
+    pub internal: bool,
     /// (is IPv4, address, prefix length) of each interface address.
     pub addrs: Vec<(bool, u128, u8)>,
 }
@@ -38,7 +40,8 @@ pub enum Expect {
     Drop(&'static str),
 }
 
-/// A flow as the model sees it (addresses as 128 bits, IPv4 in the low 32).
+/// A flow as the model sees it (addresses as 128 bits, IPv4 in the low
+/// 32). ICMP (1) and ICMPv6 (58) flows are echo requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RefFlow {
     pub v4: bool,
@@ -203,11 +206,33 @@ impl Topology {
     /// route over gateways on several ports gives `ForwardAny`, unchecked).
     fn expect_to(&self, ingress: usize, flow: &RefFlow, ip_len: usize, ttl: u8, df: bool) -> Expect {
         match self.route(ingress, flow.v4, flow.dst, ip_len, ttl, df) {
+            Err(Expect::Local) => self.input(ingress, flow),
             Ok((egress, _)) if !self.policy_passes(ingress, egress, flow) => Expect::Drop("firewall: blocked by rule"),
             Ok((egress, true)) => Expect::Forward(egress),
             Ok((_, false)) => Expect::Drop("neighbor: no neighbour entry"),
             Err(e) => e,
         }
+    }
+
+    /// The appliance's INPUT policy (ASTARA.md, Filter) for the first
+    /// packet of a flow to the router itself: its management address only
+    /// from the management port; ICMP echo and all ICMPv6 from anywhere;
+    /// everything from internal networks; TCP 22, 5000 and 9697 from the
+    /// management network; nothing else (external, load-balancer and
+    /// isolated networks only answer flows the router opened).
+    pub fn input(&self, ingress: usize, f: &RefFlow) -> Expect {
+        let elsewhere =
+            self.ports.iter().enumerate().any(|(i, p)| {
+                i != ingress && p.management && p.addrs.iter().any(|&(v4, a, _)| v4 == f.v4 && a == f.dst)
+            });
+        if elsewhere {
+            return Expect::Drop("firewall: management address from another interface");
+        }
+        let inp = &self.ports[ingress];
+        let allowed = (if f.v4 { f.proto == 1 } else { f.proto == 58 })
+            || inp.internal
+            || inp.management && f.proto == 6 && [22, 5000, 9697].contains(&f.dport);
+        if allowed { Expect::Local } else { Expect::Drop("firewall: not allowed to the appliance") }
     }
 
     /// The forwarding policy for a flow from `ingress` out of `egress`: the
@@ -316,6 +341,7 @@ mod tests {
                 mac: [2; 6],
                 mtu: 1280,
                 management: true,
+                internal: false,
                 addrs: vec![(false, 0xfdca << 112 | 2, 64)],
             },
             RefPort {
@@ -323,6 +349,7 @@ mod tests {
                 mac: [3; 6],
                 mtu: 1500,
                 management: false,
+                internal: false,
                 addrs: vec![(true, 0xcb00_710a, 24)],
             },
             RefPort {
@@ -330,6 +357,7 @@ mod tests {
                 mac: [4; 6],
                 mtu: 1450,
                 management: false,
+                internal: true,
                 addrs: vec![(true, 0xc0a8_0101, 24)],
             },
         ];
@@ -434,7 +462,7 @@ mod tests {
         // Blocked before its next hop is looked for; not applied to the
         // router's own traffic or to what routing drops.
         assert_eq!(t.expect_flow(1, &f(0xc633_6401, 0xc0a8_0106, 17, 9), 100, 64, true), blocked);
-        assert_eq!(t.expect_flow(1, &f(0xc633_6401, 0xcb00_710a, 17, 9), 100, 64, true), Expect::Local);
+        assert_eq!(t.expect_flow(1, &f(0xc633_6401, 0xcb00_710a, 1, 0), 100, 64, true), Expect::Local);
         assert_eq!(
             t.expect_flow(1, &f(0xc633_6401, 0xc0a8_0105, 17, 9), 1460, 64, true),
             Expect::Drop("route: exceeds egress mtu (df set)")
@@ -449,5 +477,26 @@ mod tests {
         t.anchors = vec![RefRule { dest_iface: Some(1), ..Default::default() }];
         assert_eq!(t.expect_flow(2, &f(0xc0a8_0105, 0x0808_0808, 17, 9), 100, 64, true), blocked);
         assert_eq!(t.expect_flow(1, &f(0x0808_0808, 0xc0a8_0105, 17, 9), 100, 64, true), Expect::Forward(2));
+    }
+
+    #[test]
+    fn input_policy_of_the_appliance() {
+        let t = topo();
+        let f = |proto: u8, dst: u128, dport: u16, v4: bool| RefFlow { v4, src: 9, dst, proto, sport: 40000, dport };
+        let mgt = 0xfdca << 112 | 2;
+        // ge0 management, ge1 external, ge2 internal.
+        assert_eq!(t.expect_flow(2, &f(17, 0xc0a8_0101, 53, true), 100, 64, true), Expect::Local);
+        assert_eq!(t.expect_flow(2, &f(17, 0xc0a8_01ff, 67, true), 100, 64, true), Expect::Local);
+        let refused = Expect::Drop("firewall: not allowed to the appliance");
+        assert_eq!(t.expect_flow(1, &f(17, 0xcb00_710a, 53, true), 100, 64, true), refused);
+        assert_eq!(t.expect_flow(1, &f(6, 0xcb00_710a, 22, true), 100, 64, true), refused);
+        assert_eq!(t.expect_flow(1, &f(1, 0xcb00_710a, 0, true), 100, 64, true), Expect::Local);
+        assert_eq!(t.expect_flow(0, &f(6, mgt, 5000, false), 100, 64, true), Expect::Local);
+        assert_eq!(t.expect_flow(0, &f(6, mgt, 443, false), 100, 64, true), refused);
+        assert_eq!(t.expect_flow(0, &f(58, mgt, 0, false), 100, 64, true), Expect::Local);
+        assert_eq!(
+            t.expect_flow(2, &f(6, mgt, 5000, false), 100, 64, true),
+            Expect::Drop("firewall: management address from another interface")
+        );
     }
 }

@@ -308,6 +308,7 @@ mod tests {
                 mac: [2, 0, 0, 0, 0, 1],
                 mtu: 1500,
                 management: false,
+                internal: false,
                 addrs: vec![(true, 0xcb00_710a, 24)],
             },
             RefPort {
@@ -315,6 +316,7 @@ mod tests {
                 mac: [2, 0, 0, 0, 0, 2],
                 mtu: 1500,
                 management: false,
+                internal: false,
                 addrs: vec![(true, 0xc0a8_0101, 24)],
             },
         ];
