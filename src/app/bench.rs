@@ -304,6 +304,22 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
         expects.push(exp);
     }
 
+    // Each worker backs its session table with memory before its first burst
+    // (a second or more for millions of sessions): the run, and the window
+    // measured without a warm-up, start once every one polls its queues.
+    let t_ready = Instant::now();
+    while !stats.iter().all(|s| s.ready.load(Ordering::Acquire)) {
+        if handles.iter().any(|h| h.is_finished()) {
+            stop.store(true, Ordering::Relaxed);
+            return Err("a worker stopped before its first burst".into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    println!(
+        "  workers ready in {:.2} s (session tables of {} sessions backed)",
+        t_ready.elapsed().as_secs_f64(),
+        stats.iter().map(|s| s.session_capacity.load(Ordering::Relaxed)).sum::<u64>()
+    );
     // This thread (progress, the check) and the host stack: off the workers' CPUs.
     crate::dataplane::keep_off_cores(&cores_used.iter().flatten().copied().collect::<Vec<_>>());
     let host = match &exception {
@@ -354,6 +370,8 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
     // The measured window starts after the warm-up: counters then are the base.
     let mut start = run_start;
     let mut tsc0 = cycles();
+    // Without one, the whole run (it starts within a millisecond of the last
+    // worker's readiness).
     let mut base: Vec<Counters> = stats.iter().map(|_| Counters::new(p.ports.len())).collect();
     let mut warming = !warmup.is_zero();
     let deadline = warmup + Duration::from_secs_f64(o.seconds.max(0.1));
@@ -420,7 +438,8 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
     let mut measured = 0u64;
     for (w, (_, c)) in per_worker.iter().enumerate() {
         total.add(c);
-        // The measured window only (all of the run without a warm-up).
+        // The measured window only (from when every worker was ready without
+        // a warm-up).
         let packets = c.rx - base[w].rx;
         let busy = c.busy_cycles - base[w].busy_cycles;
         measured += packets;

@@ -145,6 +145,9 @@ pub struct WorkerStats {
     pub queries: super::query::Mailbox,
     /// Session table capacity (set once at start).
     pub session_capacity: AtomicU64,
+    /// Set once the worker's tables are backed with memory and it polls its
+    /// queues (a measurement starts then, not while it zeroes its tables).
+    pub ready: std::sync::atomic::AtomicBool,
     port_rx: Vec<AtomicU64>,
     port_tx: Vec<AtomicU64>,
     drops: Vec<AtomicU64>,
@@ -169,6 +172,7 @@ impl WorkerStats {
             generation: AtomicU64::new(0),
             queries: Default::default(),
             session_capacity: AtomicU64::new(0),
+            ready: std::sync::atomic::AtomicBool::new(false),
             port_rx: atomics(ports),
             port_tx: atomics(ports),
             drops: atomics(DropReason::COUNT),

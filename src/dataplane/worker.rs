@@ -80,6 +80,7 @@ impl<P: WorkerBuf> Worker<P> {
         let start = std::time::Instant::now();
         let mut idle_loops = 0u32;
         self.stats.session_capacity.store(pipeline.conntrack.sessions.capacity() as u64, Ordering::Relaxed);
+        self.stats.ready.store(true, Ordering::Release);
         // A session listing in progress: (query, next slot to scan).
         let mut query: Option<(Box<SessionQuery>, usize)> = None;
         let mut owners = vec![0usize; self.cfg.burst.max(1)];
