@@ -60,8 +60,6 @@ enum Cmd {
         #[arg(long)]
         count: Option<usize>,
     },
-    /// Run captures through the appliance, one packet at a time, and write
-    /// one capture per egress interface plus summary.json.
     /// Run the appliance: ports from the runtime file, the orchestrator's API,
     /// the workers. Stops on SIGINT or SIGTERM.
     Run {
@@ -81,6 +79,8 @@ enum Cmd {
         #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
     },
+    /// Run captures through the appliance, one packet at a time, and write
+    /// one capture per egress interface plus summary.json.
     Replay {
         /// Astara configuration document (JSON).
         #[arg(long)]

@@ -77,6 +77,31 @@ fn bench_checks_floating_ips_and_anchors() {
     }
 }
 
+/// Each command's line in `--help` says what that command does.
+#[test]
+fn help_describes_each_command() {
+    let o = bin().arg("--help").output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{out}");
+    let line = |cmd: &str| {
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(cmd))
+            .unwrap_or_else(|| panic!("no '{cmd}' in:\n{out}"))
+            .to_string()
+    };
+    for (cmd, says) in [
+        ("bench", "in-memory"),
+        ("gen", "pcap"),
+        ("run", "Run the appliance"),
+        ("ctl", "running appliance"),
+        ("replay", "captures"),
+    ] {
+        let l = line(cmd);
+        assert!(l.contains(says), "'{cmd}': {l}");
+    }
+    assert!(!line("run").contains("captures"), "{out}");
+}
+
 #[test]
 fn bench_with_two_workers_spreads_flows() {
     let o = bin()
