@@ -32,7 +32,7 @@ use crate::packet::l4::{TCP_FIN, TCP_RST, TCP_SYN, icmp_is_echo, icmp_is_error};
 use crate::packet::{Burst, L3, MAX_BURST, Meta, PacketBuf, Verdict};
 use crate::table::addrmap::AddrMap;
 use crate::table::natmap::{NatMap, proto_slot, worker_ranges};
-use crate::table::session::{FlowKey, Session, SessionError, SessionState, SessionTable, Timeouts};
+use crate::table::session::{Expiring, FlowKey, Session, SessionError, SessionState, SessionTable, Timeouts};
 use ahash::RandomState;
 
 /// The metadata service address, 169.254.169.254.
@@ -323,7 +323,13 @@ impl Conntrack {
     /// work per call.
     pub fn expire(&mut self, budget: usize) -> usize {
         let (ports, lb) = (&mut self.ports, &mut self.lb);
-        self.sessions.expire_with(self.now, budget, |s| release_mapping(ports, lb, s))
+        self.sessions.expire_with(self.now, budget, |e| match e {
+            // (Its port mapping's reference count, in the port map's owner
+            // array: a random line, fetched with the batch's index lines.)
+            Expiring::Due(s) if s.flags & F_MAPPING != 0 => ports.prefetch_port(s.proto(), s.user),
+            Expiring::Due(_) => {}
+            Expiring::Freed(s) => release_mapping(ports, lb, s),
+        })
     }
 
     /// Adds the sessions of record slots `from..` matching `q`'s filter to
@@ -851,6 +857,14 @@ impl Conntrack {
             let (m, info) = (burst.meta(i), &self.info[i]);
             if info.kind == Kind::New && m.verdict == Verdict::Forward && (Some(m.out_port) == ext || info.dnat) {
                 self.ports.prefetch(m.proto, m.src as u32, m.sport);
+            }
+        }
+        // Then, from those lines, the owner lines of the mappings they find
+        // (the reference counts `acquire` takes), all in flight together.
+        for i in 0..burst.len() {
+            let (m, info) = (burst.meta(i), &self.info[i]);
+            if info.kind == Kind::New && m.verdict == Verdict::Forward && (Some(m.out_port) == ext || info.dnat) {
+                self.ports.prefetch_mapping(m.proto, m.src as u32, m.sport);
             }
         }
         // Pass 1: policy and translation of new flows; the index lines of

@@ -11,8 +11,13 @@
 //! slice; otherwise the next free port of the same class is taken (ports
 //! below 1024 map below 1024, REQ-3a). Never port overloading (REQ-3).
 //!
-//! Fixed memory: a bitmap and an owner array per protocol, and an
-//! open-addressing index from internal endpoint to external port.
+//! Fixed memory per protocol: a bitmap and an owner array over the port
+//! space, and an open-addressing index from internal endpoint to external
+//! port whose entries hold the whole endpoint (address and port) beside the
+//! external port. So an index line alone answers a lookup, a probe never
+//! reads the owner array (a random line in a 768 KiB array), and deletion
+//! finds the home of the entries it shifts back from the entries
+//! themselves.
 
 use super::mem::{fold_mul, prefault, prefetch};
 use crate::packet::ipv4::{PROTO_ICMP, PROTO_TCP, PROTO_UDP};
@@ -101,8 +106,9 @@ pub struct NatMap {
     high: Ports,
     used: [Vec<u64>; 3],
     owner: [Vec<Mapping>; 3],
-    /// 0 = empty, else (slot << 16 | external port) + 1.
-    index: Vec<u32>,
+    /// Per protocol: 0 = empty, else `entry(addr, port, ext)` (an external
+    /// port is never 0).
+    index: [Vec<u64>; 3],
     mask: usize,
     seed: [u64; 2],
     hint: [[u16; 2]; 3],
@@ -127,17 +133,20 @@ impl NatMap {
         for v in &mut self.owner {
             prefault(v);
         }
-        prefault(&mut self.index);
+        for v in &mut self.index {
+            prefault(v);
+        }
     }
 
     pub fn new(low: Ports, high: Ports) -> NatMap {
-        let slots = (3 * (low.len() + high.len()) * 2).next_power_of_two().max(16);
+        // At most half full: every port of the slices mapped.
+        let slots = ((low.len() + high.len()) * 2).next_power_of_two().max(16);
         NatMap {
             low,
             high,
             used: std::array::from_fn(|_| vec![0u64; 1024]),
             owner: std::array::from_fn(|_| vec![Mapping::default(); 65536]),
-            index: vec![0; slots],
+            index: std::array::from_fn(|_| vec![0; slots]),
             mask: slots - 1,
             seed: {
                 let r = RandomState::new();
@@ -173,6 +182,23 @@ impl NatMap {
         self.used[slot][p as usize >> 6] >> (p & 63) & 1 != 0
     }
 
+    /// The internal endpoint of an index entry, as `key` gives it.
+    #[inline]
+    fn entry_key(e: u64) -> u64 {
+        e >> 16
+    }
+
+    #[inline]
+    fn key(addr: u32, port: u16) -> u64 {
+        (addr as u64) << 16 | port as u64
+    }
+
+    #[inline]
+    fn home_of_entry(&self, slot: usize, e: u64) -> usize {
+        let k = Self::entry_key(e);
+        self.home(slot, (k >> 16) as u32, k as u16)
+    }
+
     #[inline]
     fn home(&self, slot: usize, addr: u32, port: u16) -> usize {
         let w = (addr as u64) << 32 | (port as u64) << 8 | slot as u64;
@@ -186,7 +212,28 @@ impl NatMap {
     #[inline]
     pub fn prefetch(&self, proto: u8, addr: u32, port: u16) {
         if let Some(slot) = proto_slot(proto) {
-            prefetch(self.index.as_ptr().wrapping_add(self.home(slot, addr, port)));
+            prefetch(self.index[slot].as_ptr().wrapping_add(self.home(slot, addr, port)));
+        }
+    }
+
+    /// Starts fetching the owner line of an internal endpoint's mapping
+    /// (its reference count, which `acquire` takes), reading the index line
+    /// `prefetch` fetched: a burst's new flows prefetch both in two passes.
+    #[inline]
+    pub fn prefetch_mapping(&self, proto: u8, addr: u32, port: u16) {
+        if let Some(slot) = proto_slot(proto)
+            && let Some((_, ext)) = self.find(slot, addr, port)
+        {
+            prefetch(&self.owner[slot][ext as usize]);
+        }
+    }
+
+    /// Starts fetching the owner line of external port `ext` (its reference
+    /// count, which `release` drops).
+    #[inline]
+    pub fn prefetch_port(&self, proto: u8, ext: u16) {
+        if let Some(slot) = proto_slot(proto) {
+            prefetch(&self.owner[slot][ext as usize]);
         }
     }
 
@@ -197,19 +244,19 @@ impl NatMap {
         self.find(slot, addr, port).map(|(_, ext)| ext)
     }
 
+    /// The index position and external port of an endpoint's mapping.
+    #[inline]
     fn find(&self, slot: usize, addr: u32, port: u16) -> Option<(usize, u16)> {
+        let index = &self.index[slot];
+        let key = Self::key(addr, port);
         let mut i = self.home(slot, addr, port);
         loop {
-            let e = self.index[i];
+            let e = index[i];
             if e == 0 {
                 return None;
             }
-            let (s, ext) = (((e - 1) >> 16) as usize, (e - 1) as u16);
-            if s == slot {
-                let m = &self.owner[slot][ext as usize];
-                if m.addr == addr && m.port == port {
-                    return Some((i, ext));
-                }
+            if Self::entry_key(e) == key {
+                return Some((i, e as u16));
             }
             i = (i + 1) & self.mask;
         }
@@ -248,10 +295,11 @@ impl NatMap {
         self.used[slot][ext as usize >> 6] |= 1 << (ext & 63);
         self.owner[slot][ext as usize] = Mapping { addr, port, refs: 1 };
         let mut i = self.home(slot, addr, port);
-        while self.index[i] != 0 {
+        let index = &mut self.index[slot];
+        while index[i] != 0 {
             i = (i + 1) & self.mask;
         }
-        self.index[i] = ((slot as u32) << 16 | ext as u32) + 1;
+        index[i] = Self::key(addr, port) << 16 | ext as u64;
         self.live += 1;
         self.stats.created += 1;
         Some(ext)
@@ -304,23 +352,21 @@ impl NatMap {
         self.live -= 1;
         self.stats.freed += 1;
         // Backward-shift deletion: no tombstones.
-        self.index[hole] = 0;
+        self.index[slot][hole] = 0;
         let mut j = hole;
         loop {
             j = (j + 1) & self.mask;
-            let e = self.index[j];
+            let e = self.index[slot][j];
             if e == 0 {
                 break;
             }
-            let (s, x) = (((e - 1) >> 16) as usize, (e - 1) as u16);
-            let o = self.owner[s][x as usize];
-            let home = self.home(s, o.addr, o.port);
+            let home = self.home_of_entry(slot, e);
             // Move e into the hole if its home is not cyclically in (hole, j].
             let dist_home = j.wrapping_sub(home) & self.mask;
             let dist_hole = j.wrapping_sub(hole) & self.mask;
             if dist_home >= dist_hole {
-                self.index[hole] = e;
-                self.index[j] = 0;
+                self.index[slot][hole] = e;
+                self.index[slot][j] = 0;
                 hole = j;
             }
         }
@@ -386,6 +432,57 @@ mod tests {
         for i in 0..100u32 {
             if i != 42 {
                 assert!(m.lookup(PROTO_TCP, 0x0a000000 + i, 7).is_some(), "{i}");
+            }
+        }
+    }
+
+    /// Random acquires and releases over three protocols, against a model
+    /// (endpoint → (external port, references)), in a small port space so
+    /// that index runs grow long and deletions shift entries back.
+    #[test]
+    fn random_churn_matches_a_model() {
+        use std::collections::HashMap;
+        let mut m = NatMap::new(Ports { lo: 1, hi: 0 }, Ports { lo: 30000, hi: 30499 });
+        let mut model: HashMap<(u8, u32, u16), (u16, u32)> = HashMap::new();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for step in 0..300_000u32 {
+            let proto = NAT_PROTOS[(rnd() % 3) as usize];
+            // Endpoints whose address or port alone differ.
+            let (addr, port) = (0x0a00_0000 + (rnd() % 40) as u32, 30000 + (rnd() % 30) as u16);
+            if rnd() % 2 == 0 {
+                let used = model.keys().filter(|k| k.0 == proto).count();
+                match (m.acquire(proto, addr, port), model.get_mut(&(proto, addr, port))) {
+                    (Some(ext), Some((e, refs))) => {
+                        assert_eq!(ext, *e, "step {step}: mapping kept");
+                        *refs += 1;
+                    }
+                    (Some(ext), None) => {
+                        assert!((30000..30500).contains(&ext), "step {step}");
+                        assert!(model.iter().all(|(k, v)| k.0 != proto || v.0 != ext), "step {step}: port reused");
+                        model.insert((proto, addr, port), (ext, 1));
+                    }
+                    (None, v) => assert!(v.is_none() && used == 500, "step {step}: refused with {used} in use"),
+                }
+            } else if let Some((&k, &(ext, refs))) = model.iter().find(|(k, _)| k.0 == proto && k.1 == addr) {
+                m.release(proto, ext);
+                if refs == 1 {
+                    model.remove(&k);
+                } else {
+                    model.insert(k, (ext, refs - 1));
+                }
+            }
+            if step % 1000 == 0 {
+                assert_eq!(m.len(), model.len(), "step {step}");
+                for (&(proto, addr, port), &(ext, _)) in &model {
+                    assert_eq!(m.lookup(proto, addr, port), Some(ext), "step {step}");
+                    assert_eq!(m.owner(proto, ext), Some((addr, port)), "step {step}");
+                }
             }
         }
     }

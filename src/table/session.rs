@@ -827,9 +827,12 @@ impl SessionTable {
         self.expire_with(now, budget, |_| {})
     }
 
-    /// `expire`, handing each freed session to `freed_fn` first (to release
+    /// `expire`, telling `f` about each session it frees: first, with the
+    /// rest of its batch, that it is due (`Expiring::Due`: its record just
+    /// read, for the caller to prefetch what it will release), then that it
+    /// is being freed (`Expiring::Freed`, before its record goes: to release
     /// what it holds, such as a NAT port mapping).
-    pub fn expire_with(&mut self, now: u32, budget: usize, mut freed_fn: impl FnMut(&Session)) -> usize {
+    pub fn expire_with(&mut self, now: u32, budget: usize, mut f: impl FnMut(Expiring)) -> usize {
         let mut freed = 0;
         let mut visited = 0;
         while visited < budget {
@@ -871,11 +874,12 @@ impl SessionTable {
                     *hashes = self.key_hashes(*idx);
                     self.prefetch(hashes[0]);
                     self.prefetch(hashes[1]);
+                    f(Expiring::Due(&self.sessions[*idx as usize]));
                 }
             }
             for &(idx, hashes) in &batch[..n] {
                 if self.is_expired(idx, now) {
-                    freed_fn(&self.sessions[idx as usize]);
+                    f(Expiring::Freed(&self.sessions[idx as usize]));
                     self.release_hashed(idx, hashes);
                     self.stats.expired += 1;
                     freed += 1;
@@ -886,6 +890,16 @@ impl SessionTable {
         }
         freed
     }
+}
+
+/// What `SessionTable::expire_with` tells its caller about a session it
+/// frees.
+#[derive(Debug, Clone, Copy)]
+pub enum Expiring<'a> {
+    /// Past its deadline, to be freed after the rest of its batch is read.
+    Due(&'a Session),
+    /// Being freed now.
+    Freed(&'a Session),
 }
 
 /// TCP state after a segment with `flags` in direction `dir` (0: from the
