@@ -64,6 +64,9 @@ pub fn topology(cfg: &AstaraConfig, ports: &[PortSpec], neighbors: &[StaticNeigh
     };
     if let Some(gw) = cfg.default_v4_gateway {
         add(true, 0, 0, gw);
+    } else if let Some(gw) = subnet_gateway(NetworkType::External, true) {
+        // Without one, the external subnet's gateway (as for IPv6).
+        add(true, 0, 0, gw);
     } else if lb.is_some()
         && let Some(gw) = subnet_gateway(NetworkType::Loadbalancer, true)
     {
@@ -76,10 +79,20 @@ pub fn topology(cfg: &AstaraConfig, ports: &[PortSpec], neighbors: &[StaticNeigh
     for r in &cfg.static_routes {
         add(r.destination.is_v4(), r.destination.network(), r.destination.len, r.next_hop);
     }
+    // Host routes through a next hop the router can reach (on a connected
+    // network, not its own address, same family); the others are left out,
+    // as the appliance left out a route it could not install.
+    let addrs = || cfg.networks.iter().flat_map(|n| &n.interface.addresses);
     for n in &cfg.networks {
         for s in &n.subnets {
             for r in &s.host_routes {
-                add(r.destination.is_v4(), r.destination.network(), r.destination.len, r.nexthop);
+                let nh = r.nexthop;
+                if r.destination.is_v4() == nh.is_ipv4()
+                    && addrs().any(|a| a.contains(nh))
+                    && !addrs().any(|a| a.addr == nh)
+                {
+                    add(r.destination.is_v4(), r.destination.network(), r.destination.len, nh);
+                }
             }
         }
         let Some(p) = port_of(&n.interface.ifname) else { continue };

@@ -311,32 +311,49 @@ pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) ->
     let mut add_route = |dst: Cidr, nh: IpAddr, at: RouteSource| {
         routes.push((dst.is_v4(), dst.network(), dst.len, routes.len(), nh, at));
     };
+    // Default routes, as the appliance set them (its `update_default_gateway`):
+    // `default_v4_gateway` when the document has one; for each family still
+    // without one, the gateway of the external network's first subnet of
+    // that family (the orchestrator leaves `default_v4_gateway` out while it
+    // sees no external address yet); a load balancer without an external
+    // network uses its VIP subnet's gateway. A gateway derived from a
+    // subnet that is not on a connected network (the external interface
+    // has no address of that family yet) installs nothing: a warning, not
+    // a refused document, since the appliance's own attempt failed alone.
+    let subnet_gateway = |t: NetworkType, v4: bool| {
+        cfg.networks.iter().enumerate().filter(|(_, n)| n.network_type == t).find_map(|(i, n)| {
+            n.subnets
+                .iter()
+                .enumerate()
+                .find_map(|(j, s)| s.gateway_ip.filter(|g| g.is_ipv4() == v4).map(|g| (i, j, g)))
+        })
+    };
+    let mut derived: Vec<(Cidr, IpAddr, RouteSource)> = Vec::new();
     if let Some(gw) = cfg.default_v4_gateway {
         if !gw.is_ipv4() {
             return Err(invalid(format!("default_v4_gateway: {gw} is not an IPv4 address")));
         }
         add_route("0.0.0.0/0".parse().unwrap(), gw, RouteSource::DefaultV4);
+    } else if let Some((i, j, gw)) = subnet_gateway(NetworkType::External, true) {
+        derived.push(("0.0.0.0/0".parse().unwrap(), gw, RouteSource::SubnetGateway(i, j)));
     } else if cfg.loadbalancer()?.is_some()
-        && let Some((i, j, gw)) = cfg
-            .networks
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| n.network_type == NetworkType::Loadbalancer)
-            .find_map(|(i, n)| {
-                n.subnets.iter().enumerate().find_map(|(j, s)| s.gateway_ip.filter(|g| g.is_ipv4()).map(|g| (i, j, g)))
-            })
+        && let Some((i, j, gw)) = subnet_gateway(NetworkType::Loadbalancer, true)
     {
         // A load-balancer appliance has no external network: clients on
         // other subnets are answered through the VIP subnet's gateway.
-        add_route("0.0.0.0/0".parse().unwrap(), gw, RouteSource::SubnetGateway(i, j));
+        derived.push(("0.0.0.0/0".parse().unwrap(), gw, RouteSource::SubnetGateway(i, j)));
     }
-    // IPv6 default: the external subnet's gateway, as the appliance did.
-    if let Some((i, j, gw)) =
-        cfg.networks.iter().enumerate().filter(|(_, n)| n.network_type == NetworkType::External).find_map(|(i, n)| {
-            n.subnets.iter().enumerate().find_map(|(j, s)| s.gateway_ip.filter(|g| g.is_ipv6()).map(|g| (i, j, g)))
-        })
-    {
-        add_route("::/0".parse().unwrap(), gw, RouteSource::SubnetGateway(i, j));
+    if let Some((i, j, gw)) = subnet_gateway(NetworkType::External, false) {
+        derived.push(("::/0".parse().unwrap(), gw, RouteSource::SubnetGateway(i, j)));
+    }
+    for (dst, gw, at) in derived {
+        if b.on_link(gw).is_some() && !b.is_own_address(gw) {
+            add_route(dst, gw, at);
+        } else {
+            b.warnings.push(format!(
+                "{at}: {gw} is not a gateway on a connected network of this router; no default route through it"
+            ));
+        }
     }
     for (k, r) in cfg.static_routes.iter().enumerate() {
         if r.destination.is_v4() != r.next_hop.is_ipv4() {
@@ -344,14 +361,29 @@ pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) ->
         }
         add_route(r.destination, r.next_hop, RouteSource::Static(k));
     }
+    // Subnet host routes are the tenant's own (Neutron extra routes): the
+    // appliance skipped one it could not install and applied the rest ("a
+    // failure to apply one of these custom rules should not cause an
+    // overall router failure"), so one with an unusable next hop is a
+    // warning here, where a `static_routes` entry refuses the document.
     for (i, n) in cfg.networks.iter().enumerate() {
         for (j, s) in n.subnets.iter().enumerate() {
             for (k, r) in s.host_routes.iter().enumerate() {
                 let at = RouteSource::Host(i, j, k);
-                if r.destination.is_v4() != r.nexthop.is_ipv4() {
-                    return Err(invalid(format!("{at}: destination and next hop are of different families")));
+                let nh = r.nexthop;
+                let why = if r.destination.is_v4() != nh.is_ipv4() {
+                    Some("destination and next hop are of different families")
+                } else if b.is_own_address(nh) {
+                    Some("the next hop is an address of this router")
+                } else if b.on_link(nh).is_none() {
+                    Some("the next hop is not on any connected network")
+                } else {
+                    None
+                };
+                match why {
+                    Some(why) => b.warnings.push(format!("{at}: {why}; the route was not applied")),
+                    None => add_route(r.destination, nh, at),
                 }
-                add_route(r.destination, r.nexthop, at);
             }
         }
     }
@@ -543,12 +575,75 @@ mod tests {
         assert_eq!(s.neighbors.get_v4(2, v4("192.168.1.5")), Some("fa:16:3e:00:00:05".parse().unwrap()));
     }
 
+    /// Without `default_v4_gateway` the appliance routed by the external
+    /// subnet's gateway, as it does for IPv6.
     #[test]
-    fn without_default_gateway_there_is_no_route() {
-        let doc = DOC.replace("\"default_v4_gateway\": \"203.0.113.1\",", "\"default_v4_gateway\": \"\",");
+    fn without_default_gateway_the_external_subnet_gateway_is_the_default() {
+        for empty in ["\"default_v4_gateway\": \"\",", "\"default_v4_gateway\": null,", ""] {
+            let doc = DOC.replace("\"default_v4_gateway\": \"203.0.113.1\",", empty);
+            let cfg = AstaraConfig::from_json(doc.as_bytes()).unwrap();
+            let c = compile(&cfg, &ports_from_config(&cfg), &CompileOptions::default()).unwrap();
+            let s = &c.snapshot;
+            let a = s.adj[s.fib4.lookup(v4("8.8.8.8")) as usize];
+            assert_eq!((a.kind, a.gw, a.port), (AdjKind::Gateway, v4("203.0.113.1") as u128, 1), "{empty}");
+            assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        }
+    }
+
+    /// A subnet gateway the router cannot reach yet (its external interface
+    /// has no address of that family) gives no default route and a warning;
+    /// the document is applied.
+    #[test]
+    fn an_unreachable_subnet_gateway_is_a_warning_not_a_refusal() {
+        let v6 = |a: &str| a.parse::<std::net::Ipv6Addr>().unwrap().to_bits();
+        // IPv4 only on the external interface: no IPv6 default.
+        let doc = DOC.replace("\"203.0.113.10/24\", \"2001:db8:ff::10/64\"", "\"203.0.113.10/24\"");
+        assert_ne!(doc, DOC);
+        let cfg = AstaraConfig::from_json(doc.as_bytes()).unwrap();
+        let c = compile(&cfg, &ports_from_config(&cfg), &CompileOptions::default()).unwrap();
+        assert_eq!(c.snapshot.fib6.lookup(v6("2001:4860::8888")), NO_ROUTE);
+        assert_ne!(c.snapshot.fib4.lookup(v4("8.8.8.8")), NO_ROUTE);
+        assert!(
+            c.warnings.iter().any(|w| w.contains("gateway_ip: 2001:db8:ff::1 is not a gateway on a connected network")),
+            "{:?}",
+            c.warnings
+        );
+        // No external address at all, and no default_v4_gateway: neither.
+        let doc = DOC
+            .replace("\"203.0.113.10/24\", \"2001:db8:ff::10/64\"", "")
+            .replace("\"default_v4_gateway\": \"203.0.113.1\",", "");
         let cfg = AstaraConfig::from_json(doc.as_bytes()).unwrap();
         let c = compile(&cfg, &ports_from_config(&cfg), &CompileOptions::default()).unwrap();
         assert_eq!(c.snapshot.fib4.lookup(v4("8.8.8.8")), NO_ROUTE);
+        assert_eq!(c.snapshot.fib6.lookup(v6("2001:4860::8888")), NO_ROUTE);
+        assert_eq!(c.warnings.iter().filter(|w| w.contains("no default route")).count(), 2, "{:?}", c.warnings);
+        // A host route with a next hop off every connected network is
+        // left out, the others applied.
+        let doc = DOC.replace(
+            "[{\"destination\": \"10.20.0.0/16\", \"nexthop\": \"192.168.1.254\"}]",
+            "[{\"destination\": \"10.21.0.0/16\", \"nexthop\": \"10.99.0.1\"},
+              {\"destination\": \"10.22.0.0/16\", \"nexthop\": \"192.168.1.1\"},
+              {\"destination\": \"10.20.0.0/16\", \"nexthop\": \"192.168.1.254\"}]",
+        );
+        assert_ne!(doc, DOC);
+        let cfg = AstaraConfig::from_json(doc.as_bytes()).unwrap();
+        let c = compile(&cfg, &ports_from_config(&cfg), &CompileOptions::default()).unwrap();
+        let s = &c.snapshot;
+        assert_eq!(s.fib4.lookup(v4("10.21.0.1")), s.fib4.lookup(v4("8.8.8.8")), "by the default route");
+        assert_eq!(s.fib4.lookup(v4("10.22.0.1")), s.fib4.lookup(v4("8.8.8.8")), "by the default route");
+        assert_eq!(s.adj[s.fib4.lookup(v4("10.20.0.1")) as usize].gw, v4("192.168.1.254") as u128);
+        for w in [
+            "host_routes[0]: the next hop is not on any connected network",
+            "host_routes[1]: the next hop is an address",
+        ] {
+            assert!(c.warnings.iter().any(|x| x.contains(w)), "{w}: {:?}", c.warnings);
+        }
+        // An explicit default_v4_gateway off every connected network is
+        // still refused: the document names it.
+        let doc = DOC.replace("\"default_v4_gateway\": \"203.0.113.1\"", "\"default_v4_gateway\": \"198.51.100.1\"");
+        let cfg = AstaraConfig::from_json(doc.as_bytes()).unwrap();
+        let e = compile(&cfg, &ports_from_config(&cfg), &CompileOptions::default()).err().unwrap().to_string();
+        assert!(e.contains("default_v4_gateway: next hop 198.51.100.1 is not on any connected network"), "{e}");
     }
 
     #[test]
