@@ -328,6 +328,15 @@ pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) ->
                 .find_map(|(j, s)| s.gateway_ip.filter(|g| g.is_ipv4() == v4).map(|g| (i, j, g)))
         })
     };
+    // (Neutron lets a subnet's gateway sit outside it, reached by an
+    // on-link route; the appliance took such a document.)
+    for (i, n) in cfg.networks.iter().enumerate() {
+        for (j, s) in n.subnets.iter().enumerate() {
+            if let Some(g) = s.gateway_ip.filter(|g| !s.cidr.contains(*g)) {
+                b.warnings.push(format!("networks[{i}].subnets[{j}].gateway_ip: {g} is outside {}", s.cidr));
+            }
+        }
+    }
     let mut derived: Vec<(Cidr, IpAddr, RouteSource)> = Vec::new();
     if let Some(gw) = cfg.default_v4_gateway {
         if !gw.is_ipv4() {
@@ -638,6 +647,21 @@ mod tests {
         ] {
             assert!(c.warnings.iter().any(|x| x.contains(w)), "{w}: {:?}", c.warnings);
         }
+        // A subnet gateway outside its subnet (Neutron allows it): a
+        // warning; reachable on a connected network, it is the default.
+        let doc = DOC.replace("\"default_v4_gateway\": \"203.0.113.1\",", "").replace(
+            "{\"cidr\": \"203.0.113.0/24\", \"gateway_ip\": \"203.0.113.1\"}",
+            "{\"cidr\": \"203.0.113.128/25\", \"gateway_ip\": \"203.0.113.1\"}",
+        );
+        let cfg = AstaraConfig::from_json(doc.as_bytes()).unwrap();
+        let c = compile(&cfg, &ports_from_config(&cfg), &CompileOptions::default()).unwrap();
+        let a = c.snapshot.adj[c.snapshot.fib4.lookup(v4("8.8.8.8")) as usize];
+        assert_eq!((a.kind, a.gw), (AdjKind::Gateway, v4("203.0.113.1") as u128));
+        assert!(
+            c.warnings.iter().any(|w| w.contains("gateway_ip: 203.0.113.1 is outside 203.0.113.128/25")),
+            "{:?}",
+            c.warnings
+        );
         // An explicit default_v4_gateway off every connected network is
         // still refused: the document names it.
         let doc = DOC.replace("\"default_v4_gateway\": \"203.0.113.1\"", "\"default_v4_gateway\": \"198.51.100.1\"");

@@ -737,13 +737,6 @@ impl AstaraConfig {
                 }
                 connected.push((ifn.clone(), *a));
             }
-            for (j, s) in n.subnets.iter().enumerate() {
-                if let Some(g) = s.gateway_ip
-                    && !s.cidr.contains(g)
-                {
-                    errs.push(format!("{at}.subnets[{j}].gateway_ip: {g} is not inside {}", s.cidr));
-                }
-            }
         }
         for (i, f) in self.floating_ips.iter().enumerate() {
             if f.floating_ip.is_ipv4() != f.fixed_ip.is_ipv4() {
