@@ -851,21 +851,21 @@ impl Conntrack {
         if !self.late.is_empty() {
             self.late_lookups(snap, burst);
         }
-        // The port map lines of the new flows that may be masqueraded
-        // (leaving by the external port, or hairpinned), for pass 1.
-        for i in 0..burst.len() {
-            let (m, info) = (burst.meta(i), &self.info[i]);
-            if info.kind == Kind::New && m.verdict == Verdict::Forward && (Some(m.out_port) == ext || info.dnat) {
-                self.ports.prefetch(m.proto, m.src as u32, m.sport);
-            }
+        // The new flows that may be masqueraded (leaving by the external
+        // port, or hairpinned): their port map lines for pass 1, then, from
+        // those lines, the owner lines of the mappings they find (the
+        // reference counts `acquire` takes), all in flight together.
+        let infos = &self.info;
+        let may_map = |i: usize| {
+            let (m, info) = (burst.meta(i), &infos[i]);
+            (info.kind == Kind::New && m.verdict == Verdict::Forward && (Some(m.out_port) == ext || info.dnat))
+                .then_some(m)
+        };
+        for m in (0..burst.len()).filter_map(&may_map) {
+            self.ports.prefetch(m.proto, m.src as u32, m.sport);
         }
-        // Then, from those lines, the owner lines of the mappings they find
-        // (the reference counts `acquire` takes), all in flight together.
-        for i in 0..burst.len() {
-            let (m, info) = (burst.meta(i), &self.info[i]);
-            if info.kind == Kind::New && m.verdict == Verdict::Forward && (Some(m.out_port) == ext || info.dnat) {
-                self.ports.prefetch_mapping(m.proto, m.src as u32, m.sport);
-            }
+        for m in (0..burst.len()).filter_map(&may_map) {
+            self.ports.prefetch_mapping(m.proto, m.src as u32, m.sport);
         }
         // Pass 1: policy and translation of new flows; the index lines of
         // both keys of each new session are prefetched for pass 2.
