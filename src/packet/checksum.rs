@@ -59,6 +59,20 @@ pub fn update16(check: u16, old: u16, new: u16) -> u16 {
     !fold(acc)
 }
 
+/// The IPv4 header checksum field (as it lies in the header) after the TTL
+/// is decremented by one: RFC 1624 eqn. 3 with the TTL/protocol word going
+/// from m to m' = m - 0x0100, where ~m + m' is the constant 0xFEFF (the TTL
+/// being at least 1). Ones'-complement sums do not depend on byte order
+/// (RFC 1071, 2(B)), so the field is updated in the machine's order,
+/// without byte swaps. Equal to `update16` for every checksum (tested).
+#[inline(always)]
+pub fn ttl_decremented(check: [u8; 2]) -> [u8; 2] {
+    const K: u32 = u16::from_ne_bytes([0xfe, 0xff]) as u32;
+    // At most 0xffff + 0xfeff: one end-around carry folds it.
+    let s = !u16::from_ne_bytes(check) as u32 + K;
+    (!(((s & 0xffff) + (s >> 16)) as u16)).to_ne_bytes()
+}
+
 /// RFC 1624 for a changed 32-bit field (an IPv4 address): two words at once.
 #[inline]
 pub fn update32(check: u16, old: u32, new: u32) -> u16 {
@@ -95,6 +109,17 @@ mod tests {
     use super::*;
 
     // RFC 1071 section 3 example: 00 01 f2 03 f4 f5 f6 f7 sums to ddf2.
+    #[test]
+    fn ttl_decrement_matches_rfc_1624_for_every_checksum() {
+        for check in 0..=u16::MAX {
+            for (ttl, proto) in [(1u8, 6u8), (2, 17), (64, 1), (128, 0), (255, 255)] {
+                let old = u16::from_be_bytes([ttl, proto]);
+                let want = update16(check, old, old - 0x100);
+                assert_eq!(ttl_decremented(check.to_be_bytes()), want.to_be_bytes(), "check {check:#06x} ttl {ttl}");
+            }
+        }
+    }
+
     #[test]
     fn rfc1071_example_sum() {
         let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];

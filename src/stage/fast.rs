@@ -32,6 +32,26 @@ use crate::table::NO_ROUTE;
 
 /// Ethernet header (14) and an option-less IPv4 header (20).
 const HEAD: usize = 34;
+/// The destination MAC: the first 6 bytes of a frame read as a word.
+const MAC_MASK: u64 = u64::from_ne_bytes([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0]);
+/// EtherType IPv4 and version 4 with a 20-byte header, as the 3 bytes from
+/// offset 12 read as a word; the mask keeps them.
+const IPV4_IHL5: u64 = u64::from_ne_bytes([0x08, 0x00, 0x45, 0, 0, 0, 0, 0]);
+const _: () = assert!(ETHERTYPE_IPV4 == 0x0800);
+const IPV4_IHL5_MASK: u64 = u64::from_ne_bytes([0xff, 0xff, 0xff, 0, 0, 0, 0, 0]);
+/// More fragments and the fragment offset, as the flags word lies in the
+/// header (DF may be set).
+const FRAGMENT_MASK: u16 = u16::from_ne_bytes([0x3f, 0xff]);
+
+/// Whether an option-less IPv4 header sums to all ones. The sum is taken
+/// in machine order, with no byte swaps: a ones'-complement sum in the
+/// other byte order is the same sum byte-swapped (RFC 1071, 2(B)), and all
+/// ones is the same either way.
+#[inline(always)]
+fn header_checksum_ok(ip: &[u8; 20]) -> bool {
+    let w = |at: usize| u32::from_ne_bytes([ip[at], ip[at + 1], ip[at + 2], ip[at + 3]]) as u64;
+    checksum::fold(w(0) + w(4) + w(8) + w(12) + w(16)) == 0xffff
+}
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FastCounters {
@@ -236,8 +256,19 @@ impl FastPath {
 struct Egress {
     nh: u32,
     port: u16,
-    next_hop: Mac,
-    src: Mac,
+    /// The Ethernet header's MACs as written: the next hop's, then the
+    /// egress port's (one 12-byte copy).
+    macs: [u8; 12],
+}
+
+impl Egress {
+    #[inline(always)]
+    fn new(nh: u32, port: u16, next_hop: Mac, src: Mac) -> Egress {
+        let mut macs = [0; 12];
+        macs[..6].copy_from_slice(&next_hop.0);
+        macs[6..].copy_from_slice(&src.0);
+        Egress { nh, port, macs }
+    }
 }
 
 /// The checks of the parse stage for an untagged IPv4 packet with a
@@ -255,17 +286,24 @@ fn head<P: PacketBuf>(snap: &Snapshot, ingress: Option<Ingress>, pkt: &P, m: &mu
     };
     let data = pkt.data();
     let h = data.first_chunk::<HEAD>()?;
-    // Unicast to this port's MAC, untagged IPv4, version 4 with IHL 5.
-    if h[0..6] != port.mac.0 || u16::from_be_bytes([h[12], h[13]]) != ETHERTYPE_IPV4 || h[14] != 0x45 {
+    // Unicast to this port's MAC, untagged IPv4, version 4 with IHL 5: the
+    // MAC as the low 48 bits of a word, the EtherType and the version byte
+    // as the low 24 bits of another (both in machine order).
+    let word = |at: usize| u64::from_ne_bytes(*h[at..].first_chunk::<8>().unwrap_or(&[0; 8]));
+    if word(0) & MAC_MASK != port.mac_word || word(12) & IPV4_IHL5_MASK != IPV4_IHL5 {
         return None;
     }
     let ip = h.last_chunk::<20>()?;
     let total = u16::from_be_bytes([ip[2], ip[3]]) as usize;
     // Whole, within the ingress MTU, not a fragment (DF may be set).
-    if total < 20 || 14 + total > data.len() || total > port.mtu as usize || ip[6] & 0x3f != 0 || ip[7] != 0 {
+    if total < 20
+        || 14 + total > data.len()
+        || total > port.mtu as usize
+        || u16::from_ne_bytes([ip[6], ip[7]]) & FRAGMENT_MASK != 0
+    {
         return None;
     }
-    if checksum::fold(checksum::sum(ip)) != 0xffff {
+    if !header_checksum_ok(ip) {
         return None;
     }
     let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
@@ -293,14 +331,19 @@ fn head<P: PacketBuf>(snap: &Snapshot, ingress: Option<Ingress>, pkt: &P, m: &mu
 #[derive(Debug, Clone, Copy)]
 struct Ingress {
     port: u16,
-    mac: Mac,
+    /// The port's MAC as the first 6 bytes of a frame read as a word.
+    mac_word: u64,
     mtu: u16,
 }
 
 impl Ingress {
     #[inline(always)]
     fn of(snap: &Snapshot, port: u16) -> Option<Ingress> {
-        snap.port(port).map(|p| Ingress { port, mac: p.mac, mtu: p.mtu })
+        snap.port(port).map(|p| {
+            let mut w = [0; 8];
+            w[..6].copy_from_slice(&p.mac.0);
+            Ingress { port, mac_word: u64::from_ne_bytes(w), mtu: p.mtu }
+        })
     }
 }
 
@@ -321,7 +364,7 @@ struct LastEgress {
 impl Default for LastEgress {
     fn default() -> Self {
         // NO_ROUTE never reaches the comparison: nothing matches.
-        let e = Egress { nh: NO_ROUTE, port: 0, next_hop: Mac::ZERO, src: Mac::ZERO };
+        let e = Egress::new(NO_ROUTE, 0, Mac::ZERO, Mac::ZERO);
         LastEgress { dst: 0, gateway: false, mtu: 0, e }
     }
 }
@@ -348,7 +391,7 @@ fn egress(snap: &Snapshot, dst: u32, h: Head, ports: usize, last: &mut LastEgres
         return None;
     }
     let next_hop = next_hop_mac(snap, adj, dst as u128, true).ok()?;
-    let e = Egress { nh, port: adj.port, next_hop, src: out.mac };
+    let e = Egress::new(nh, adj.port, next_hop, out.mac);
     *last = LastEgress { dst, gateway: adj.kind == AdjKind::Gateway, mtu: out.mtu, e };
     Some(e)
 }
@@ -357,7 +400,8 @@ fn egress(snap: &Snapshot, dst: u32, h: Head, ports: usize, last: &mut LastEgres
 /// does, the MACs rewritten as the neighbour stage's `rewrite_l2` does
 /// (the header is untagged and IPv4 already: nothing to strip, the
 /// EtherType stays), the TTL decremented with the checksum updated as
-/// `Ipv4Packet::set_ttl` does (RFC 1624; `head` checked the 34 bytes).
+/// `Ipv4Packet::set_ttl` does (RFC 1624, `checksum::ttl_decremented`;
+/// `head` checked the 34 bytes).
 #[inline(always)]
 fn commit<P: PacketBuf>(pkt: &mut P, m: &mut Meta, e: Egress, h: Head) {
     let ttl = h.ttl;
@@ -365,12 +409,10 @@ fn commit<P: PacketBuf>(pkt: &mut P, m: &mut Meta, e: Egress, h: Head) {
     m.out_port = e.port;
     pkt.trim(14 + h.total as usize);
     if let Some(f) = pkt.data_mut().first_chunk_mut::<26>() {
-        f[0..6].copy_from_slice(&e.next_hop.0);
-        f[6..12].copy_from_slice(&e.src.0);
-        let old = u16::from_be_bytes([ttl, f[23]]);
-        let c = checksum::update16(u16::from_be_bytes([f[24], f[25]]), old, old - 0x100);
+        f[0..12].copy_from_slice(&e.macs);
         f[22] = ttl - 1;
-        f[24..26].copy_from_slice(&c.to_be_bytes());
+        let c = checksum::ttl_decremented([f[24], f[25]]);
+        f[24..26].copy_from_slice(&c);
     }
     m.verdict = Verdict::Forward;
 }
