@@ -571,10 +571,10 @@ impl Conntrack {
     /// expires changes.
     #[inline]
     pub(super) fn fast_target(&self, snap: &Snapshot, m: &Meta, idx: u32, dir: u8) -> Option<Tuple4> {
-        if self.sessions.is_expired(idx, self.now) {
+        let s = self.sessions.get(idx)?;
+        if s.is_expired_at(self.now) {
             return None;
         }
-        let s = self.sessions.get(idx)?;
         if s.proto() == PROTO_TCP
             && (s.state != SessionState::Established || m.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0)
         {
@@ -586,7 +586,9 @@ impl Conntrack {
         {
             return None;
         }
-        Some(Tuple4::of_session(s, 1 - dir as usize).reversed())
+        // (An IPv4 key matches IPv4 sessions only.)
+        let ([src, dst], [sport, dport]) = (s.addrs_v4(1 - dir as usize), s.ports(1 - dir as usize));
+        Some(Tuple4 { src: dst, dst: src, sport: dport, dport: sport })
     }
 
     /// Frees session `idx` if it is past its deadline; true if it is gone

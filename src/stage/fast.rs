@@ -108,10 +108,10 @@ struct Lookup {
     head: Head,
     /// Without a forwarding policy, a packet that needs no session unless
     /// it leaves by the external port (`Deferral`): conntrack looks it up
-    /// only then, so it is taken here only then. Its route, out of the
-    /// external port, found before the lookup (its destination is not
-    /// translated, so it stands).
-    external: Option<Egress>,
+    /// only then, so it is taken here only then, and its route (found
+    /// again after the lookup) must still lead out of the external port
+    /// (its destination is not translated, so it does).
+    deferred: bool,
 }
 
 impl Default for FastPath {
@@ -179,7 +179,7 @@ impl FastPath {
                 continue;
             }
             let Some(hd) = head(snap, ingress, pkt, m) else { continue };
-            let mut external = None;
+            let mut deferred = false;
             if plain && deferral.allows(m) {
                 match egress(snap, m.dst as u32, hd, ports, &mut last) {
                     Some(e) if Some(e.port) != ext => {
@@ -187,14 +187,14 @@ impl FastPath {
                         n += 1;
                         continue;
                     }
-                    Some(e) => external = Some(e),
+                    Some(_) => deferred = true,
                     None => continue,
                 }
             }
             // Sessions: TCP and UDP (ICMP is left to the full pipeline).
             if tracked && matches!(m.proto, PROTO_TCP | PROTO_UDP) {
                 ct.queue_lookup(self.pending.len(), key_of(m));
-                self.pending.push(Lookup { at: i as u16, head: hd, external });
+                self.pending.push(Lookup { at: i as u16, head: hd, deferred });
             }
         }
         if !self.pending.is_empty() {
@@ -228,18 +228,14 @@ impl FastPath {
         let mut n = 0;
         for j in 0..q {
             let Some((idx, dir)) = ct.queued_result(j) else { continue };
-            let Lookup { at, head, external } = self.pending[j];
+            let Lookup { at, head, deferred } = self.pending[j];
             let (pkt, m) = burst.pair_mut(at as usize);
             let Some(to) = ct.fast_target(snap, m, idx, dir) else { continue };
-            let e = match external {
-                Some(e) if to.dst == m.dst as u32 => e,
-                // (A deferrable packet's destination is not translated.)
-                Some(_) => continue,
-                None => match egress(snap, to.dst, head, ports, last) {
-                    Some(e) => e,
-                    None => continue,
-                },
-            };
+            // (A deferred packet's destination is not translated.)
+            if deferred && to.dst != m.dst as u32 {
+                continue;
+            }
+            let Some(e) = egress(snap, to.dst, head, ports, last) else { continue };
             // Committed: what pre_route does with a known flow's packet.
             ct.hit_to(snap, pkt, m, idx, dir, to);
             commit(pkt, m, e, head);

@@ -258,6 +258,22 @@ impl Session {
         }
     }
 
+    /// `addrs4` for a session known to be IPv4 (no family test: for the
+    /// fast path, whose IPv4 keys match IPv4 sessions only).
+    #[inline(always)]
+    pub fn addrs_v4(&self, dir: usize) -> [u32; 2] {
+        debug_assert!(!self.v6);
+        let d = dir & 1;
+        [self.addr[2 * d], self.addr[2 * d + 1]]
+    }
+
+    /// Whether a session is free or past its deadline at `now` (what
+    /// `SessionTable::is_expired` tests, for a record in hand).
+    #[inline(always)]
+    pub fn is_expired_at(&self, now: u32) -> bool {
+        self.state == SessionState::Free || (now.wrapping_sub(self.deadline) as i32) >= 0
+    }
+
     /// The source and destination ports (ICMP: the query identifier) of
     /// direction `dir`.
     #[inline(always)]
@@ -761,9 +777,7 @@ impl SessionTable {
     #[inline]
     /// A free record counts as expired.
     pub fn is_expired(&self, idx: u32, now: u32) -> bool {
-        self.sessions
-            .get(idx as usize)
-            .is_none_or(|s| s.state == SessionState::Free || (now.wrapping_sub(s.deadline) as i32) >= 0)
+        self.sessions.get(idx as usize).is_none_or(|s| s.is_expired_at(now))
     }
 
     /// When the session last saw a packet (its deadline less its timeout).
