@@ -27,6 +27,7 @@ use super::lb::{Flow, HEALTH_PORTS, LbConfig, LbSnat, MAX_MEMBERS, SLOT_DRAINING
 use super::nat::{Tuple4, quoted_v4, rewrite_v4, translate_icmp_error};
 use super::{DropReason as D, Filtering, Punt, Snapshot};
 use crate::dataplane::query::{SessionQuery, SessionView};
+use crate::packet::ethernet::ETHER_HEADER_LEN;
 use crate::packet::ipv4::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use crate::packet::l4::{TCP_FIN, TCP_RST, TCP_SYN, icmp_is_echo, icmp_is_error};
 use crate::packet::{Burst, L3, MAX_BURST, Meta, PacketBuf, Verdict};
@@ -525,8 +526,11 @@ impl Conntrack {
         self.refresh(snap, m, idx, dir);
     }
 
-    /// `hit` for an IPv4 packet whose target `fast_target` gave: the same
-    /// without reading the session's key again.
+    /// `hit` for the fast path's packet `m` (untagged, IPv4 with a 20-byte
+    /// header, unfragmented, TCP or UDP: what the fast path takes) whose
+    /// target `fast_target` gave: the same without reading the session's
+    /// key again. Only the frame is translated: the fast path sends the
+    /// packet as it is, and nothing reads its metadata's addresses again.
     #[inline]
     pub(super) fn hit_to<P: PacketBuf>(
         &mut self,
@@ -537,7 +541,11 @@ impl Conntrack {
         dir: u8,
         to: Tuple4,
     ) {
-        translate_to(pkt, m, to);
+        debug_assert!((m.l3_off, m.l4_off, m.frag) == (ETHER_HEADER_LEN as u16, 34, 0));
+        let from = tuple_of(m);
+        if from != to {
+            rewrite_v4(pkt.data_mut(), ETHER_HEADER_LEN, ETHER_HEADER_LEN + 20, m.proto, true, from, to);
+        }
         self.refresh(snap, m, idx, dir);
     }
 
