@@ -371,7 +371,6 @@ pub struct SessionTable {
 }
 
 impl SessionTable {
-    /// A table for `capacity` sessions (< 2^31).
     /// The same empty table with its hash keyed from `r` (see
     /// `ConntrackConfig::seed`).
     pub fn keyed(mut self, r: &RandomState) -> SessionTable {
@@ -380,6 +379,7 @@ impl SessionTable {
         self
     }
 
+    /// A table for `capacity` sessions (< 2^31).
     pub fn new(capacity: usize, timeouts: Timeouts) -> SessionTable {
         let capacity = capacity.clamp(1, (1 << 31) - 1);
         let slots = Self::slots_for(capacity);
