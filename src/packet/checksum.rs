@@ -108,7 +108,6 @@ pub fn pseudo_v6(src: u128, dst: u128, next_header: u8, len: u32) -> u64 {
 mod tests {
     use super::*;
 
-    // RFC 1071 section 3 example: 00 01 f2 03 f4 f5 f6 f7 sums to ddf2.
     #[test]
     fn ttl_decrement_matches_rfc_1624_for_every_checksum() {
         for check in 0..=u16::MAX {
@@ -120,6 +119,7 @@ mod tests {
         }
     }
 
+    // RFC 1071 section 3 example: 00 01 f2 03 f4 f5 f6 f7 sums to ddf2.
     #[test]
     fn rfc1071_example_sum() {
         let data = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
@@ -138,6 +138,13 @@ mod tests {
         h[10] = 0xb8;
         h[11] = 0x61;
         assert!(verify(&h));
+        // TTL 64 -> 63 (0x40 -> 0x3f): the word 0x4011 becomes 0x3f11, and
+        // the checksum computed afresh is 0xb961.
+        let c = ttl_decremented([h[10], h[11]]);
+        h[8] = 0x3f;
+        h[10..12].copy_from_slice(&[0, 0]);
+        assert_eq!(checksum(&h), 0xb961);
+        assert_eq!(c, [0xb9, 0x61]);
     }
 
     /// The branch-free fold against the textbook loop (end-around
