@@ -43,16 +43,6 @@ const IPV4_IHL5_MASK: u64 = u64::from_ne_bytes([0xff, 0xff, 0xff, 0, 0, 0, 0, 0]
 /// header (DF may be set).
 const FRAGMENT_MASK: u16 = u16::from_ne_bytes([0x3f, 0xff]);
 
-/// Whether an option-less IPv4 header sums to all ones. The sum is taken
-/// in machine order, with no byte swaps: a ones'-complement sum in the
-/// other byte order is the same sum byte-swapped (RFC 1071, 2(B)), and all
-/// ones is the same either way.
-#[inline(always)]
-fn header_checksum_ok(ip: &[u8; 20]) -> bool {
-    let w = |at: usize| u32::from_ne_bytes([ip[at], ip[at + 1], ip[at + 2], ip[at + 3]]) as u64;
-    checksum::fold(w(0) + w(4) + w(8) + w(12) + w(16)) == 0xffff
-}
-
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FastCounters {
     /// Packets forwarded here. They count too in `parse: ipv4`,
@@ -299,7 +289,7 @@ fn head<P: PacketBuf>(snap: &Snapshot, ingress: Option<Ingress>, pkt: &P, m: &mu
     {
         return None;
     }
-    if !header_checksum_ok(ip) {
+    if !checksum::verify20(ip) {
         return None;
     }
     let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
