@@ -541,10 +541,11 @@ impl Conntrack {
         dir: u8,
         to: Tuple4,
     ) {
-        debug_assert!((m.l3_off, m.l4_off, m.frag) == (ETHER_HEADER_LEN as u16, 34, 0));
+        const L4: usize = ETHER_HEADER_LEN + 20;
+        debug_assert!((m.l3_off as usize, m.l4_off as usize, m.frag) == (ETHER_HEADER_LEN, L4, 0));
         let from = tuple_of(m);
         if from != to {
-            rewrite_v4(pkt.data_mut(), ETHER_HEADER_LEN, ETHER_HEADER_LEN + 20, m.proto, true, from, to);
+            rewrite_v4(pkt.data_mut(), ETHER_HEADER_LEN, L4, m.proto, true, from, to);
         }
         self.refresh(snap, m, idx, dir);
     }

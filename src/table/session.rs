@@ -254,7 +254,7 @@ impl Session {
             let k = self.key(d);
             [k.src[3], k.dst[3]]
         } else {
-            [self.addr[2 * d], self.addr[2 * d + 1]]
+            self.addrs_v4(d)
         }
     }
 
