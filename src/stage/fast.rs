@@ -242,17 +242,23 @@ impl FastPath {
 struct Egress {
     nh: u32,
     port: u16,
-    /// The Ethernet header's MACs as written: the next hop's, then the
-    /// egress port's (one 12-byte copy).
-    macs: [u8; 12],
+    /// The Ethernet header's MACs as written, the next hop's then the
+    /// egress port's: bytes 0..8 and 8..12 as words in machine order (two
+    /// stores; as a `[u8; 12]` the copy took four stores and shifts).
+    macs: (u64, u32),
 }
 
 impl Egress {
     #[inline(always)]
     fn new(nh: u32, port: u16, next_hop: Mac, src: Mac) -> Egress {
-        let mut macs = [0; 12];
-        macs[..6].copy_from_slice(&next_hop.0);
-        macs[6..].copy_from_slice(&src.0);
+        let mut b = [0; 12];
+        b[..6].copy_from_slice(&next_hop.0);
+        b[6..].copy_from_slice(&src.0);
+        let (lo, hi) = b.split_at(8);
+        let macs = (
+            u64::from_ne_bytes(lo.try_into().unwrap_or_default()),
+            u32::from_ne_bytes(hi.try_into().unwrap_or_default()),
+        );
         Egress { nh, port, macs }
     }
 }
@@ -395,7 +401,8 @@ fn commit<P: PacketBuf>(pkt: &mut P, m: &mut Meta, e: Egress, h: Head) {
     m.out_port = e.port;
     pkt.trim(14 + h.total as usize);
     if let Some(f) = pkt.data_mut().first_chunk_mut::<26>() {
-        f[0..12].copy_from_slice(&e.macs);
+        f[0..8].copy_from_slice(&e.macs.0.to_ne_bytes());
+        f[8..12].copy_from_slice(&e.macs.1.to_ne_bytes());
         f[22] = ttl - 1;
         let c = checksum::ttl_decremented([f[24], f[25]]);
         f[24..26].copy_from_slice(&c);
