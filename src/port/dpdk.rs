@@ -584,31 +584,45 @@ impl RxQueue<Mbuf> for DpdkRx {
         }
         // The parse stage reads every frame's headers next: start fetching
         // them all now (a NIC wrote them by DMA, not through this cache).
-        #[cfg(target_arch = "x86_64")]
+        // Scatter is never enabled; a chained frame is not ours to parse
+        // (dropped here). Counted in the same pass, so that the common
+        // case, none, takes the whole array in one copy (a filtering
+        // iterator cost about 20 instructions a packet).
+        let (mut bytes, mut chained) = (0usize, 0u64);
         for &raw in &self.scratch[..n] {
-            // SAFETY: live mbufs just received; prefetch has no side effects.
+            // SAFETY: a live mbuf the driver just handed us.
+            let m = unsafe { &*raw };
+            // SAFETY: its data lies in its buffer; prefetch has no side
+            // effects.
+            #[cfg(target_arch = "x86_64")]
             unsafe {
-                let m = &*raw;
                 let p = (m.buf_addr as *const i8).add(m.data_off as usize);
                 core::arch::x86_64::_mm_prefetch(p, core::arch::x86_64::_MM_HINT_T0);
             }
+            chained += (m.nb_segs != 1) as u64;
+            bytes += m.data_len as usize;
         }
-        let (mut bytes, mut chained) = (0usize, 0u64);
-        let got = burst.extend_received(
-            self.scratch[..n].iter().filter_map(|&raw| {
-                // SAFETY: the driver handed us these mbufs: we own them now.
-                let m = Mbuf(unsafe { NonNull::new_unchecked(raw) });
-                // Scatter is never enabled; a chained frame is not ours to
-                // parse (dropped here, freed with `m`).
-                if m.raw().nb_segs != 1 {
-                    chained += 1;
-                    return None;
-                }
-                bytes += m.len();
-                Some(m)
-            }),
-            port,
-        );
+        // SAFETY (both arms): the driver handed us these mbufs, non-null:
+        // we own them now, and each is wrapped once.
+        let got = if chained == 0 {
+            burst.extend_received(
+                self.scratch[..n].iter().map(|&raw| Mbuf(unsafe { NonNull::new_unchecked(raw) })),
+                port,
+            )
+        } else {
+            bytes = 0;
+            burst.extend_received(
+                self.scratch[..n].iter().filter_map(|&raw| {
+                    let m = Mbuf(unsafe { NonNull::new_unchecked(raw) });
+                    if m.raw().nb_segs != 1 {
+                        return None;
+                    }
+                    bytes += m.len();
+                    Some(m)
+                }),
+                port,
+            )
+        };
         if chained > 0 {
             self.counters.add_dropped(chained);
         }
