@@ -8,6 +8,7 @@ pub mod buf;
 pub mod checksum;
 pub mod ethernet;
 pub mod frag;
+pub mod huge;
 pub mod ipv4;
 pub mod ipv6;
 pub mod l4;

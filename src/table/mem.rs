@@ -18,7 +18,8 @@ unsafe impl Send for LargeTable {}
 // SAFETY: shared access only reads through &[u32].
 unsafe impl Sync for LargeTable {}
 
-const HUGE: usize = 2 << 20;
+use crate::packet::huge::HUGE;
+pub use crate::packet::huge::advise_huge;
 
 /// One multiply-fold round (the wyhash/ahash mixing step): the 128-bit
 /// product of the two words, halves xored. With random keys mixed into the
@@ -27,23 +28,6 @@ const HUGE: usize = 2 << 20;
 pub fn fold_mul(a: u64, b: u64) -> u64 {
     let r = (a as u128).wrapping_mul(b as u128);
     (r as u64) ^ ((r >> 64) as u64)
-}
-
-/// Advises transparent huge pages for the whole 2 MiB regions inside a
-/// heap allocation (a large `Vec` is its own anonymous mapping): a table
-/// looked up at random over hundreds of MiB otherwise misses the TLB on
-/// nearly every access. Best effort: nothing happens without THP.
-pub fn advise_huge<T>(v: &[T]) {
-    let start = v.as_ptr() as usize;
-    let end = start + std::mem::size_of_val(v);
-    let (a, b) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
-    if b > a {
-        // SAFETY: [a, b) lies inside the allocation behind `v`; madvise
-        // with MADV_HUGEPAGE changes no contents, only how pages are backed.
-        unsafe {
-            libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_HUGEPAGE);
-        }
-    }
 }
 
 /// Makes the kernel back every page of `v` now, contents unchanged: one
