@@ -240,8 +240,8 @@ static FORWARDABLE_FIRST_OCTET: [bool; 256] = {
 /// Neither a martian source nor a martian or link-scope destination: what
 /// the three tests above together allow, from the first octets alone (a
 /// source or destination from 1/8 to 223/8, except 127/8), for the fast
-/// path: one table load per address, where four comparisons and branches
-/// took 14 instructions.
+/// path: one table load per address rather than four compares and
+/// branches.
 #[inline(always)]
 pub fn is_forwardable_unicast(src: u32, dst: u32) -> bool {
     FORWARDABLE_FIRST_OCTET[(src >> 24) as usize] & FORWARDABLE_FIRST_OCTET[(dst >> 24) as usize]

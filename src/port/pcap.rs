@@ -116,6 +116,11 @@ impl CaptureWriter {
     }
 }
 
+/// A frame's length rounded up to whole 64-byte lines, as packed.
+fn padded_len(len: usize) -> usize {
+    len.div_ceil(64) * 64
+}
+
 /// Frames packed back to back (64-byte aligned) for fast replay.
 #[derive(Default, Clone)]
 pub struct Frames {
@@ -131,7 +136,7 @@ impl Frames {
         // million flows is 64 MiB, streamed through once per lap; with 4 KiB
         // pages every 64 frames began with a TLB miss.
         let total: usize =
-            frames.clone().into_iter().filter(|fr| fr.len() <= MAX_FRAME).map(|fr| fr.len().div_ceil(64) * 64).sum();
+            frames.clone().into_iter().filter(|fr| fr.len() <= MAX_FRAME).map(|fr| padded_len(fr.len())).sum();
         f.data.reserve_exact(total);
         advise_huge(f.data.spare_capacity_mut());
         let mut too_big = 0;
@@ -142,7 +147,7 @@ impl Frames {
             }
             let off = f.data.len();
             f.data.extend_from_slice(fr);
-            f.data.resize(off + fr.len().div_ceil(64) * 64, 0);
+            f.data.resize(off + padded_len(fr.len()), 0);
             f.spans.push((off as u32, fr.len() as u16));
         }
         (f, too_big)
@@ -186,7 +191,7 @@ impl Frames {
     pub fn get_padded(&self, i: usize) -> (&[u8], usize) {
         let (o, l) = self.spans[i];
         let o = o as usize;
-        (&self.data[o..o + (l as usize).div_ceil(64) * 64], l as usize)
+        (&self.data[o..o + padded_len(l as usize)], l as usize)
     }
 }
 
