@@ -597,7 +597,7 @@ impl Conntrack {
         }
         // (An IPv4 key matches IPv4 sessions only.)
         let ([src, dst], [sport, dport]) = (s.addrs_v4(1 - dir as usize), s.ports(1 - dir as usize));
-        Some(Tuple4 { src: dst, dst: src, sport: dport, dport: sport })
+        Some(Tuple4 { src, dst, sport, dport }.reversed())
     }
 
     /// Frees session `idx` if it is past its deadline; true if it is gone
