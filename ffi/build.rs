@@ -88,6 +88,7 @@ fn main() {
         .allowlist_type("rte_eth_rxconf|rte_eth_txconf|rte_proc_type_t")
         .allowlist_var("RTE_ETH_.*|RTE_MBUF_DEFAULT_BUF_SIZE|RTE_PKTMBUF_HEADROOM|RTE_MAX_ETHPORTS")
         .allowlist_var("RTE_VERSION.*|RTE_MAX_LCORE|LCORE_ID_ANY|SOCKET_ID_ANY")
+        .allowlist_var("RTE_MBUF_F_RX_IP_CKSUM_.*")
         .derive_default(true)
         .layout_tests(true)
         .generate_comments(false)

@@ -24,4 +24,6 @@ unsigned int adp_mempool_avail(const struct rte_mempool *mp);
 unsigned int adp_mempool_in_use(const struct rte_mempool *mp);
 /* RTE_ETH_RSS_IP | TCP | UDP (function-like macros bindgen cannot read). */
 uint64_t adp_rss_ip_tcp_udp(void);
+/* RTE_ETH_RX_OFFLOAD_IPV4_CKSUM (RTE_BIT64, a function-like macro). */
+uint64_t adp_rx_offload_ipv4_cksum(void);
 #endif

@@ -173,6 +173,7 @@ fn dpdk_env(rt: &Runtime) -> dpdk::DpdkEnv {
         mbuf_cache: d.mbuf_cache,
         rx_desc: d.rx_desc,
         tx_desc: d.tx_desc,
+        rx_checksum_offload: d.rx_checksum_offload,
     }
 }
 

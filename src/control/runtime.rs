@@ -62,6 +62,13 @@ pub struct DpdkRuntime {
     pub rx_desc: u16,
     #[serde(default = "default_desc")]
     pub tx_desc: u16,
+    /// Let devices that can verify received IPv4 header checksums do so
+    /// (`RTE_ETH_RX_OFFLOAD_IPV4_CKSUM`): a frame the device marks good
+    /// skips the check in software, one it marks bad or leaves unmarked is
+    /// checked as before. On by default, as DPDK's l3fwd does; off for a
+    /// device whose offload is not to be trusted.
+    #[serde(default = "default_true")]
+    pub rx_checksum_offload: bool,
 }
 
 impl Default for DpdkRuntime {
@@ -72,8 +79,13 @@ impl Default for DpdkRuntime {
             mbuf_cache: default_mbuf_cache(),
             rx_desc: default_desc(),
             tx_desc: default_desc(),
+            rx_checksum_offload: true,
         }
     }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_mbufs() -> u32 {

@@ -121,6 +121,13 @@ pub trait PacketBuf: Send + 'static {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Whether the receiving device verified the frame's IPv4 header
+    /// checksum and found it good (a NIC's receive checksum offload). Only
+    /// ever a shortcut: false means "check it in software", never "bad".
+    #[inline(always)]
+    fn ipv4_checksum_verified(&self) -> bool {
+        false
+    }
     /// Drops `n` bytes from the front (for instance an old L2 header).
     fn adj(&mut self, n: usize);
     /// Grows the frame by `n` bytes at the front, from the headroom; false when

@@ -295,7 +295,7 @@ fn head<P: PacketBuf>(snap: &Snapshot, ingress: Option<Ingress>, pkt: &P, m: &mu
     {
         return None;
     }
-    if !checksum::verify20(ip) {
+    if !(pkt.ipv4_checksum_verified() || checksum::verify20(ip)) {
         return None;
     }
     let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);

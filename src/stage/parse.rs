@@ -99,7 +99,7 @@ impl Parse {
             Error::BadTotalLen => D::Ipv4BadTotalLen,
             _ => D::Ipv4Truncated,
         })?;
-        if !ip.verify_checksum() {
+        if !(pkt.ipv4_checksum_verified() || ip.verify_checksum()) {
             return Err(D::Ipv4BadChecksum);
         }
         let total = ip.total_len();
