@@ -698,27 +698,8 @@ fn metadata_requests_reach_the_orchestrator_with_the_instance_headers() {
 fn dpdk_net_af_packet_ping_and_http_through_masquerade_and_floating_ip() {
     let mut t = Topo::new();
     let (ns_in, ns_out) = (t.ns_in.clone(), t.ns_out.clone());
-    // DPDK's net_af_packet, unlike our af_packet port, does not complete
-    // checksums a veth peer left to "hardware": the hosts compute theirs
-    // (as a VM's virtio NIC under a real PMD delivers them complete).
-    t.exec(&ns_in, &["ethtool", "-K", "i0", "tx", "off"]);
-    t.exec(&ns_out, &["ethtool", "-K", "o0", "tx", "off"]);
-    t.start_router_with(
-        r#"
-[dpdk]
-eal_args = ["--no-huge", "-m", "256", "--no-pci", "--no-telemetry",
-            "--vdev", "net_af_packet0,iface=ge1", "--vdev", "net_af_packet1,iface=ge2"]
-mbufs = 4095
-[[ports]]
-name = "ge1"
-backend = "dpdk"
-device = "net_af_packet0"
-[[ports]]
-name = "ge2"
-backend = "dpdk"
-device = "net_af_packet1"
-"#,
-    );
+    hosts_compute_checksums(&t);
+    t.start_router_with(&dpdk_vdev_ports("net_af_packet", ["iface=ge1", "iface=ge2"], None));
     // The API reports the devices' MACs: the veths'.
     let (code, body) = t.api("GET", "/v1/system/interfaces", None);
     assert_eq!(code, 200, "{body}");
@@ -726,22 +707,58 @@ device = "net_af_packet1"
         let mac = mac_of(&t, &t.ns_rt.clone(), ifc);
         assert!(body.contains(&mac), "{ifc} {mac}: {body}");
     }
-    ping_ok(&t, &ns_in, "192.168.1.1");
-    ping_ok(&t, &ns_in, "203.0.113.1");
-
-    let srv = serve_http(&mut t, &ns_out, "203.0.113.1", 8080);
-    let page = t.http(&ns_in, "http://203.0.113.1:8080/", Some("192.168.1.20"));
-    assert!(page.contains("Directory listing"), "{page}");
-    let log = t.finish(srv);
-    let clients = http_clients(&log);
-    assert!(clients.contains(&"203.0.113.10"), "masquerade: {log}");
-    assert!(!clients.iter().any(|c| c.starts_with("192.168.")), "{log}");
+    ping_and_http_through_masquerade(&mut t);
 
     let srv = serve_http(&mut t, &ns_in, "192.168.1.5", 8081);
     let page = t.http(&ns_out, "http://203.0.113.50:8081/", None);
     assert!(page.contains("Directory listing"), "{page}");
     let log = t.finish(srv);
     assert!(http_clients(&log).contains(&"203.0.113.1"), "floating ip inbound keeps the client address: {log}");
+}
+
+/// DPDK's net_af_packet and net_tap, unlike our af_packet port, do not
+/// complete checksums a veth peer left to "hardware": the hosts compute
+/// theirs (as a VM's virtio NIC under a real PMD delivers them complete).
+#[cfg(feature = "dpdk")]
+fn hosts_compute_checksums(t: &Topo) {
+    t.exec(&t.ns_in, &["ethtool", "-K", "i0", "tx", "off"]);
+    t.exec(&t.ns_out, &["ethtool", "-K", "o0", "tx", "off"]);
+}
+
+/// `[dpdk]` without hugepages or PCI, with the virtual devices
+/// `<driver>0,<args[0]>` and `<driver>1,<args[1]>`, and ge1 and ge2 on
+/// them (with `macs` when given, else the devices' own).
+#[cfg(feature = "dpdk")]
+fn dpdk_vdev_ports(driver: &str, args: [&str; 2], macs: Option<[&str; 2]>) -> String {
+    let mut s = format!(
+        "[dpdk]\neal_args = [\"--no-huge\", \"-m\", \"256\", \"--no-pci\", \"--no-telemetry\", \
+         \"--vdev\", \"{driver}0,{}\", \"--vdev\", \"{driver}1,{}\"]\nmbufs = 4095\n",
+        args[0], args[1]
+    );
+    for (i, name) in ["ge1", "ge2"].into_iter().enumerate() {
+        s += &format!("[[ports]]\nname = \"{name}\"\nbackend = \"dpdk\"\ndevice = \"{driver}{i}\"\n");
+        if let Some(m) = macs {
+            s += &format!("mac = \"{}\"\n", m[i]);
+        }
+    }
+    s
+}
+
+/// The inside host pings the router and the outside host through it, and
+/// fetches a page from the outside through the masquerade: the server sees
+/// the external address, never an inside one.
+#[cfg(feature = "dpdk")]
+fn ping_and_http_through_masquerade(t: &mut Topo) {
+    let (ns_in, ns_out) = (t.ns_in.clone(), t.ns_out.clone());
+    ping_ok(t, &ns_in, "192.168.1.1");
+    ping_ok(t, &ns_in, "203.0.113.1");
+    let srv = serve_http(t, &ns_out, "203.0.113.1", 8080);
+    let page = t.http(&ns_in, "http://203.0.113.1:8080/", Some("192.168.1.20"));
+    assert!(page.contains("Directory listing"), "{page}");
+    let log = t.finish(srv);
+    let clients = http_clients(&log);
+    assert!(clients.contains(&"203.0.113.10"), "masquerade: {log}");
+    assert!(!clients.iter().any(|c| c.starts_with("192.168.")), "{log}");
 }
 
 /// The same router on DPDK's `net_tap` devices, which verify received IPv4
@@ -754,31 +771,15 @@ device = "net_af_packet1"
 #[ignore = "needs root, DPDK (--features dpdk), /dev/net/tun, iproute2, iputils-ping, curl, python3, ethtool: run with --include-ignored"]
 fn dpdk_net_tap_with_rx_checksum_offload_forwards_and_still_drops_bad_checksums() {
     let mut t = Topo::new();
-    let (ns_in, ns_out, ns_rt) = (t.ns_in.clone(), t.ns_out.clone(), t.ns_rt.clone());
-    // The taps take no checksum offload from the kernel: the hosts compute
-    // theirs (as under net_af_packet).
-    t.exec(&ns_in, &["ethtool", "-K", "i0", "tx", "off"]);
-    t.exec(&ns_out, &["ethtool", "-K", "o0", "tx", "off"]);
+    let (ns_in, ns_rt) = (t.ns_in.clone(), t.ns_rt.clone());
+    hosts_compute_checksums(&t);
     // The ports' MACs are set: a tap's own (kernel) MAC would be the
     // bridge's local address, delivered to the kernel, not to the router.
-    t.start_router_with(
-        r#"
-[dpdk]
-eal_args = ["--no-huge", "-m", "256", "--no-pci", "--no-telemetry",
-            "--vdev", "net_tap0,iface=tp1", "--vdev", "net_tap1,iface=tp2"]
-mbufs = 4095
-[[ports]]
-name = "ge1"
-mac = "fa:16:3e:7a:00:01"
-backend = "dpdk"
-device = "net_tap0"
-[[ports]]
-name = "ge2"
-mac = "fa:16:3e:7a:00:02"
-backend = "dpdk"
-device = "net_tap1"
-"#,
-    );
+    t.start_router_with(&dpdk_vdev_ports(
+        "net_tap",
+        ["iface=tp1", "iface=tp2"],
+        Some(["fa:16:3e:7a:00:01", "fa:16:3e:7a:00:02"]),
+    ));
     // Where br_netfilter is loaded, bridged IPv4 goes through the kernel's
     // own header checks, which would drop the broken frames below before
     // the router sees them: not in this namespace.
@@ -804,13 +805,7 @@ device = "net_tap1"
     for dev in ["net_tap0", "net_tap1"] {
         assert!(log.contains(&format!("{dev}: received IPv4 header checksums are verified by the device")), "{log}");
     }
-    ping_ok(&t, &ns_in, "192.168.1.1");
-    ping_ok(&t, &ns_in, "203.0.113.1");
-    let srv = serve_http(&mut t, &ns_out, "203.0.113.1", 8080);
-    let page = t.http(&ns_in, "http://203.0.113.1:8080/", Some("192.168.1.20"));
-    assert!(page.contains("Directory listing"), "{page}");
-    let log = t.finish(srv);
-    assert!(http_clients(&log).contains(&"203.0.113.10"), "masquerade: {log}");
+    ping_and_http_through_masquerade(&mut t);
 
     // Frames with a broken IPv4 header checksum, the device marks them bad:
     // dropped and counted, as the software check drops them.
