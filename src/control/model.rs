@@ -597,7 +597,8 @@ pub struct LoadBalancer {
     pub listeners: Vec<Listener>,
 }
 
-fn yes() -> bool {
+/// A serde default of true (also the runtime file's).
+pub(super) fn yes() -> bool {
     true
 }
 

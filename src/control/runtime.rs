@@ -67,7 +67,7 @@ pub struct DpdkRuntime {
     /// skips the check in software, one it marks bad or leaves unmarked is
     /// checked as before. On by default, as DPDK's l3fwd does; off for a
     /// device whose offload is not to be trusted.
-    #[serde(default = "default_true")]
+    #[serde(default = "super::model::yes")]
     pub rx_checksum_offload: bool,
 }
 
@@ -82,10 +82,6 @@ impl Default for DpdkRuntime {
             rx_checksum_offload: true,
         }
     }
-}
-
-fn default_true() -> bool {
-    true
 }
 
 fn default_mbufs() -> u32 {
