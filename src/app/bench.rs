@@ -3,6 +3,7 @@
 //! cycles per packet per worker, stage counters and drop reasons, and checks
 //! every counter against the reference model's expectations.
 
+use super::memprobe::{self, MemoryReference};
 use super::{Prepared, prepare};
 use crate::control::state::Control;
 use crate::dataplane::{Counters, STAGE_COUNTERS, Worker, WorkerConfig, WorkerStats, cycles};
@@ -20,6 +21,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+/// Reads of the memory reference, each way (about 0.2 s where a read from
+/// memory takes 190 ns).
+const PROBE_READS: usize = 1_000_000;
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -96,6 +101,9 @@ pub struct BenchReport {
     pub stages: BTreeMap<String, u64>,
     pub check_passed: bool,
     pub check: Vec<String>,
+    /// Random reads over a region the size of one worker's session table,
+    /// on the first worker's core, after the run (`memprobe`).
+    pub memory: Option<MemoryReference>,
 }
 
 /// What the reference model expects of the first `n` packets of a replay
@@ -454,6 +462,7 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
         });
     }
     let (check_passed, check_msgs) = check(&p, &per_worker, &total);
+    let memory = memprobe::probe(SessionTable::bytes_for(capacity), PROBE_READS, cores_used[0]);
     let report = BenchReport {
         scenario: s.name.clone(),
         routes,
@@ -478,6 +487,7 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
         stages: STAGE_COUNTERS.iter().zip(total.stage).map(|(k, v)| (k.to_string(), v)).collect(),
         check_passed,
         check: check_msgs,
+        memory,
     };
     print_report(&report);
     if let Some(j) = &o.json {
@@ -528,6 +538,16 @@ fn print_report(r: &BenchReport) {
     }
     for m in &r.check {
         println!("  check: {m}");
+    }
+    if let Some(m) = &r.memory {
+        let on = m.core.map_or(String::new(), |c| format!(" on core {c}"));
+        println!(
+            "  memory reference{on}, after the run: random reads over {:.0} MiB (one worker's session table) took {:.1} ns each one after the other, {:.1} ns each with {} in flight",
+            m.region_bytes as f64 / (1 << 20) as f64,
+            m.dependent_ns,
+            m.overlapped_ns,
+            m.chains
+        );
     }
 }
 

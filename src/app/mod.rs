@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod ctl;
+pub mod memprobe;
 pub mod replay;
 pub mod run;
 
