@@ -20,6 +20,7 @@
 //! Runs on the control thread after the workers have stopped, so it never
 //! competes with them.
 
+use crate::pktgen::Rng;
 use crate::table::mem::advise_huge;
 use serde::Serialize;
 use std::time::Instant;
@@ -66,10 +67,11 @@ fn measure(bytes: usize, reads: usize) -> Option<(f64, f64, usize)> {
     let lines = (bytes / 64).max(64);
     let (region, order) = cycle(lines)?;
     let reads = reads.max(CHAINS);
-    // A first lap to settle the TLB and page tables; not timed.
-    chase(&region, order[0] as usize * LINE_WORDS, reads.min(lines) / 4);
+    // Part of a lap first, not timed (the timed reads go on from where it
+    // stopped, so they do not meet the lines it just brought in).
+    let start = chase(&region, order[0] as usize * LINE_WORDS, reads.min(lines) / 4);
     let t = Instant::now();
-    let end = chase(&region, order[0] as usize * LINE_WORDS, reads);
+    let end = chase(&region, start, reads);
     let dependent = t.elapsed().as_secs_f64() * 1e9 / reads as f64;
     std::hint::black_box(end);
     let mut at = [0usize; CHAINS];
@@ -97,12 +99,9 @@ fn cycle(lines: usize) -> Option<(Vec<u64>, Vec<u32>)> {
     advise_huge(region.spare_capacity_mut());
     region.resize(lines * LINE_WORDS, 0);
     let mut order: Vec<u32> = (0..lines as u32).collect();
-    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ lines as u64;
+    let mut rng = Rng::new(lines as u64);
     for i in (1..lines).rev() {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        order.swap(i, (x % (i as u64 + 1)) as usize);
+        order.swap(i, rng.range(0, i as u64) as usize);
     }
     for w in 0..lines {
         let (from, to) = (order[w] as usize, order[(w + 1) % lines] as usize);
