@@ -550,37 +550,33 @@ impl SessionTable {
     pub fn lookup_bulk_hashed(&self, keys: &[FlowKey], hashes: &[u64], out: &mut [Option<(u32, u8)>]) {
         const N: usize = 64;
         let n = keys.len().min(hashes.len()).min(out.len()).min(N);
-        let mut found = [u64::MAX; N];
+        // The candidate of each key (the first entry with its tag, nearly
+        // always the one) goes straight into `out`, its record prefetched;
+        // the second pass only checks it.
         for i in 0..n {
             let (tag, mut pos) = (Self::tag(hashes[i]), self.home(hashes[i]));
-            // The first entry with a matching tag (nearly always the one).
-            loop {
+            out[i] = loop {
                 let e = self.index[pos];
                 if e == 0 {
-                    break;
+                    break None;
                 }
                 if e >> 32 == tag {
-                    found[i] = e;
-                    if let Some(s) = self.sessions.get(((e as u32) >> 1) as usize) {
+                    let idx = (e as u32) >> 1;
+                    if let Some(s) = self.sessions.get(idx as usize) {
                         prefetch_record(s);
                     }
-                    break;
+                    break Some((idx, (e & 1) as u8));
                 }
                 pos = self.next(pos);
-            }
+            };
         }
         for i in 0..n {
-            let e = found[i];
-            out[i] = if e == u64::MAX {
-                None
-            } else {
-                let (idx, dir) = ((e as u32) >> 1, (e & 1) as u8);
-                match self.sessions.get(idx as usize) {
-                    Some(s) if s.matches(dir as usize, &keys[i]) => Some((idx, dir)),
-                    // A tag collision: walk the run properly.
-                    _ => self.lookup_hashed(&keys[i], hashes[i]),
-                }
-            };
+            if let Some((idx, dir)) = out[i]
+                && !self.sessions.get(idx as usize).is_some_and(|s| s.matches(dir as usize, &keys[i]))
+            {
+                // A tag collision: walk the run properly.
+                out[i] = self.lookup_hashed(&keys[i], hashes[i]);
+            }
         }
     }
 
@@ -1251,6 +1247,36 @@ mod tests {
             }
         }
         assert_eq!(t.len(), model.len());
+    }
+
+    /// Keys whose index tags are equal share a home slot, so the bulk
+    /// lookup's first candidate for one is the other's entry: it must fall
+    /// back to walking the run, for a key present and for one absent.
+    #[test]
+    fn bulk_lookup_walks_past_an_entry_with_the_same_tag() {
+        let mut t = SessionTable::new(1 << 20, Timeouts::default());
+        let key = |i: u32| FlowKey::v4(0x0a00_0000 | i, 0x0808_0808, 1000, 53, 17);
+        // Pairs of keys with one tag: about ten among 400,000 keys.
+        let mut by_tag: HashMap<u64, u32> = HashMap::new();
+        let mut pairs = Vec::new();
+        for i in 0..400_000 {
+            if let Some(&j) = by_tag.get(&SessionTable::tag(t.hash(&key(i)))) {
+                pairs.push((key(j), key(i)));
+            } else {
+                by_tag.insert(SessionTable::tag(t.hash(&key(i))), i);
+            }
+        }
+        assert!(pairs.len() >= 2, "no two tags alike among 400,000 keys");
+        let ((a, b), (c, absent)) = (pairs[0], pairs[1]);
+        let (ia, ib, ic) = (
+            t.insert(a, a.reversed(), 0, 0).unwrap(),
+            t.insert(b, b.reversed(), 0, 0).unwrap(),
+            t.insert(c, c.reversed(), 0, 0).unwrap(),
+        );
+        let keys = [b, a, absent, c];
+        let mut out = [None; 4];
+        t.lookup_bulk(&keys, &mut out);
+        assert_eq!(out, [Some((ib, 0)), Some((ia, 0)), None, Some((ic, 0))]);
     }
 
     #[test]
