@@ -1256,14 +1256,16 @@ mod tests {
     fn bulk_lookup_walks_past_an_entry_with_the_same_tag() {
         let mut t = SessionTable::new(1 << 20, Timeouts::default());
         let key = |i: u32| FlowKey::v4(0x0a00_0000 | i, 0x0808_0808, 1000, 53, 17);
-        // Pairs of keys with one tag: about ten among 400,000 keys.
+        // Pairs of keys with one 32-bit tag: about 19 expected among
+        // 400,000 keys (n^2 / 2^33).
         let mut by_tag: HashMap<u64, u32> = HashMap::new();
         let mut pairs = Vec::new();
         for i in 0..400_000 {
-            if let Some(&j) = by_tag.get(&SessionTable::tag(t.hash(&key(i)))) {
-                pairs.push((key(j), key(i)));
-            } else {
-                by_tag.insert(SessionTable::tag(t.hash(&key(i))), i);
+            match by_tag.entry(SessionTable::tag(t.hash(&key(i)))) {
+                std::collections::hash_map::Entry::Occupied(j) => pairs.push((key(*j.get()), key(i))),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(i);
+                }
             }
         }
         assert!(pairs.len() >= 2, "no two tags alike among 400,000 keys");
