@@ -845,7 +845,51 @@ impl SessionTable {
     pub fn expire_with(&mut self, now: u32, budget: usize, mut f: impl FnMut(Expiring)) -> usize {
         let mut freed = 0;
         let mut visited = 0;
-        while visited < budget {
+        // Batches off the due slots' lists, in a pipeline of two: a batch's
+        // records are read (and its due sessions' index lines fetched) one
+        // step before it is released, and the next batch is taken off the
+        // list in between, so the walk's loads and the next records'
+        // misses overlap the wait for the index lines instead of each
+        // batch waiting on its own two misses in turn.
+        let mut held = [Held::NONE; EXPIRY_BATCH];
+        let mut held_n = 0;
+        loop {
+            let mut batch = [Held::NONE; EXPIRY_BATCH];
+            let n = self.take_due(now, budget, &mut visited, &mut batch);
+            for h in &held[..held_n] {
+                if h.due {
+                    f(Expiring::Freed(&self.sessions[h.idx as usize]));
+                    self.release_hashed(h.idx, h.hashes);
+                    self.stats.expired += 1;
+                    freed += 1;
+                } else {
+                    self.link(h.idx);
+                }
+            }
+            if n == 0 {
+                return freed;
+            }
+            for h in &mut batch[..n] {
+                h.due = self.is_expired(h.idx, now);
+                if h.due {
+                    h.hashes = self.key_hashes(h.idx);
+                    self.prefetch(h.hashes[0]);
+                    self.prefetch(h.hashes[1]);
+                    f(Expiring::Due(&self.sessions[h.idx as usize]));
+                }
+            }
+            (held, held_n) = (batch, n);
+        }
+    }
+
+    /// Takes up to a batch of sessions off the due slots' lists into
+    /// `batch` (their records prefetched), moving to the next due slot as
+    /// each runs out, while fewer than `budget` entries have been visited;
+    /// returns how many.
+    #[inline(always)]
+    fn take_due(&mut self, now: u32, budget: usize, visited: &mut usize, batch: &mut [Held; EXPIRY_BATCH]) -> usize {
+        let mut n = 0;
+        while n < EXPIRY_BATCH && *visited < budget {
             if self.pending == NIL {
                 // Move to the next due slot, if any is due.
                 if !self.started || (now.wrapping_sub(self.cursor) as i32) < 0 {
@@ -860,46 +904,34 @@ impl SessionTable {
                 self.cursor = self.cursor.wrapping_add(1);
                 // Empty slots count too, so a jump of the clock is caught
                 // up over several calls rather than in one.
-                visited += 1;
+                *visited += 1;
                 continue;
             }
-            // A batch off the pending list; the index lines of the due
-            // ones are fetched together before any is removed, instead of
-            // each removal waiting on its own two misses.
-            let mut batch = [(NIL, [0u64; 2]); EXPIRY_BATCH];
-            let mut n = 0;
-            while n < EXPIRY_BATCH && self.pending != NIL && visited < budget {
-                let idx = self.pending;
-                visited += 1;
-                self.pending = self.links[idx as usize][NEXT];
-                prefetch_record(&self.sessions[idx as usize]);
-                batch[n].0 = idx;
-                n += 1;
-            }
-            if self.pending != NIL {
-                self.links[self.pending as usize][PREV] = NIL;
-            }
-            for (idx, hashes) in &mut batch[..n] {
-                if self.is_expired(*idx, now) {
-                    *hashes = self.key_hashes(*idx);
-                    self.prefetch(hashes[0]);
-                    self.prefetch(hashes[1]);
-                    f(Expiring::Due(&self.sessions[*idx as usize]));
-                }
-            }
-            for &(idx, hashes) in &batch[..n] {
-                if self.is_expired(idx, now) {
-                    f(Expiring::Freed(&self.sessions[idx as usize]));
-                    self.release_hashed(idx, hashes);
-                    self.stats.expired += 1;
-                    freed += 1;
-                } else {
-                    self.link(idx);
-                }
-            }
+            let idx = self.pending;
+            *visited += 1;
+            self.pending = self.links[idx as usize][NEXT];
+            prefetch_record(&self.sessions[idx as usize]);
+            batch[n].idx = idx;
+            n += 1;
         }
-        freed
+        if self.pending != NIL {
+            self.links[self.pending as usize][PREV] = NIL;
+        }
+        n
     }
+}
+
+/// A session `expire_with` took off the wheel: whether it is due, and then
+/// its keys' hashes.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    idx: u32,
+    due: bool,
+    hashes: [u64; 2],
+}
+
+impl Held {
+    const NONE: Held = Held { idx: NIL, due: false, hashes: [0; 2] };
 }
 
 /// What `SessionTable::expire_with` tells its caller about a session it
@@ -1144,36 +1176,41 @@ mod tests {
         assert!(calls >= 10_000 / 64);
     }
 
+    /// Budgets that end batches part way (the batch is 8), that take a few
+    /// batches per call, and that take everything in one call (a pipeline
+    /// of batches: each released after the next is taken off the list).
     #[test]
     fn expiry_in_batches_frees_exactly_the_due_sessions_and_keeps_the_rest_findable() {
-        let mut t = SessionTable::new(4000, Timeouts::default());
-        let idx: Vec<u32> = (0..1000).map(|i| t.insert(udp(i), udp(i).reversed(), 5, 0).unwrap()).collect();
-        // Every third one sees a packet later: still filed under the first
-        // deadline (125), it must be re-filed, not freed, when visited.
-        for i in (0..1000).step_by(3) {
-            t.touch(idx[i], 0, 100, 0);
-        }
-        // Budgets that end batches part way (the batch is 8).
-        let mut calls = 0;
-        while t.len() > 334 {
-            assert!(t.expire(125, 3) <= 3);
-            calls += 1;
-            assert!(calls < 10_000, "expiry stalled at {} sessions", t.len());
-        }
-        assert_eq!(t.expire(125, 100_000), 0, "nothing else is due");
-        for i in 0..1000u32 {
-            let k = udp(i);
-            if i % 3 == 0 {
-                assert_eq!(t.lookup(&k), Some((idx[i as usize], 0)), "{i}");
-                assert_eq!(t.lookup(&k.reversed()), Some((idx[i as usize], 1)), "{i}");
-            } else {
-                assert_eq!((t.lookup(&k), t.lookup(&k.reversed())), (None, None), "{i}");
+        for budget in [3, 20, 100_000] {
+            let mut t = SessionTable::new(4000, Timeouts::default());
+            let idx: Vec<u32> = (0..1000).map(|i| t.insert(udp(i), udp(i).reversed(), 5, 0).unwrap()).collect();
+            // Every third one sees a packet later: still filed under the
+            // first deadline (125), it must be re-filed, not freed, when
+            // visited.
+            for i in (0..1000).step_by(3) {
+                t.touch(idx[i], 0, 100, 0);
             }
+            let mut calls = 0;
+            while t.len() > 334 {
+                assert!(t.expire(125, budget) <= budget);
+                calls += 1;
+                assert!(calls < 10_000, "expiry stalled at {} sessions (budget {budget})", t.len());
+            }
+            assert_eq!(t.expire(125, 100_000), 0, "nothing else is due (budget {budget})");
+            for i in 0..1000u32 {
+                let k = udp(i);
+                if i % 3 == 0 {
+                    assert_eq!(t.lookup(&k), Some((idx[i as usize], 0)), "{i}");
+                    assert_eq!(t.lookup(&k.reversed()), Some((idx[i as usize], 1)), "{i}");
+                } else {
+                    assert_eq!((t.lookup(&k), t.lookup(&k.reversed())), (None, None), "{i}");
+                }
+            }
+            assert_eq!(t.stats.expired, 666);
+            // The re-filed ones go at their own deadline.
+            assert_eq!(t.expire(220, 100_000), 334);
+            assert!(t.is_empty());
         }
-        assert_eq!(t.stats.expired, 666);
-        // The re-filed ones go at their own deadline.
-        assert_eq!(t.expire(220, 100_000), 334);
-        assert!(t.is_empty());
     }
 
     /// In a 16-slot index, probe runs are long and often shared: a new
