@@ -158,7 +158,7 @@ impl FastPath {
         let ingress = Ingress::of(snap, in_port);
         let ext = snap.nat.external.map(|(p, _)| p);
         let deferral = Deferral::of(snap);
-        let mut last = LastEgress::default();
+        let mut cache = EgressCache::default();
         let mut n = 0;
         // Pass 1: parse; forward what needs no session, queue session
         // lookups (index lines prefetched) for the rest.
@@ -171,7 +171,7 @@ impl FastPath {
             let Some(hd) = head(snap, ingress, pkt, m) else { continue };
             let mut deferred = false;
             if plain && deferral.allows(m) {
-                match egress(snap, m.dst as u32, hd, ports, &mut last) {
+                match egress(snap, m.dst as u32, hd, ports, &mut cache) {
                     Some(e) if Some(e.port) != ext => {
                         commit(pkt, m, e, hd);
                         n += 1;
@@ -188,7 +188,7 @@ impl FastPath {
             }
         }
         if !self.pending.is_empty() {
-            n += self.forward_tracked(snap, ct, burst, ports, &mut last);
+            n += self.forward_tracked(snap, ct, burst, ports, &mut cache);
         }
         self.counters.forwarded += n as u64;
         let b = &mut self.backoff[slot];
@@ -211,7 +211,7 @@ impl FastPath {
         ct: &mut Conntrack,
         burst: &mut Burst<P>,
         ports: usize,
-        last: &mut LastEgress,
+        cache: &mut EgressCache,
     ) -> usize {
         let q = self.pending.len();
         ct.lookup_queued(q);
@@ -225,7 +225,7 @@ impl FastPath {
             if deferred && to.dst != m.dst as u32 {
                 continue;
             }
-            let Some(e) = egress(snap, to.dst, head, ports, last) else { continue };
+            let Some(e) = egress(snap, to.dst, head, ports, cache) else { continue };
             // Committed: what pre_route does with a known flow's packet.
             ct.hit_to(snap, pkt, m, idx, dir, to);
             commit(pkt, m, e, head);
@@ -339,8 +339,8 @@ impl Ingress {
     }
 }
 
-/// The last next hop `egress` resolved in this burst, with its port's MTU:
-/// a burst's packets mostly share a few next hops, and the adjacency, port
+/// A next hop `egress` resolved in this burst, with its port's MTU: a
+/// burst's packets mostly share a few next hops, and the adjacency, port
 /// and neighbour behind one do not change within a snapshot. A gateway's
 /// MAC is the same for every destination; a connected next hop's is the
 /// destination's own, so it is reused only for the same destination.
@@ -361,18 +361,58 @@ impl Default for LastEgress {
     }
 }
 
+/// Slots of the burst's next-hop cache (a power of two).
+const EGRESS_SLOTS: usize = 8;
+
+/// The next hops `egress` resolved in this burst, direct-mapped: a gateway
+/// by its adjacency, a host on a connected network by its adjacency and
+/// address. With one remembered next hop, traffic spread over two gateways,
+/// or over a load balancer's members on one network, resolved again about
+/// every other packet (route stage, port and neighbour lookups).
+#[derive(Debug, Default, Clone, Copy)]
+struct EgressCache([LastEgress; EGRESS_SLOTS]);
+
+impl EgressCache {
+    #[inline(always)]
+    fn gateway_slot(nh: u32) -> usize {
+        nh as usize % EGRESS_SLOTS
+    }
+
+    #[inline(always)]
+    fn host_slot(nh: u32, dst: u32) -> usize {
+        nh.wrapping_add(dst) as usize % EGRESS_SLOTS
+    }
+
+    /// What was resolved for `dst` through `nh` in this burst.
+    #[inline(always)]
+    fn get(&self, nh: u32, dst: u32) -> Option<&LastEgress> {
+        let g = &self.0[Self::gateway_slot(nh)];
+        if g.e.nh == nh && g.gateway {
+            return Some(g);
+        }
+        let c = &self.0[Self::host_slot(nh, dst)];
+        (c.e.nh == nh && c.dst == dst && !c.gateway).then_some(c)
+    }
+
+    #[inline(always)]
+    fn put(&mut self, l: LastEgress) {
+        let i = if l.gateway { Self::gateway_slot(l.e.nh) } else { Self::host_slot(l.e.nh, l.dst) };
+        self.0[i] = l;
+    }
+}
+
 /// The route and neighbour stages' decision for a packet to `dst` (`h`
 /// from `head`) when it is forwarded to a connected or gateway next hop
 /// (not ECMP) with a known MAC on a port below `ports`, not the management
 /// port, within the egress MTU, with a TTL left; None otherwise.
 #[inline(always)]
-fn egress(snap: &Snapshot, dst: u32, h: Head, ports: usize, last: &mut LastEgress) -> Option<Egress> {
+fn egress(snap: &Snapshot, dst: u32, h: Head, ports: usize, cache: &mut EgressCache) -> Option<Egress> {
     let nh = snap.fib4.lookup(dst);
     if nh == NO_ROUTE || h.ttl <= 1 {
         return None;
     }
-    if nh == last.e.nh && (last.gateway || dst == last.dst) {
-        return (h.total <= last.mtu).then_some(last.e);
+    if let Some(l) = cache.get(nh, dst) {
+        return (h.total <= l.mtu).then_some(l.e);
     }
     let adj = snap.adj.get(nh as usize)?;
     if !matches!(adj.kind, AdjKind::Connected | AdjKind::Gateway) || adj.port as usize >= ports {
@@ -384,7 +424,7 @@ fn egress(snap: &Snapshot, dst: u32, h: Head, ports: usize, last: &mut LastEgres
     }
     let next_hop = next_hop_mac(snap, adj, dst as u128, true).ok()?;
     let e = Egress::new(nh, adj.port, next_hop, out.mac);
-    *last = LastEgress { dst, gateway: adj.kind == AdjKind::Gateway, mtu: out.mtu, e };
+    cache.put(LastEgress { dst, gateway: adj.kind == AdjKind::Gateway, mtu: out.mtu, e });
     Some(e)
 }
 
@@ -408,4 +448,71 @@ fn commit<P: PacketBuf>(pkt: &mut P, m: &mut Meta, e: Egress, h: Head) {
         f[24..26].copy_from_slice(&c);
     }
     m.verdict = Verdict::Forward;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// Within a snapshot an adjacency is a gateway or a connected network
+    /// for good: here even indices are gateways, odd ones connected.
+    fn entry(nh: u32, dst: u32, tag: u8) -> LastEgress {
+        let e = Egress::new(nh, tag as u16, Mac([tag; 6]), Mac::ZERO);
+        LastEgress { dst, gateway: nh.is_multiple_of(2), mtu: 1500, e }
+    }
+
+    /// The cache may forget, never confuse: whatever it returns is what was
+    /// last resolved for that gateway, or for that host behind that
+    /// connected adjacency; and what was just put is found.
+    #[test]
+    fn the_egress_cache_returns_only_what_was_resolved_for_the_same_next_hop() {
+        let mut cache = EgressCache::default();
+        let mut model: HashMap<(u32, u32), u8> = HashMap::new();
+        let key = |nh: u32, dst: u32| if nh.is_multiple_of(2) { (nh, 0) } else { (nh, dst) };
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let (mut hits, mut misses) = (0, 0);
+        for round in 0..200_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let nh = (x % 13) as u32;
+            let dst = 0x0a00_0000 | ((x >> 8) % 24) as u32;
+            if round % 3 == 0 {
+                let tag = (x >> 20) as u8;
+                cache.put(entry(nh, dst, tag));
+                model.insert(key(nh, dst), tag);
+                let got = cache.get(nh, dst).expect("just put");
+                assert_eq!(got.e.macs, entry(nh, dst, tag).e.macs);
+            } else {
+                match cache.get(nh, dst) {
+                    Some(l) => {
+                        hits += 1;
+                        let tag = model[&key(nh, dst)];
+                        assert_eq!((l.e.nh, l.e.macs), (nh, entry(nh, dst, tag).e.macs), "nh {nh} dst {dst:x}");
+                        assert!(l.gateway || l.dst == dst);
+                    }
+                    None => misses += 1,
+                }
+            }
+        }
+        assert!(hits > 10_000 && misses > 10_000, "hits {hits}, misses {misses}");
+    }
+
+    /// Two gateways, and two hosts on one connected network, are all held
+    /// at once (with one remembered next hop, each packet alternating
+    /// between them resolved again).
+    #[test]
+    fn two_gateways_and_two_hosts_of_one_network_share_the_cache() {
+        let mut cache = EgressCache::default();
+        let all = [entry(2, 0, 1), entry(4, 0, 2), entry(5, 0xc0a8_020b, 3), entry(5, 0xc0a8_020c, 4)];
+        for l in all {
+            cache.put(l);
+        }
+        for l in all {
+            let got = cache.get(l.e.nh, if l.gateway { 0x0808_0808 } else { l.dst }).expect("held");
+            assert_eq!(got.e.macs, l.e.macs);
+        }
+        assert!(cache.get(5, 0xc0a8_020d).is_none(), "another host on that network");
+    }
 }
