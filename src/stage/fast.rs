@@ -345,7 +345,7 @@ impl Ingress {
 /// MAC is the same for every destination; a connected next hop's is the
 /// destination's own, so it is reused only for the same destination.
 #[derive(Debug, Clone, Copy)]
-struct LastEgress {
+struct Resolved {
     /// Its next hop is `e.nh`.
     dst: u32,
     gateway: bool,
@@ -353,11 +353,11 @@ struct LastEgress {
     e: Egress,
 }
 
-impl Default for LastEgress {
+impl Default for Resolved {
     fn default() -> Self {
         // NO_ROUTE never reaches the comparison: nothing matches.
         let e = Egress::new(NO_ROUTE, 0, Mac::ZERO, Mac::ZERO);
-        LastEgress { dst: 0, gateway: false, mtu: 0, e }
+        Resolved { dst: 0, gateway: false, mtu: 0, e }
     }
 }
 
@@ -370,7 +370,7 @@ const EGRESS_SLOTS: usize = 8;
 /// or over a load balancer's members on one network, resolved again about
 /// every other packet (route stage, port and neighbour lookups).
 #[derive(Debug, Default, Clone, Copy)]
-struct EgressCache([LastEgress; EGRESS_SLOTS]);
+struct EgressCache([Resolved; EGRESS_SLOTS]);
 
 impl EgressCache {
     #[inline(always)]
@@ -385,7 +385,7 @@ impl EgressCache {
 
     /// What was resolved for `dst` through `nh` in this burst.
     #[inline(always)]
-    fn get(&self, nh: u32, dst: u32) -> Option<&LastEgress> {
+    fn get(&self, nh: u32, dst: u32) -> Option<&Resolved> {
         let g = &self.0[Self::gateway_slot(nh)];
         if g.e.nh == nh && g.gateway {
             return Some(g);
@@ -395,7 +395,7 @@ impl EgressCache {
     }
 
     #[inline(always)]
-    fn put(&mut self, l: LastEgress) {
+    fn put(&mut self, l: Resolved) {
         let i = if l.gateway { Self::gateway_slot(l.e.nh) } else { Self::host_slot(l.e.nh, l.dst) };
         self.0[i] = l;
     }
@@ -424,7 +424,7 @@ fn egress(snap: &Snapshot, dst: u32, h: Head, ports: usize, cache: &mut EgressCa
     }
     let next_hop = next_hop_mac(snap, adj, dst as u128, true).ok()?;
     let e = Egress::new(nh, adj.port, next_hop, out.mac);
-    cache.put(LastEgress { dst, gateway: adj.kind == AdjKind::Gateway, mtu: out.mtu, e });
+    cache.put(Resolved { dst, gateway: adj.kind == AdjKind::Gateway, mtu: out.mtu, e });
     Some(e)
 }
 
@@ -457,9 +457,9 @@ mod tests {
 
     /// Within a snapshot an adjacency is a gateway or a connected network
     /// for good: here even indices are gateways, odd ones connected.
-    fn entry(nh: u32, dst: u32, tag: u8) -> LastEgress {
+    fn entry(nh: u32, dst: u32, tag: u8) -> Resolved {
         let e = Egress::new(nh, tag as u16, Mac([tag; 6]), Mac::ZERO);
-        LastEgress { dst, gateway: nh.is_multiple_of(2), mtu: 1500, e }
+        Resolved { dst, gateway: nh.is_multiple_of(2), mtu: 1500, e }
     }
 
     /// The cache may forget, never confuse: whatever it returns is what was

@@ -844,7 +844,7 @@ impl SessionTable {
     /// what it holds, such as a NAT port mapping).
     pub fn expire_with(&mut self, now: u32, budget: usize, mut f: impl FnMut(Expiring)) -> usize {
         // Nothing due (most calls, between seconds): no batches set up.
-        if self.pending == NIL && (!self.started || (now.wrapping_sub(self.cursor) as i32) < 0) {
+        if self.pending == NIL && !self.slot_due(now) {
             return 0;
         }
         let mut freed = 0;
@@ -886,6 +886,12 @@ impl SessionTable {
         }
     }
 
+    /// Whether the wheel's next slot is due at `now`.
+    #[inline(always)]
+    fn slot_due(&self, now: u32) -> bool {
+        self.started && (now.wrapping_sub(self.cursor) as i32) >= 0
+    }
+
     /// Takes up to a batch of sessions off the due slots' lists into
     /// `batch` (their records prefetched), moving to the next due slot as
     /// each runs out, while fewer than `budget` entries have been visited;
@@ -896,7 +902,7 @@ impl SessionTable {
         while n < EXPIRY_BATCH && *visited < budget {
             if self.pending == NIL {
                 // Move to the next due slot, if any is due.
-                if !self.started || (now.wrapping_sub(self.cursor) as i32) < 0 {
+                if !self.slot_due(now) {
                     break;
                 }
                 let slot = self.cursor as usize % WHEEL_SLOTS;
