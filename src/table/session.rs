@@ -598,15 +598,6 @@ impl SessionTable {
         self.sessions.get_mut(idx as usize)
     }
 
-    fn index_insert(&mut self, hash: u64, idx: u32, dir: u8) {
-        let entry = (Self::tag(hash) << 32) | ((idx as u64) << 1) | dir as u64;
-        let mut pos = self.home(hash);
-        while self.index[pos] != 0 {
-            pos = self.next(pos);
-        }
-        self.index[pos] = entry;
-    }
-
     /// Removes the index entry of (idx, dir), whose key hashes to `hash`,
     /// and shifts later entries of the probe run back so no tombstone is left.
     fn index_remove(&mut self, hash: u64, idx: u32, dir: u8) {
@@ -707,9 +698,10 @@ impl SessionTable {
             self.cursor = now;
             self.started = true;
         }
-        if self.lookup_hashed(&orig, orig_hash).is_some() || self.lookup_hashed(&reply, reply_hash).is_some() {
-            return Err(SessionError::Exists);
-        }
+        // One walk per key finds both whether it is indexed and where its
+        // entry goes (a lookup, then an insert, walked each run twice).
+        let at_orig = self.free_slot(&orig, orig_hash).ok_or(SessionError::Exists)?;
+        let at_reply = self.free_slot(&reply, reply_hash).ok_or(SessionError::Exists)?;
         if self.live >= self.capacity {
             self.stats.refused_full += 1;
             return Err(SessionError::Full);
@@ -731,14 +723,49 @@ impl SessionTable {
             self.sessions.push(s);
             (self.sessions.len() - 1) as u32
         };
-        self.index_insert(orig_hash, idx, 0);
+        self.index[at_orig] = Self::entry(orig_hash, idx, 0);
         if !one_key {
-            self.index_insert(reply_hash, idx, 1);
+            // The reply's run ended at the first empty slot on its walk;
+            // the original's entry can only have taken that very slot (the
+            // slots before it on the walk were full), and then the reply's
+            // goes to the next empty one.
+            let mut at = at_reply;
+            while self.index[at] != 0 {
+                at = self.next(at);
+            }
+            self.index[at] = Self::entry(reply_hash, idx, 1);
         }
         self.link(idx);
         self.live += 1;
         self.stats.inserted += 1;
         Ok(idx)
+    }
+
+    /// Where an entry for `key` goes: the first empty slot of its run, or
+    /// None when the run holds `key` already. (The index is never full:
+    /// it has more than twice as many slots as the table has sessions.)
+    #[inline(always)]
+    fn free_slot(&self, key: &FlowKey, hash: u64) -> Option<usize> {
+        let tag = Self::tag(hash);
+        let mut pos = self.home(hash);
+        for _ in 0..self.index.len() {
+            let e = self.index[pos];
+            if e == 0 {
+                return Some(pos);
+            }
+            if e >> 32 == tag
+                && self.sessions.get(((e as u32) >> 1) as usize).is_some_and(|s| s.matches((e & 1) as usize, key))
+            {
+                return None;
+            }
+            pos = self.next(pos);
+        }
+        None
+    }
+
+    #[inline(always)]
+    fn entry(hash: u64, idx: u32, dir: u8) -> u64 {
+        (Self::tag(hash) << 32) | ((idx as u64) << 1) | dir as u64
     }
 
     /// Records a packet of session `idx` in direction `dir`: new state, new
@@ -1246,6 +1273,40 @@ mod tests {
             }
             assert_eq!(t.index.iter().filter(|&&e| e != 0).count(), 2 * live.len());
         }
+    }
+
+    /// A flow whose reply key is another session's key (here: that
+    /// session's original) is refused, and leaves no entry behind.
+    #[test]
+    fn a_reply_key_held_by_another_session_is_refused_and_writes_nothing() {
+        let mut t = SessionTable::new(100, Timeouts::default());
+        let (a, b) = (udp(1), udp(2));
+        let i = t.insert(a, a.reversed(), 0, 0).unwrap();
+        assert_eq!(t.insert(b, a, 0, 0), Err(SessionError::Exists));
+        assert_eq!(t.insert(b, a.reversed(), 0, 0), Err(SessionError::Exists));
+        assert_eq!(t.insert(a, b, 0, 0), Err(SessionError::Exists));
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.index.iter().filter(|&&e| e != 0).count(), 2);
+        assert_eq!((t.lookup(&a), t.lookup(&a.reversed()), t.lookup(&b)), (Some((i, 0)), Some((i, 1)), None));
+        assert!(t.insert(b, b.reversed(), 0, 0).is_ok());
+    }
+
+    /// When both keys of a flow have the same home slot, the insert finds
+    /// that one empty slot for both: the original takes it and the reply
+    /// the next, and both are found.
+    #[test]
+    fn both_keys_with_one_home_take_consecutive_slots() {
+        let mut t = SessionTable::new(5, Timeouts::default());
+        let slots = t.index.len();
+        let k = (0..100_000)
+            .map(udp)
+            .find(|k| t.home(t.hash(k)) == t.home(t.hash(&k.reversed())) && t.home(t.hash(k)) + 1 < slots)
+            .expect("some flow's two keys share a home among 100,000");
+        let home = t.home(t.hash(&k));
+        let i = t.insert(k, k.reversed(), 0, 0).unwrap();
+        assert_eq!(t.index[home], SessionTable::entry(t.hash(&k), i, 0));
+        assert_eq!(t.index[home + 1], SessionTable::entry(t.hash(&k.reversed()), i, 1));
+        assert_eq!((t.lookup(&k), t.lookup(&k.reversed())), (Some((i, 0)), Some((i, 1))));
     }
 
     #[test]
