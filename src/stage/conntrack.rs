@@ -1073,7 +1073,8 @@ impl Conntrack {
     /// used instead.
     fn track<P: PacketBuf>(&mut self, pkt: &mut P, m: &mut Meta, info: &Info, plan: &Plan) {
         let Plan { from, mut to, flags, mapping, slot, reply, orig_hash, reply_hash } = *plan;
-        let mut inserted = self.sessions.insert_hashed(info.orig, orig_hash, reply, reply_hash, self.now, m.tcp_flags);
+        let mut inserted =
+            self.sessions.insert_hashed(&info.orig, orig_hash, &reply, reply_hash, self.now, m.tcp_flags);
         if inserted == Err(SessionError::Exists) {
             // A session past its deadline may still hold one of the keys.
             let mut retired = false;
@@ -1083,7 +1084,8 @@ impl Conntrack {
                 }
             }
             if retired {
-                inserted = self.sessions.insert_hashed(info.orig, orig_hash, reply, reply_hash, self.now, m.tcp_flags);
+                inserted =
+                    self.sessions.insert_hashed(&info.orig, orig_hash, &reply, reply_hash, self.now, m.tcp_flags);
             }
         }
         // A balanced flow whose translated source port is taken: other
@@ -1100,7 +1102,7 @@ impl Conntrack {
                 };
                 let r = FlowKey::v4(to.dst, to.src, to.dport, p, m.proto);
                 let h = self.sessions.hash(&r);
-                inserted = self.sessions.insert_hashed(info.orig, orig_hash, r, h, self.now, m.tcp_flags);
+                inserted = self.sessions.insert_hashed(&info.orig, orig_hash, &r, h, self.now, m.tcp_flags);
                 if inserted != Err(SessionError::Exists) {
                     to.sport = p;
                     break;

@@ -680,16 +680,16 @@ impl SessionTable {
     /// other direction will arrive with (the reverse of `orig`, translated).
     pub fn insert(&mut self, orig: FlowKey, reply: FlowKey, now: u32, tcp_flags: u8) -> Result<u32, SessionError> {
         let (ho, hr) = (self.hash(&orig), self.hash(&reply));
-        self.insert_hashed(orig, ho, reply, hr, now, tcp_flags)
+        self.insert_hashed(&orig, ho, &reply, hr, now, tcp_flags)
     }
 
     /// `insert` with both keys' hashes already computed (and their index
     /// lines prefetched, for a burst of new flows).
     pub fn insert_hashed(
         &mut self,
-        orig: FlowKey,
+        orig: &FlowKey,
         orig_hash: u64,
-        reply: FlowKey,
+        reply: &FlowKey,
         reply_hash: u64,
         now: u32,
         tcp_flags: u8,
@@ -700,8 +700,8 @@ impl SessionTable {
         }
         // One walk per key finds both whether it is indexed and where its
         // entry goes (a lookup, then an insert, walked each run twice).
-        let at_orig = self.free_slot(&orig, orig_hash).ok_or(SessionError::Exists)?;
-        let at_reply = self.free_slot(&reply, reply_hash).ok_or(SessionError::Exists)?;
+        let at_orig = self.free_slot(orig, orig_hash).ok_or(SessionError::Exists)?;
+        let at_reply = self.free_slot(reply, reply_hash).ok_or(SessionError::Exists)?;
         if self.live >= self.capacity {
             self.stats.refused_full += 1;
             return Err(SessionError::Full);
@@ -709,7 +709,7 @@ impl SessionTable {
         let state =
             if orig.proto == PROTO_TCP { tcp_next(SessionState::Open, 0, tcp_flags) } else { SessionState::Open };
         let deadline = now.wrapping_add(self.timeout(orig.proto, state));
-        let Some(s) = Session::new(&orig, &reply, deadline, state) else {
+        let Some(s) = Session::new(orig, reply, deadline, state) else {
             return Err(SessionError::Translated);
         };
         // (As `release_hashed` decides which entries to remove.)
