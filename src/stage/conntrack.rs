@@ -880,13 +880,16 @@ impl Conntrack {
         }
         // Pass 1: policy and translation of new flows; the index lines of
         // both keys of each new session are prefetched for pass 2.
-        self.planned.clear();
+        // (The per-packet records are taken out of `self` for the two
+        // passes, to be read in place: `plan` and `track` borrow `self`.)
+        let infos = std::mem::take(&mut self.info);
+        let mut planned = std::mem::take(&mut self.planned);
+        planned.clear();
         self.lb_taken.clear();
-        for i in 0..burst.len() {
-            if self.info[i].kind != Kind::New {
+        for (i, info) in infos.iter().enumerate().take(burst.len()) {
+            if info.kind != Kind::New {
                 continue;
             }
-            let info = self.info[i];
             let (_, m) = burst.pair_mut(i);
             match m.verdict {
                 Verdict::Local => {
@@ -895,20 +898,20 @@ impl Conntrack {
                     }
                 }
                 Verdict::Forward => {
-                    if let Some(plan) = self.plan(snap, m, &info) {
-                        self.planned.push((i, plan));
+                    if let Some(plan) = self.plan(snap, m, info) {
+                        planned.push((i, plan));
                     }
                 }
                 _ => {}
             }
         }
         // Pass 2: sessions and rewrites.
-        for k in 0..self.planned.len() {
-            let (i, plan) = self.planned[k];
-            let info = self.info[i];
-            let (pkt, m) = burst.pair_mut(i);
-            self.track(pkt, m, &info, &plan);
+        for (i, plan) in &planned {
+            let (pkt, m) = burst.pair_mut(*i);
+            self.track(pkt, m, &infos[*i], plan);
         }
+        self.info = infos;
+        self.planned = planned;
         // First fragments: what the rest of their datagram becomes.
         for i in 0..burst.len() {
             let info = self.info[i];
@@ -1072,20 +1075,19 @@ impl Conntrack {
     /// flow created meanwhile by an earlier packet of the same burst is
     /// used instead.
     fn track<P: PacketBuf>(&mut self, pkt: &mut P, m: &mut Meta, info: &Info, plan: &Plan) {
-        let Plan { from, mut to, flags, mapping, slot, reply, orig_hash, reply_hash } = *plan;
-        let mut inserted =
-            self.sessions.insert_hashed(&info.orig, orig_hash, &reply, reply_hash, self.now, m.tcp_flags);
+        let (from, mut to, flags, mapping, slot) = (plan.from, plan.to, plan.flags, plan.mapping, plan.slot);
+        let (reply, orig_hash, reply_hash) = (&plan.reply, plan.orig_hash, plan.reply_hash);
+        let mut inserted = self.sessions.insert_hashed(&info.orig, orig_hash, reply, reply_hash, self.now, m.tcp_flags);
         if inserted == Err(SessionError::Exists) {
             // A session past its deadline may still hold one of the keys.
             let mut retired = false;
-            for k in [info.orig, reply] {
-                if let Some((idx, _)) = self.sessions.lookup(&k) {
+            for k in [&info.orig, reply] {
+                if let Some((idx, _)) = self.sessions.lookup(k) {
                     retired |= self.retire_if_expired(idx);
                 }
             }
             if retired {
-                inserted =
-                    self.sessions.insert_hashed(&info.orig, orig_hash, &reply, reply_hash, self.now, m.tcp_flags);
+                inserted = self.sessions.insert_hashed(&info.orig, orig_hash, reply, reply_hash, self.now, m.tcp_flags);
             }
         }
         // A balanced flow whose translated source port is taken: other
