@@ -181,6 +181,10 @@ pub struct Session {
     pub user: u16,
     proto: u8,
     v6: bool,
+    /// The index tags of the two keys (`SessionTable::tag` of their
+    /// hashes), from which freeing the session finds its index entries
+    /// without hashing its keys again.
+    tags: [u32; 2],
 }
 
 const FREE: Session = Session {
@@ -193,6 +197,7 @@ const FREE: Session = Session {
     user: 0,
     proto: 0,
     v6: false,
+    tags: [0; 2],
 };
 
 #[inline(always)]
@@ -228,6 +233,7 @@ impl Session {
             user: 0,
             proto: orig.proto,
             v6: orig.v6,
+            tags: [0; 2],
         })
     }
 
@@ -598,11 +604,11 @@ impl SessionTable {
         self.sessions.get_mut(idx as usize)
     }
 
-    /// Removes the index entry of (idx, dir), whose key hashes to `hash`,
+    /// Removes the index entry of (idx, dir), whose key's tag is `tag`,
     /// and shifts later entries of the probe run back so no tombstone is left.
-    fn index_remove(&mut self, hash: u64, idx: u32, dir: u8) {
+    fn index_remove(&mut self, tag: u32, idx: u32, dir: u8) {
         let want = ((idx as u64) << 1) | dir as u64;
-        let mut pos = self.home(hash);
+        let mut pos = self.home_of_tag(tag as u64);
         loop {
             let e = self.index[pos];
             if e == 0 {
@@ -709,9 +715,10 @@ impl SessionTable {
         let state =
             if orig.proto == PROTO_TCP { tcp_next(SessionState::Open, 0, tcp_flags) } else { SessionState::Open };
         let deadline = now.wrapping_add(self.timeout(orig.proto, state));
-        let Some(s) = Session::new(orig, reply, deadline, state) else {
+        let Some(mut s) = Session::new(orig, reply, deadline, state) else {
             return Err(SessionError::Translated);
         };
+        s.tags = [Self::tag(orig_hash) as u32, Self::tag(reply_hash) as u32];
         // (As `release_hashed` decides which entries to remove.)
         let one_key = s.reply_is_orig();
         let idx = if self.free != NIL {
@@ -833,23 +840,14 @@ impl SessionTable {
         true
     }
 
+    /// Takes a session's entries out of the index and its record onto the
+    /// free list.
     fn release(&mut self, idx: u32) {
-        self.release_hashed(idx, self.key_hashes(idx));
-    }
-
-    /// The hashes of a session's two keys.
-    #[inline]
-    fn key_hashes(&self, idx: u32) -> [u64; 2] {
         let s = &self.sessions[idx as usize];
-        [self.hash(&s.key(0)), self.hash(&s.key(1))]
-    }
-
-    /// `release` with the hashes of the session's keys (`key_hashes`).
-    fn release_hashed(&mut self, idx: u32, hashes: [u64; 2]) {
-        let one_key = self.sessions[idx as usize].reply_is_orig();
-        self.index_remove(hashes[0], idx, 0);
+        let (one_key, tags) = (s.reply_is_orig(), s.tags);
+        self.index_remove(tags[0], idx, 0);
         if !one_key {
-            self.index_remove(hashes[1], idx, 1);
+            self.index_remove(tags[1], idx, 1);
         }
         self.sessions[idx as usize] = FREE;
         self.links[idx as usize] = [self.free, NIL];
@@ -890,7 +888,7 @@ impl SessionTable {
             for h in &held[..held_n] {
                 if h.due {
                     f(Expiring::Freed(&self.sessions[h.idx as usize]));
-                    self.release_hashed(h.idx, h.hashes);
+                    self.release(h.idx);
                     self.stats.expired += 1;
                     freed += 1;
                 } else {
@@ -903,9 +901,9 @@ impl SessionTable {
             for h in &mut batch[..n] {
                 h.due = self.is_expired(h.idx, now);
                 if h.due {
-                    h.hashes = self.key_hashes(h.idx);
-                    self.prefetch(h.hashes[0]);
-                    self.prefetch(h.hashes[1]);
+                    let tags = self.sessions[h.idx as usize].tags;
+                    prefetch(&self.index[self.home_of_tag(tags[0] as u64)]);
+                    prefetch(&self.index[self.home_of_tag(tags[1] as u64)]);
                     f(Expiring::Due(&self.sessions[h.idx as usize]));
                 }
             }
@@ -958,17 +956,15 @@ impl SessionTable {
     }
 }
 
-/// A session `expire_with` took off the wheel: whether it is due, and then
-/// its keys' hashes.
+/// A session `expire_with` took off the wheel, and whether it is due.
 #[derive(Debug, Clone, Copy)]
 struct Held {
     idx: u32,
     due: bool,
-    hashes: [u64; 2],
 }
 
 impl Held {
-    const NONE: Held = Held { idx: NIL, due: false, hashes: [0; 2] };
+    const NONE: Held = Held { idx: NIL, due: false };
 }
 
 /// What `SessionTable::expire_with` tells its caller about a session it
@@ -1307,6 +1303,28 @@ mod tests {
         assert_eq!(t.index[home], SessionTable::entry(t.hash(&k), i, 0));
         assert_eq!(t.index[home + 1], SessionTable::entry(t.hash(&k.reversed()), i, 1));
         assert_eq!((t.lookup(&k), t.lookup(&k.reversed())), (Some((i, 0)), Some((i, 1))));
+    }
+
+    /// Freeing a session finds its index entries from the tags kept in its
+    /// record: with translated replies (a reply key unrelated to the
+    /// original's), every entry goes, and the flows left stay findable.
+    #[test]
+    fn freeing_translated_flows_removes_exactly_their_entries() {
+        let mut t = SessionTable::new(4000, Timeouts::default());
+        let reply = |i: u32| FlowKey::v4(0x0808_0808, 0xcb00_7101, 53, 20000 + (i % 40000) as u16, 17);
+        let ids: Vec<u32> = (0..4000).map(|i| t.insert(udp(i), reply(i), 0, 0).unwrap()).collect();
+        for (i, &id) in ids.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+            assert!(t.remove(id), "flow {i}");
+        }
+        assert_eq!(t.index.iter().filter(|&&e| e != 0).count(), 2 * 2000);
+        for (i, &id) in ids.iter().enumerate() {
+            let found = if i % 2 == 0 { None } else { Some((id, 0)) };
+            assert_eq!(t.lookup(&udp(i as u32)), found);
+            assert_eq!(t.lookup(&reply(i as u32)), found.map(|(id, _)| (id, 1)));
+        }
+        // The rest expire (UDP: 120 s), through the wheel's batches.
+        assert_eq!(t.expire(1000, usize::MAX), 2000);
+        assert!(t.index.iter().all(|&e| e == 0));
     }
 
     #[test]
