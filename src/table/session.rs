@@ -581,9 +581,18 @@ impl SessionTable {
                 && !self.sessions.get(idx as usize).is_some_and(|s| s.matches(dir as usize, &keys[i]))
             {
                 // A tag collision: walk the run properly.
-                out[i] = self.lookup_hashed(&keys[i], hashes[i]);
+                out[i] = self.lookup_colliding(&keys[i], hashes[i]);
             }
         }
+    }
+
+    /// `lookup_hashed` out of line, for the bulk lookup's rare tag
+    /// collisions: inlined, the walk's registers cost the common case
+    /// about 9 instructions a packet (callgrind, nat-64b).
+    #[cold]
+    #[inline(never)]
+    fn lookup_colliding(&self, key: &FlowKey, hash: u64) -> Option<(u32, u8)> {
+        self.lookup_hashed(key, hash)
     }
 
     /// Live sessions with their indices, in storage order.
