@@ -728,7 +728,7 @@ impl SessionTable {
             return Err(SessionError::Translated);
         };
         s.tags = [Self::tag(orig_hash) as u32, Self::tag(reply_hash) as u32];
-        // (As `release_hashed` decides which entries to remove.)
+        // (As `release` decides which entries to remove.)
         let one_key = s.reply_is_orig();
         let idx = if self.free != NIL {
             let i = self.free;
