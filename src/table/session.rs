@@ -209,7 +209,7 @@ impl Session {
     /// A record for a flow, or None for an IPv6 reply that is not the
     /// original reversed.
     #[inline]
-    fn new(orig: &FlowKey, reply: &FlowKey, deadline: u32, state: SessionState) -> Option<Session> {
+    fn new(orig: &FlowKey, reply: &FlowKey, deadline: u32, state: SessionState, tags: [u32; 2]) -> Option<Session> {
         let mut addr = [0; 8];
         if orig.v6 {
             if *reply != orig.reversed() {
@@ -233,7 +233,7 @@ impl Session {
             user: 0,
             proto: orig.proto,
             v6: orig.v6,
-            tags: [0; 2],
+            tags,
         })
     }
 
@@ -477,7 +477,13 @@ impl SessionTable {
     /// Starts fetching the index line of a key hashed with `hash`.
     #[inline]
     pub fn prefetch(&self, hash: u64) {
-        prefetch(&self.index[self.home(hash)]);
+        self.prefetch_tag(Self::tag(hash) as u32);
+    }
+
+    /// Starts fetching the index line where entries with tag `tag` begin.
+    #[inline]
+    fn prefetch_tag(&self, tag: u32) {
+        prefetch(&self.index[self.home_of_tag(tag as u64)]);
     }
 
     /// The tag kept in an index entry: 32 bits of the hash, never 0.
@@ -516,12 +522,22 @@ impl SessionTable {
 
     #[inline]
     pub fn lookup_hashed(&self, key: &FlowKey, hash: u64) -> Option<(u32, u8)> {
+        match self.walk(key, hash) {
+            Run::Found(idx, dir) => Some((idx, dir)),
+            Run::Free(_) | Run::Full => None,
+        }
+    }
+
+    /// Walks `key`'s run from its home slot: to its entry, or to the first
+    /// empty slot (where an entry for it would go).
+    #[inline(always)]
+    fn walk(&self, key: &FlowKey, hash: u64) -> Run {
         let tag = Self::tag(hash);
         let mut pos = self.home(hash);
         for _ in 0..self.index.len() {
             let e = self.index[pos];
             if e == 0 {
-                return None;
+                return Run::Free(pos);
             }
             if e >> 32 == tag {
                 let idx = ((e as u32) >> 1) as usize;
@@ -529,12 +545,12 @@ impl SessionTable {
                 if let Some(s) = self.sessions.get(idx)
                     && s.matches(dir as usize, key)
                 {
-                    return Some((idx as u32, dir));
+                    return Run::Found(idx as u32, dir);
                 }
             }
             pos = self.next(pos);
         }
-        None
+        Run::Full
     }
 
     /// Looks up to 64 keys at once in three passes (hash and fetch the index
@@ -724,10 +740,10 @@ impl SessionTable {
         let state =
             if orig.proto == PROTO_TCP { tcp_next(SessionState::Open, 0, tcp_flags) } else { SessionState::Open };
         let deadline = now.wrapping_add(self.timeout(orig.proto, state));
-        let Some(mut s) = Session::new(orig, reply, deadline, state) else {
+        let tags = [Self::tag(orig_hash) as u32, Self::tag(reply_hash) as u32];
+        let Some(s) = Session::new(orig, reply, deadline, state, tags) else {
             return Err(SessionError::Translated);
         };
-        s.tags = [Self::tag(orig_hash) as u32, Self::tag(reply_hash) as u32];
         // (As `release` decides which entries to remove.)
         let one_key = s.reply_is_orig();
         let idx = if self.free != NIL {
@@ -762,21 +778,10 @@ impl SessionTable {
     /// it has more than twice as many slots as the table has sessions.)
     #[inline(always)]
     fn free_slot(&self, key: &FlowKey, hash: u64) -> Option<usize> {
-        let tag = Self::tag(hash);
-        let mut pos = self.home(hash);
-        for _ in 0..self.index.len() {
-            let e = self.index[pos];
-            if e == 0 {
-                return Some(pos);
-            }
-            if e >> 32 == tag
-                && self.sessions.get(((e as u32) >> 1) as usize).is_some_and(|s| s.matches((e & 1) as usize, key))
-            {
-                return None;
-            }
-            pos = self.next(pos);
+        match self.walk(key, hash) {
+            Run::Free(pos) => Some(pos),
+            Run::Found(..) | Run::Full => None,
         }
-        None
     }
 
     #[inline(always)]
@@ -911,8 +916,8 @@ impl SessionTable {
                 h.due = self.is_expired(h.idx, now);
                 if h.due {
                     let tags = self.sessions[h.idx as usize].tags;
-                    prefetch(&self.index[self.home_of_tag(tags[0] as u64)]);
-                    prefetch(&self.index[self.home_of_tag(tags[1] as u64)]);
+                    self.prefetch_tag(tags[0]);
+                    self.prefetch_tag(tags[1]);
                     f(Expiring::Due(&self.sessions[h.idx as usize]));
                 }
             }
@@ -963,6 +968,16 @@ impl SessionTable {
         }
         n
     }
+}
+
+/// Where a walk along a key's run in the index ended.
+enum Run {
+    /// At the key's entry: its session and direction.
+    Found(u32, u8),
+    /// At the first empty slot: the key is not indexed.
+    Free(usize),
+    /// Nowhere: every slot was visited (cannot happen, see `free_slot`).
+    Full,
 }
 
 /// A session `expire_with` took off the wheel, and whether it is due.
