@@ -92,11 +92,11 @@ fn main() {
         }
         for k in 0..5 {
             best[k] = best[k].min(t[k] as f64 / (BURSTS * 32) as f64);
-            if round >= rounds / 2 {
-                late[k] += t[k];
-            }
         }
         if round >= rounds / 2 {
+            for k in 0..5 {
+                late[k] += t[k];
+            }
             late_best = late_best.min(t.iter().sum::<u64>() as f64 / (BURSTS * 32) as f64);
         }
     }
