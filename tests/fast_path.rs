@@ -715,6 +715,10 @@ fn fast_path_balances_known_flows_as_the_full_pipeline_does() {
     }
     let (oa, ob) = (a.outcome(), b.outcome());
     assert_eq!(oa, ob);
+    // Each member's packets, counted the same on both paths.
+    let (pa, pb) = (&a.pipe.conntrack.lb.packets, &b.pipe.conntrack.lb.packets);
+    assert_eq!(pa, pb);
+    assert!(pa.iter().filter(|&&n| n > 1_000).count() >= 2, "{pa:?}");
     let c = a.pipe.fast.counters;
     assert!(c.tracked > 5_000, "{c:?}");
     let drained = astara_dp::stage::DropReason::LbDrained as usize;

@@ -547,10 +547,23 @@ impl Conntrack {
         if from != to {
             rewrite_v4(pkt.data_mut(), ETHER_HEADER_LEN, L4, m.proto, true, from, to);
         }
-        self.refresh(snap, m, idx, dir);
+        self.counters.hits += 1;
+        // `lb_hit`, knowing what `fast_target` ruled out (a member draining
+        // with a drain timeout): all that is left of it is to count the
+        // packet and clear the member's drain mark.
+        let lb = self.sessions.get(idx).filter(|s| NatKind::of(s.flags) == NatKind::Lb).map(|s| s.user as usize);
+        self.sessions.touch(idx, dir, self.now, m.tcp_flags);
+        if let Some(slot) = lb
+            && let (Some(p), Some(seen)) = (self.lb.packets.get_mut(slot), self.lb.drain_seen.get_mut(slot))
+        {
+            debug_assert!(snap.lb.drain_timeout == 0 || snap.lb.slot_state(slot as u16) != SLOT_DRAINING);
+            *p += 1;
+            *seen = 0;
+        }
     }
 
-    /// What `hit` and `hit_to` do besides translating: the packet counted,
+    /// What `hit` does besides translating (`hit_to` the same, less what
+    /// `fast_target` ruled out): the packet counted,
     /// its session refreshed (and its TCP state moved), a balanced
     /// session's member counted.
     #[inline]
