@@ -301,11 +301,12 @@ pub(super) struct Head {
 
 /// The checks of the parse stage for an untagged IPv4 packet with a
 /// 20-byte header to this port's MAC, unfragmented, with a good checksum
-/// and transport header, from and to no martian or link-scope address:
-/// fills the metadata the later stages read and returns what it found;
-/// None when the packet needs the full pipeline (`m.verdict` still
-/// `Pending`, the other fields it may have filled are all set again by the
-/// parse stage).
+/// and transport header, from and to no martian or link-scope address, in
+/// one read of the header (the parse stage's common case, and the fast
+/// path's): fills the metadata the later stages read and returns what it
+/// found; None when the packet needs the full parse (`m.verdict` still
+/// `Pending`, the other fields it may have filled are all set again by
+/// `Parse::parse_one`).
 #[inline(always)]
 pub(super) fn head<P: PacketBuf>(snap: &Snapshot, ingress: Option<Ingress>, pkt: &P, m: &mut Meta) -> Option<Head> {
     let port = match ingress {
