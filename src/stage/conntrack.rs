@@ -1010,10 +1010,10 @@ impl Conntrack {
         if kind == NatKind::None && !nat.track_all && !(v4 && in_ext) {
             return None;
         }
-        let from = if v4 { tuple_of(m) } else { Tuple4 { src: 0, dst: 0, sport: 0, dport: 0 } };
+        let from = Plan::from(m);
         let mut to = from;
         let mut flags = (kind as u8) << NAT_SHIFT;
-        let mut mapping = None;
+        let mut user = 0;
         let echo = m.proto == PROTO_ICMP && icmp_is_echo(m.icmp_type);
         match kind {
             NatKind::Masquerade | NatKind::Hairpin => {
@@ -1029,7 +1029,7 @@ impl Conntrack {
                         to.dport = p;
                     }
                     flags |= F_MAPPING;
-                    mapping = Some(p);
+                    user = p;
                 }
             }
             NatKind::FloatingOut => to.src = new_src.unwrap_or(from.src),
@@ -1038,16 +1038,16 @@ impl Conntrack {
                 if let Some(p) = self.ports.lookup(m.proto, m.dst as u32, m.dport) {
                     self.ports.acquire(m.proto, m.dst as u32, m.dport);
                     flags |= F_MAPPING;
-                    mapping = Some(p);
+                    user = p;
                 }
             }
             _ => {}
         }
-        let reply = if v4 { FlowKey::v4(to.dst, to.src, to.dport, to.sport, m.proto) } else { key_of(m).reversed() };
-        let (orig_hash, reply_hash) = (self.orig_hash(info), self.sessions.hash(&reply));
-        self.sessions.prefetch(orig_hash);
-        self.sessions.prefetch(reply_hash);
-        Some(Plan { from, to, flags, mapping, slot: None, reply, orig_hash, reply_hash })
+        let mut plan = Plan { to, flags, user, orig_hash: self.orig_hash(info), reply_hash: 0 };
+        plan.reply_hash = self.sessions.hash(&plan.reply(info, m.proto));
+        self.sessions.prefetch(plan.orig_hash);
+        self.sessions.prefetch(plan.reply_hash);
+        Some(plan)
     }
 
     /// The translation of a new flow to a listener, its member chosen
@@ -1068,12 +1068,12 @@ impl Conntrack {
             to.sport = p;
             self.lb_taken.push(lb_taken_key(to.dst, to.dport, p));
         }
-        let reply = FlowKey::v4(to.dst, to.src, to.dport, to.sport, m.proto);
-        let (orig_hash, reply_hash) = (self.orig_hash(info), self.sessions.hash(&reply));
-        self.sessions.prefetch(orig_hash);
-        self.sessions.prefetch(reply_hash);
         let flags = (NatKind::Lb as u8) << NAT_SHIFT;
-        Some(Plan { from, to, flags, mapping: None, slot: Some(slot), reply, orig_hash, reply_hash })
+        let mut plan = Plan { to, flags, user: slot, orig_hash: self.orig_hash(info), reply_hash: 0 };
+        plan.reply_hash = self.sessions.hash(&plan.reply(info, m.proto));
+        self.sessions.prefetch(plan.orig_hash);
+        self.sessions.prefetch(plan.reply_hash);
+        Some(plan)
     }
 
     /// The session table hash of a new flow's key, as its lookup computed it.
@@ -1088,8 +1088,10 @@ impl Conntrack {
     /// flow created meanwhile by an earlier packet of the same burst is
     /// used instead.
     fn track<P: PacketBuf>(&mut self, pkt: &mut P, m: &mut Meta, info: &Info, plan: &Plan) {
-        let (from, mut to, flags, mapping, slot) = (plan.from, plan.to, plan.flags, plan.mapping, plan.slot);
-        let (reply, orig_hash, reply_hash) = (&plan.reply, plan.orig_hash, plan.reply_hash);
+        let (from, mut to, flags, user) = (Plan::from(m), plan.to, plan.flags, plan.user);
+        let (orig_hash, reply_hash) = (plan.orig_hash, plan.reply_hash);
+        let mapping = (flags & F_MAPPING != 0).then_some(user);
+        let reply = &plan.reply(info, m.proto);
         let mut inserted = self.sessions.insert_hashed(&info.orig, orig_hash, reply, reply_hash, self.now, m.tcp_flags);
         if inserted == Err(SessionError::Exists) {
             // A session past its deadline may still hold one of the keys.
@@ -1132,7 +1134,7 @@ impl Conntrack {
             Ok(idx) => {
                 if let Some(s) = self.sessions.get_mut(idx) {
                     s.flags = flags;
-                    s.user = mapping.or(slot).unwrap_or(0);
+                    s.user = user;
                 }
                 match NatKind::of(flags) {
                     NatKind::Masquerade => self.counters.masquerade += 1,
@@ -1142,7 +1144,7 @@ impl Conntrack {
                     NatKind::Inbound => self.counters.inbound_mapping += 1,
                     NatKind::Lb => {
                         self.counters.lb_sessions += 1;
-                        let s = slot.unwrap_or(0) as usize;
+                        let s = user as usize;
                         if let (Some(a), Some(c)) = (self.lb.active.get_mut(s), self.lb.created.get_mut(s)) {
                             *a += 1;
                             *c += 1;
@@ -1187,16 +1189,40 @@ const LB_PORT_TRIES: u64 = 32;
 
 /// What pass 1 of `post_route` decided for a new flow.
 #[derive(Debug, Clone, Copy)]
+///
+/// Only what `track` cannot read again from the packet: the packet's own
+/// tuple (`from`) is unchanged between the passes, and the reply key is
+/// `to` reversed (IPv4) or the original key reversed (IPv6, never
+/// translated). A burst's plans are written in pass 1 and read in pass 2,
+/// so the smaller the less is copied.
 struct Plan {
-    from: Tuple4,
     to: Tuple4,
     flags: u8,
-    mapping: Option<u16>,
-    /// A load-balanced flow's member slot.
-    slot: Option<u16>,
-    reply: FlowKey,
+    /// The session's `user`: the external port of its mapping (with
+    /// `F_MAPPING`), or a balanced flow's member slot.
+    user: u16,
     orig_hash: u64,
     reply_hash: u64,
+}
+
+impl Plan {
+    /// The packet's tuple as pass 1 saw it (all zero for IPv6, whose flows
+    /// conntrack never translates).
+    #[inline(always)]
+    fn from(m: &Meta) -> Tuple4 {
+        if m.l3 == L3::Ipv4 { tuple_of(m) } else { Tuple4 { src: 0, dst: 0, sport: 0, dport: 0 } }
+    }
+
+    /// The key replies of the flow will arrive with.
+    #[inline(always)]
+    fn reply(&self, info: &Info, proto: u8) -> FlowKey {
+        if info.orig.v6 {
+            info.orig.reversed()
+        } else {
+            let to = &self.to;
+            FlowKey::v4(to.dst, to.src, to.dport, to.sport, proto)
+        }
+    }
 }
 
 /// Whether a packet can wait until after routing to be looked at (when no
