@@ -1188,13 +1188,13 @@ fn lb_taken_key(member: u32, mport: u16, port: u16) -> u64 {
 const LB_PORT_TRIES: u64 = 32;
 
 /// What pass 1 of `post_route` decided for a new flow.
-#[derive(Debug, Clone, Copy)]
 ///
 /// Only what `track` cannot read again from the packet: the packet's own
 /// tuple (`from`) is unchanged between the passes, and the reply key is
 /// `to` reversed (IPv4) or the original key reversed (IPv6, never
 /// translated). A burst's plans are written in pass 1 and read in pass 2,
 /// so the smaller the less is copied.
+#[derive(Debug, Clone, Copy)]
 struct Plan {
     to: Tuple4,
     flags: u8,

@@ -548,11 +548,11 @@ impl SessionTable {
     }
 
     /// Whether index entry `e` (its tag already equal to the key's) names
-    /// `key`'s session. Out of line: a tag matches at the key's own entry
-    /// only, or about once in 4 billion probes, and with the comparison
-    /// inline the compiler loads every word of the key into registers
-    /// (spilling them) before the probe loop, even for a walk that ends at
-    /// an empty slot, as every new flow's two walks do.
+    /// `key`'s session. Out of line: a tag matches at the key's own entry,
+    /// and elsewhere about once in 2^31 probes (a tag has 31 random bits);
+    /// with the comparison inline the compiler loads every word of the key
+    /// into registers (spilling them) before the probe loop, even for a
+    /// walk that ends at an empty slot, as every new flow's two walks do.
     #[inline(never)]
     fn entry_matches(&self, e: u64, key: &FlowKey) -> bool {
         let idx = ((e as u32) >> 1) as usize;
