@@ -1043,11 +1043,7 @@ impl Conntrack {
             }
             _ => {}
         }
-        let mut plan = Plan { to, flags, user, orig_hash: self.orig_hash(info), reply_hash: 0 };
-        plan.reply_hash = self.sessions.hash(&plan.reply(info, m.proto));
-        self.sessions.prefetch(plan.orig_hash);
-        self.sessions.prefetch(plan.reply_hash);
-        Some(plan)
+        Some(self.finish_plan(info, m.proto, to, flags, user))
     }
 
     /// The translation of a new flow to a listener, its member chosen
@@ -1069,11 +1065,18 @@ impl Conntrack {
             self.lb_taken.push(lb_taken_key(to.dst, to.dport, p));
         }
         let flags = (NatKind::Lb as u8) << NAT_SHIFT;
-        let mut plan = Plan { to, flags, user: slot, orig_hash: self.orig_hash(info), reply_hash: 0 };
-        plan.reply_hash = self.sessions.hash(&plan.reply(info, m.proto));
+        Some(self.finish_plan(info, m.proto, to, flags, slot))
+    }
+
+    /// A new flow's plan from its translation, with both keys' hashes, and
+    /// both keys' index lines prefetched for pass 2's insert.
+    #[inline(always)]
+    fn finish_plan(&self, info: &Info, proto: u8, to: Tuple4, flags: u8, user: u16) -> Plan {
+        let mut plan = Plan { to, flags, user, orig_hash: self.orig_hash(info), reply_hash: 0 };
+        plan.reply_hash = self.sessions.hash(&plan.reply(info, proto));
         self.sessions.prefetch(plan.orig_hash);
         self.sessions.prefetch(plan.reply_hash);
-        Some(plan)
+        plan
     }
 
     /// The session table hash of a new flow's key, as its lookup computed it.
