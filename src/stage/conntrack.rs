@@ -150,7 +150,8 @@ struct Info {
     dnat: bool,
     /// Inbound through an endpoint-independent mapping.
     inbound: bool,
-    /// The flow key as the packet arrived.
+    /// The flow key as the packet arrived: set for `Hit` and `New` only
+    /// (`reset` leaves the last packet's).
     orig: FlowKey,
     /// `orig`'s hash in the session table, when its lookup computed it
     /// (a new flow's session is inserted under it without hashing again).
@@ -160,6 +161,19 @@ struct Info {
     /// To a load-balancer listener: the member chosen (index into
     /// `LbConfig::members`).
     lb: Option<u16>,
+}
+
+impl Info {
+    /// Back to `Skip` with nothing found, without rewriting `orig` and
+    /// `first` (their kinds set them): most of the record's bytes.
+    #[inline(always)]
+    fn reset(&mut self) {
+        self.kind = Kind::Skip;
+        self.dnat = false;
+        self.inbound = false;
+        self.hash = None;
+        self.lb = None;
+    }
 }
 
 /// A first fragment's translation, for the rest of its datagram.
@@ -394,7 +408,7 @@ impl Conntrack {
         let mut lookups = 0;
         for i in 0..n {
             let (pkt, m) = burst.pair_mut(i);
-            self.info[i] = Info::default();
+            self.info[i].reset();
             if m.verdict == Verdict::Drop || !matches!(m.l3, L3::Ipv4 | L3::Ipv6) {
                 continue;
             }
@@ -402,8 +416,6 @@ impl Conntrack {
                 self.info[i].kind = Kind::Deferred;
                 continue;
             }
-            let key = key_of(m);
-            self.info[i].orig = key;
             if m.frag == 2 {
                 self.later_fragment(pkt, m, i);
                 if m.verdict == Verdict::Drop && m.reason == D::FragmentWithoutFirst as u8 {
@@ -425,7 +437,12 @@ impl Conntrack {
                 self.info[i].kind = Kind::Related;
                 continue;
             }
-            self.info[i].kind = Kind::Hit; // provisional: looked up below
+            // The key is built here, after the calls above, so that it goes
+            // straight to its two stores rather than living across them.
+            let key = key_of(m);
+            let info = &mut self.info[i];
+            info.kind = Kind::Hit; // provisional: looked up below
+            info.orig = key;
             self.queue_lookup(lookups, key);
             lookups += 1;
         }
@@ -929,7 +946,9 @@ impl Conntrack {
         for i in 0..burst.len() {
             let info = self.info[i];
             let m = burst.meta(i);
-            if info.kind != Kind::Skip && m.frag == 1 && m.verdict != Verdict::Drop {
+            // (A deferred first fragment that was not tracked after all has
+            // no translation to record.)
+            if matches!(info.kind, Kind::Hit | Kind::New) && m.frag == 1 && m.verdict != Verdict::Drop {
                 let m = *m;
                 self.record_fragment(&m, &info.orig);
             }

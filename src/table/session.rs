@@ -45,9 +45,12 @@ impl FlowKey {
     /// A key from 128-bit addresses (IPv4 in the low 32 bits when `!v6`).
     /// IPv4 keys keep only the low 32 bits of each address: the table
     /// hashes and compares an IPv4 key's last words alone.
+    #[inline]
     pub fn new(src: u128, dst: u128, sport: u16, dport: u16, proto: u8, v6: bool) -> FlowKey {
-        let mask = if v6 { u128::MAX } else { u32::MAX as u128 };
-        FlowKey { src: words(src & mask), dst: words(dst & mask), sport, dport, proto, v6 }
+        // IPv4 apart: its words are two stores of one address each, not
+        // a 128-bit split assembled in vector registers.
+        let (src, dst) = if v6 { (words(src), words(dst)) } else { ([0, 0, 0, src as u32], [0, 0, 0, dst as u32]) };
+        FlowKey { src, dst, sport, dport, proto, v6 }
     }
 
     pub fn v4(src: u32, dst: u32, sport: u16, dport: u16, proto: u8) -> FlowKey {
