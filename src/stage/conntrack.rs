@@ -32,7 +32,7 @@ use crate::packet::ipv4::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use crate::packet::l4::{TCP_FIN, TCP_RST, TCP_SYN, icmp_is_echo, icmp_is_error};
 use crate::packet::{Burst, L3, MAX_BURST, Meta, PacketBuf, Verdict};
 use crate::table::addrmap::AddrMap;
-use crate::table::natmap::{NatMap, proto_slot, worker_ranges};
+use crate::table::natmap::{NatMap, Start, proto_slot, worker_ranges};
 use crate::table::session::{Expiring, FlowKey, Session, SessionError, SessionState, SessionTable, Timeouts};
 use ahash::RandomState;
 
@@ -207,6 +207,9 @@ pub struct Conntrack {
     late: Vec<usize>,
     /// New flows of the burst being planned: (position, plan).
     planned: Vec<(usize, Plan)>,
+    /// Per burst position, for `post_route`'s new flows that may take a
+    /// port mapping: where their port map probes start.
+    starts: Vec<Option<Start>>,
     /// Translated source ports given to balanced flows of this burst, as
     /// `lb_taken_key` (not in the table yet).
     lb_taken: Vec<u64>,
@@ -305,6 +308,7 @@ impl Conntrack {
             hashes: vec![0; MAX_BURST],
             late: Vec::with_capacity(MAX_BURST),
             planned: Vec::with_capacity(MAX_BURST),
+            starts: vec![None; MAX_BURST],
             lb_taken: Vec::with_capacity(MAX_BURST),
             reroute: false,
             swept: false,
@@ -896,17 +900,24 @@ impl Conntrack {
         // port, or hairpinned): their port map lines for pass 1, then, from
         // those lines, the owner lines of the mappings they find (the
         // reference counts `acquire` takes), all in flight together.
-        let infos = &self.info;
-        let may_map = |i: usize| {
-            let (m, info) = (burst.meta(i), &infos[i]);
-            (info.kind == Kind::New && m.verdict == Verdict::Forward && (Some(m.out_port) == ext || info.dnat))
-                .then_some(m)
-        };
-        for m in (0..burst.len()).filter_map(&may_map) {
-            self.ports.prefetch(m.proto, m.src as u32, m.sport);
+        // Where each one's port map probes start is computed once, here,
+        // for both prefetches and for `acquire` in `plan`.
+        let n = burst.len();
+        let (infos, starts) = (&self.info[..n], &mut self.starts[..n]);
+        for (i, (info, start)) in infos.iter().zip(starts.iter_mut()).enumerate() {
+            let m = burst.meta(i);
+            let may_map =
+                info.kind == Kind::New && m.verdict == Verdict::Forward && (Some(m.out_port) == ext || info.dnat);
+            *start = if may_map { self.ports.start(m.proto, m.src as u32, m.sport) } else { None };
+            if let Some(at) = *start {
+                self.ports.prefetch(at);
+            }
         }
-        for m in (0..burst.len()).filter_map(&may_map) {
-            self.ports.prefetch_mapping(m.proto, m.src as u32, m.sport);
+        for (i, start) in starts.iter().enumerate() {
+            if let Some(at) = *start {
+                let m = burst.meta(i);
+                self.ports.prefetch_mapping(at, m.src as u32, m.sport);
+            }
         }
         // Pass 1: policy and translation of new flows; the index lines of
         // both keys of each new session are prefetched for pass 2.
@@ -928,7 +939,7 @@ impl Conntrack {
                     }
                 }
                 Verdict::Forward => {
-                    if let Some(plan) = self.plan(snap, m, info) {
+                    if let Some(plan) = self.plan(snap, m, info, self.starts[i]) {
                         planned.push((i, plan));
                     }
                 }
@@ -983,7 +994,9 @@ impl Conntrack {
 
     /// The policy and translation of a new forwarded flow: None when it is
     /// dropped (with a reason) or needs no session.
-    fn plan(&mut self, snap: &Snapshot, m: &mut Meta, info: &Info) -> Option<Plan> {
+    /// `start`: where the probes of the packet's source endpoint start in
+    /// the port map, when `post_route` computed it.
+    fn plan(&mut self, snap: &Snapshot, m: &mut Meta, info: &Info, start: Option<Start>) -> Option<Plan> {
         if !snap.acl.is_empty()
             && let Some((_, false)) = snap.acl.classify(&acl_key(m))
         {
@@ -1039,7 +1052,12 @@ impl Conntrack {
                 let (_, addr) = ext?;
                 to.src = addr;
                 if proto_slot(m.proto).is_some() && (m.proto != PROTO_ICMP || echo) {
-                    let Some(p) = self.ports.acquire(m.proto, m.src as u32, m.sport) else {
+                    let (addr, port) = (m.src as u32, m.sport);
+                    let got = match start {
+                        Some(at) => self.ports.acquire_at(at, addr, port),
+                        None => self.ports.acquire(m.proto, addr, port),
+                    };
+                    let Some(p) = got else {
                         m.drop(D::NatPortsExhausted as u8);
                         return None;
                     };

@@ -36,6 +36,14 @@ pub fn proto_slot(proto: u8) -> Option<usize> {
     }
 }
 
+/// Where an internal endpoint's probes start: its protocol's slot and its
+/// home in that slot's index (`NatMap::start`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Start {
+    slot: u8,
+    home: u32,
+}
+
 /// An inclusive range of ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ports {
@@ -205,25 +213,34 @@ impl NatMap {
         (fold_mul(w ^ self.seed[0], self.seed[1]) as usize) & self.mask
     }
 
-    /// Starts fetching the index line where `acquire` and `lookup` of this
-    /// internal endpoint start probing: a burst's new flows prefetch theirs
+    /// Where the probes of an internal endpoint start (None for a protocol
+    /// without mappings): computed once for a new flow, then given to
+    /// `prefetch`, `prefetch_mapping` and `acquire_at` of the same endpoint.
+    #[inline]
+    pub fn start(&self, proto: u8, addr: u32, port: u16) -> Option<Start> {
+        let slot = proto_slot(proto)?;
+        Some(Start { slot: slot as u8, home: self.home(slot, addr, port) as u32 })
+    }
+
+    /// Starts fetching the index line where `acquire` and `lookup` of the
+    /// endpoint of `at` start probing: a burst's new flows prefetch theirs
     /// together before any is mapped, instead of each waiting on a miss
     /// (the index is megabytes, looked up at random).
     #[inline]
-    pub fn prefetch(&self, proto: u8, addr: u32, port: u16) {
-        if let Some(slot) = proto_slot(proto) {
-            prefetch(self.index[slot].as_ptr().wrapping_add(self.home(slot, addr, port)));
+    pub fn prefetch(&self, at: Start) {
+        if let Some(index) = self.index.get(at.slot as usize) {
+            prefetch(index.as_ptr().wrapping_add(at.home as usize));
         }
     }
 
     /// Starts fetching the owner line of an internal endpoint's mapping
     /// (its reference count, which `acquire` takes), reading the index line
     /// `prefetch` fetched: a burst's new flows prefetch both in two passes.
+    /// `at` is the endpoint's `start`.
     #[inline]
-    pub fn prefetch_mapping(&self, proto: u8, addr: u32, port: u16) {
-        if let Some(slot) = proto_slot(proto)
-            && let Some((_, ext)) = self.find(slot, addr, port)
-        {
+    pub fn prefetch_mapping(&self, at: Start, addr: u32, port: u16) {
+        let slot = at.slot as usize;
+        if let Some((_, ext)) = self.find_from(slot, at.home as usize, addr, port) {
             prefetch(&self.owner[slot][ext as usize]);
         }
     }
@@ -247,9 +264,16 @@ impl NatMap {
     /// The index position and external port of an endpoint's mapping.
     #[inline]
     fn find(&self, slot: usize, addr: u32, port: u16) -> Option<(usize, u16)> {
+        self.find_from(slot, self.home(slot, addr, port), addr, port)
+    }
+
+    /// `find`, the endpoint's home given.
+    #[inline]
+    fn find_from(&self, slot: usize, home: usize, addr: u32, port: u16) -> Option<(usize, u16)> {
+        debug_assert_eq!(home, self.home(slot, addr, port), "an endpoint's probe from another's home");
         let index = &self.index[slot];
         let key = Self::key(addr, port);
-        let mut i = self.home(slot, addr, port);
+        let mut i = home & self.mask;
         loop {
             let e = index[i];
             if e == 0 {
@@ -273,8 +297,15 @@ impl NatMap {
     /// Takes a reference on the mapping of an internal endpoint, creating it
     /// if needed; None when the worker's ports of that class are exhausted.
     pub fn acquire(&mut self, proto: u8, addr: u32, port: u16) -> Option<u16> {
-        let slot = proto_slot(proto)?;
-        if let Some((_, ext)) = self.find(slot, addr, port) {
+        let at = self.start(proto, addr, port)?;
+        self.acquire_at(at, addr, port)
+    }
+
+    /// `acquire`, the endpoint's `start` given (`at`): its probes hash it
+    /// no more.
+    pub fn acquire_at(&mut self, at: Start, addr: u32, port: u16) -> Option<u16> {
+        let (slot, home) = (at.slot as usize, at.home as usize);
+        if let Some((_, ext)) = self.find_from(slot, home, addr, port) {
             self.owner[slot][ext as usize].refs += 1;
             return Some(ext);
         }
@@ -294,7 +325,7 @@ impl NatMap {
         };
         self.used[slot][ext as usize >> 6] |= 1 << (ext & 63);
         self.owner[slot][ext as usize] = Mapping { addr, port, refs: 1 };
-        let mut i = self.home(slot, addr, port);
+        let mut i = home & self.mask;
         let index = &mut self.index[slot];
         while index[i] != 0 {
             i = (i + 1) & self.mask;
