@@ -13,6 +13,10 @@
 //!   over all rounds, and the second half's, stage by stage (the first
 //!   rounds have nothing to expire; expiry runs inside `pre_route`).
 //!
+//! - `NEWFLOW_FLOWS=N` plays only the pattern's first N flows (rounded
+//!   down to bursts of 32), so that the table and the port map stay in
+//!   cache: the cost of a new flow without its memory misses.
+//!
 //! Run: cargo run --release --example newflow_cycles -- nat-64b.toml [churn]
 
 use astara_dp::app::prepare;
@@ -37,7 +41,8 @@ fn main() {
     let snap = compile(&p.config, &p.ports, &p.options).unwrap().snapshot;
     let frames = &p.traffic.frames;
     let port = p.traffic.ingress as u16;
-    let flows = frames.len() / 32 * 32;
+    let limit = std::env::var("NEWFLOW_FLOWS").ok().and_then(|v| v.parse().ok()).unwrap_or(usize::MAX);
+    let flows = frames.len().min(limit) / 32 * 32;
     assert!(flows > 0, "the pattern needs at least 32 frames");
     let mut pipe = Pipeline::new(ConntrackConfig { capacity: 2 * flows, ..Default::default() });
     // As a worker does before its first burst: no page faults timed.
