@@ -6,9 +6,8 @@
 //! large table overlap instead of queueing one after another.
 
 use super::{AdjKind, DropReason as D, PortRole, Punt, Snapshot};
-use crate::packet::ipv4::Ipv4Packet;
 use crate::packet::ipv6::{self, Ipv6Packet};
-use crate::packet::{Burst, L3, Meta, PacketBuf, Verdict};
+use crate::packet::{Burst, L3, Meta, PacketBuf, Verdict, checksum};
 use crate::table::NO_ROUTE;
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -83,22 +82,29 @@ impl Route {
         Ok(out.mtu as usize)
     }
 
+    /// The header was checked by the parse stage (version, length, total
+    /// length within the frame), so it is read in place: the TTL, the total
+    /// length and DF, and the TTL decremented with its checksum update
+    /// (`checksum::ttl_decremented`, RFC 1624), as the fast path does.
     fn route_v4<P: PacketBuf>(&mut self, snap: &Snapshot, pkt: &mut P, m: &mut Meta) -> Result<(), D> {
         let nh = snap.fib4.lookup(m.dst as u32);
         let Some(nh) = self.resolve(snap, m, nh)? else { return Ok(()) };
         let l3 = m.l3_off as usize;
-        let mut ip = Ipv4Packet::new_checked(&mut pkt.data_mut()[l3..]).map_err(|_| D::Internal)?;
-        if ip.ttl() <= 1 {
+        let ip = pkt.data_mut().get_mut(l3..).and_then(|d| d.first_chunk_mut::<20>()).ok_or(D::Internal)?;
+        let ttl = ip[8];
+        if ttl <= 1 {
             return Err(D::TtlExpired);
         }
         let mtu = self.egress(snap, m, nh)?;
-        if ip.total_len() > mtu {
-            if ip.dont_frag() {
+        if u16::from_be_bytes([ip[2], ip[3]]) as usize > mtu {
+            if ip[6] & 0x40 != 0 {
                 return Err(D::MtuExceeded);
             }
             m.punt = Punt::Fragment as u8;
         }
-        ip.set_ttl(ip.ttl() - 1);
+        ip[8] = ttl - 1;
+        let c = checksum::ttl_decremented([ip[10], ip[11]]);
+        ip[10..12].copy_from_slice(&c);
         m.verdict = Verdict::Forward;
         self.counters.forwarded += 1;
         Ok(())
