@@ -131,11 +131,6 @@ impl Probe {
         Probe { src: k.src, dst: k.dst, misc, proto: k.proto }
     }
 
-    #[inline]
-    fn masked(&self, m: &Probe) -> Probe {
-        Probe { src: self.src & m.src, dst: self.dst & m.dst, misc: self.misc & m.misc, proto: self.proto & m.proto }
-    }
-
     /// Both IPv4 addresses in one word.
     #[inline]
     fn addrs4(&self) -> u64 {
@@ -190,7 +185,9 @@ struct Entry6 {
 struct Tuple<E> {
     /// The lowest rule number in the table (the priority pruning).
     best: u32,
-    mask: Probe,
+    /// The shape's masks in the entries' form (an entry ANDed with it is
+    /// the masked key), so that a probe is masked with one AND a word.
+    mask: E,
     tags: Vec<u32>,
     slots: Vec<E>,
 }
@@ -209,6 +206,8 @@ fn tail(proto: u8) -> u32 {
 /// its best rule.
 trait Entry: Copy + Default {
     fn of(k: &Probe, rule: u32) -> Self;
+    /// The key ANDed with a mask in the same form (`rule` is kept).
+    fn masked(&self, mask: &Self) -> Self;
     fn hash(&self, seed: &[u64; 4]) -> u64;
     /// Whether the keys (not the rules) are equal.
     fn same_key(&self, other: &Self) -> bool;
@@ -219,6 +218,11 @@ impl Entry for Entry4 {
     #[inline]
     fn of(k: &Probe, rule: u32) -> Entry4 {
         Entry4 { addrs: k.addrs4(), misc: k.misc, tail: tail(k.proto), rule }
+    }
+
+    #[inline]
+    fn masked(&self, m: &Entry4) -> Entry4 {
+        Entry4 { addrs: self.addrs & m.addrs, misc: self.misc & m.misc, tail: self.tail & m.tail, rule: self.rule }
     }
 
     /// One multiplication. (`tail` shares bits with the port numbers: keys
@@ -243,6 +247,17 @@ impl Entry for Entry6 {
     #[inline]
     fn of(k: &Probe, rule: u32) -> Entry6 {
         Entry6 { src: k.src, dst: k.dst, misc: k.misc, tail: tail(k.proto), rule }
+    }
+
+    #[inline]
+    fn masked(&self, m: &Entry6) -> Entry6 {
+        Entry6 {
+            src: self.src & m.src,
+            dst: self.dst & m.dst,
+            misc: self.misc & m.misc,
+            tail: self.tail & m.tail,
+            rule: self.rule,
+        }
     }
 
     #[inline]
@@ -278,12 +293,14 @@ impl<E: Entry> Tuple<E> {
             tags[i] = tag(h);
             slots[i] = e;
         }
-        Tuple { best, mask, tags, slots }
+        // (`tail` of a mask: the protocol's mask shifted, and the low bit
+        // kept, as `tail` of a masked protocol has it.)
+        Tuple { best, mask: E::of(&mask, 0), tags, slots }
     }
 
     #[inline]
-    fn get(&self, p: &Probe, seed: &[u64; 4]) -> Option<u32> {
-        let k = E::of(&p.masked(&self.mask), 0);
+    fn get(&self, p: &E, seed: &[u64; 4]) -> Option<u32> {
+        let k = p.masked(&self.mask);
         let h = k.hash(seed);
         let (tag, mask) = (tag(h), self.tags.len() - 1);
         let mut i = h as usize & mask;
@@ -301,7 +318,7 @@ impl<E: Entry> Tuple<E> {
 /// match `p`, or u32::MAX: the walk stops at the first table that cannot
 /// hold a better rule than the best found.
 #[inline]
-fn first_match<E: Entry>(tables: &[Tuple<E>], p: &Probe, seed: &[u64; 4]) -> u32 {
+fn first_match<E: Entry>(tables: &[Tuple<E>], p: &E, seed: &[u64; 4]) -> u32 {
     let mut best = u32::MAX;
     for t in tables {
         if t.best >= best {
@@ -430,7 +447,11 @@ impl Acl {
     #[inline]
     pub fn classify(&self, k: &AclKey) -> Option<(u32, bool)> {
         let p = Probe::of(k);
-        let best = if k.v6 { first_match(&self.v6, &p, &self.seed) } else { first_match(&self.v4, &p, &self.seed) };
+        let best = if k.v6 {
+            first_match(&self.v6, &Entry6::of(&p, 0), &self.seed)
+        } else {
+            first_match(&self.v4, &Entry4::of(&p, 0), &self.seed)
+        };
         (best != u32::MAX).then(|| (best, self.rules[best as usize].pass))
     }
 }
