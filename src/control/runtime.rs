@@ -214,8 +214,8 @@ impl ConntrackRuntime {
         check("tcp_transitory", self.tcp_transitory, 240, &mut t.tcp_transitory)?;
         check("udp", self.udp, 120, &mut t.udp)?;
         check("icmp", self.icmp, 60, &mut t.icmp)?;
-        if self.sessions_per_worker == 0 || self.sessions_per_worker >= 1 << 31 {
-            return Err("conntrack.sessions_per_worker: must be 1..2^31".into());
+        if self.sessions_per_worker == 0 || self.sessions_per_worker > crate::table::session::MAX_CAPACITY {
+            return Err("conntrack.sessions_per_worker: must be 1..=2^30 (1073741824)".into());
         }
         Ok(t)
     }

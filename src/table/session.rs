@@ -151,6 +151,10 @@ impl Default for Timeouts {
 pub const MAX_TIMEOUT: u32 = WHEEL_SLOTS as u32 - 1;
 const WHEEL_SLOTS: usize = 8192;
 const NIL: u32 = u32::MAX;
+/// The most sessions a table holds (its index then has about 3.1 * 2^30
+/// slots, below 2^32, which `home_of_tag` relies on).
+pub const MAX_CAPACITY: usize = 1 << 30;
+const _: () = assert!(MAX_CAPACITY * 2 * 10 / 7 < 1 << 32);
 /// Sessions `expire` takes off a due wheel slot at a time.
 const EXPIRY_BATCH: usize = 8;
 
@@ -388,9 +392,10 @@ impl SessionTable {
         self
     }
 
-    /// A table for `capacity` sessions (< 2^31).
+    /// A table for `capacity` sessions (at most 2^30, so that the index
+    /// has fewer than 2^32 slots).
     pub fn new(capacity: usize, timeouts: Timeouts) -> SessionTable {
-        let capacity = capacity.clamp(1, (1 << 31) - 1);
+        let capacity = capacity.clamp(1, MAX_CAPACITY);
         let slots = Self::slots_for(capacity);
         let index = vec![0; slots];
         let mut sessions: Vec<Session> = Vec::with_capacity(capacity);
@@ -509,7 +514,8 @@ impl SessionTable {
 
     #[inline]
     fn home_of_tag(&self, tag: u64) -> usize {
-        ((tag as u128 * self.index.len() as u128) >> 32) as usize
+        // (Below 2^64: a tag is below 2^32, and so is the index's length.)
+        ((tag * self.index.len() as u64) >> 32) as usize
     }
 
     #[inline]
