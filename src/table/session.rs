@@ -151,7 +151,7 @@ impl Default for Timeouts {
 pub const MAX_TIMEOUT: u32 = WHEEL_SLOTS as u32 - 1;
 const WHEEL_SLOTS: usize = 8192;
 const NIL: u32 = u32::MAX;
-/// The most sessions a table holds (its index then has about 3.1 * 2^30
+/// The most sessions a table holds (its index then has about 2.9 * 2^30
 /// slots, below 2^32, which `home_of_tag` relies on).
 pub const MAX_CAPACITY: usize = 1 << 30;
 const _: () = assert!(MAX_CAPACITY * 2 * 10 / 7 < 1 << 32);
