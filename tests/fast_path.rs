@@ -43,10 +43,18 @@ const NEIGHBORS: [(&str, [u8; 4], [u8; 6]); 6] = [
 /// (anchors: it must stand aside), with a static route through a
 /// resolved gateway on ge3 besides the ECMP and external ones.
 fn snapshot(open: bool) -> Snapshot {
+    snapshot_with_routes(open, &[])
+}
+
+/// `snapshot` with more static routes: (destination, next hop).
+fn snapshot_with_routes(open: bool, extra: &[(&str, &str)]) -> Snapshot {
     let path = if open { "/configs/router-open.json" } else { "/configs/router.json" };
     let mut doc: serde_json::Value =
         serde_json::from_slice(&std::fs::read(format!("{}{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()).unwrap();
     let routes = doc["static_routes"].as_array_mut().unwrap();
+    for (dst, via) in extra {
+        routes.push(serde_json::json!([dst, via]));
+    }
     routes.push(serde_json::json!(["198.18.0.0/15", "192.168.2.253"]));
     // A route over multicast, class E and the broadcast address: they must
     // still not be forwarded.
@@ -648,6 +656,61 @@ fn fast_path_translates_a_reply_to_the_frame_computed_here() {
     fix_ip_checksum(&mut want, 14);
     assert_eq!(got, want);
     assert_checksums(&got);
+}
+
+/// A known flow's packets follow the routes in force: the fast path
+/// remembers a session's route lookups (its route hint) only for the route
+/// table they were made in. After a new table moves the inside host's
+/// route to a gateway on ge3 (and back), its replies, through the fast
+/// path, leave where the full pipeline sends them, to the MAC it writes.
+#[test]
+fn fast_path_routes_known_flows_by_the_route_table_in_force() {
+    let tables = [
+        snapshot(true),
+        snapshot_with_routes(true, &[("192.168.1.6/32", "192.168.2.253")]),
+        snapshot(true),
+        // The same routes as the first, in a table built anew.
+        snapshot(true),
+    ];
+    let (mut a, mut b) = (Side::new(true), Side::new(false));
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 1, 6], MACS[2])
+        .ipv4([192, 168, 1, 6], [8, 8, 8, 8], 64)
+        .udp(5353, 53)
+        .write(&mut out, b"query")
+        .unwrap();
+    a.run(&tables[0], &[(out.clone(), 2)]);
+    b.run(&tables[0], &[(out.clone(), 2)]);
+    let sent = a.sent[1].last().expect("masqueraded").clone();
+    let ext_port = u16::from_be_bytes([sent[34], sent[35]]);
+    let mut rep = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0x5e, 0, 0, 1], MACS[1])
+        .ipv4([8, 8, 8, 8], [203, 0, 113, 10], 50)
+        .udp(53, ext_port)
+        .write(&mut rep, b"answer!")
+        .unwrap();
+    // (egress port, next hop's MAC) of the reply under each table.
+    let want = [(2, [2, 0, 0, 0, 1, 6]), (3, [2, 0, 0, 0, 2, 0xfd]), (2, [2, 0, 0, 0, 1, 6]), (2, [2, 0, 0, 0, 1, 6])];
+    for (snap, (port, mac)) in tables.iter().zip(want) {
+        let tracked = a.pipe.fast.counters.tracked;
+        // Each direction twice: the first packet under a table makes the
+        // lookup, the second uses what was remembered.
+        let burst = [(out.clone(), 2), (rep.clone(), 1), (out.clone(), 2), (rep.clone(), 1)];
+        let before: Vec<usize> = a.sent.iter().map(|q| q.len()).collect();
+        a.run(snap, &burst);
+        b.run(snap, &burst);
+        assert_eq!(a.pipe.fast.counters.tracked, tracked + 4, "all four through the fast path");
+        let replies = &a.sent[port][before[port]..];
+        let replies: Vec<_> = replies.iter().filter(|f| f[30..34] == [192, 168, 1, 6]).collect();
+        assert_eq!(replies.len(), 2, "both replies leave port {port}");
+        for f in replies {
+            assert_eq!(f[0..6], mac);
+            assert_eq!(f[6..12], MACS[port]);
+            assert_checksums(f);
+        }
+        assert_eq!(a.sent[1].len(), before[1] + 2, "both queries leave the external port");
+    }
+    assert_same(&a.outcome(), &b.outcome());
 }
 
 /// configs/loadbalancer.json (VIP 192.168.0.137:80 on ge1, members .194

@@ -125,12 +125,16 @@ impl FastPath {
             self.counters.skipped += 1;
             return 0;
         }
-        // The route lookups' first-level entries, before any is read (a
-        // translated destination is nearly always an inside host, whose
-        // entry is in cache).
-        for i in 0..burst.len() {
-            if let Some(h) = burst.pkt(i).data().first_chunk::<HEAD>() {
-                snap.fib4.prefetch(u32::from_be_bytes([h[30], h[31], h[32], h[33]]));
+        // The route lookups' first-level entries, before any is read, when
+        // packets may be forwarded with no session. (A packet of a
+        // session is routed by the session's route hint, nearly always: a
+        // fetch for it would only take a miss's place in the memory
+        // system's queue, in a table of many routes.)
+        if plain {
+            for i in 0..burst.len() {
+                if let Some(h) = burst.pkt(i).data().first_chunk::<HEAD>() {
+                    snap.fib4.prefetch(u32::from_be_bytes([h[30], h[31], h[32], h[33]]));
+                }
             }
         }
         let ingress = Ingress::of(snap, in_port);
@@ -193,6 +197,7 @@ impl FastPath {
     ) -> usize {
         let q = self.pending.len();
         ct.lookup_queued(q);
+        let fib = snap.fib4.id();
         let mut n = 0;
         for j in 0..q {
             let Some((idx, dir)) = ct.queued_result(j) else { continue };
@@ -203,7 +208,21 @@ impl FastPath {
             if deferred && to.dst != m.dst as u32 {
                 continue;
             }
-            let Some(e) = egress(snap, to.dst, head, ports, cache) else { continue };
+            // The route lookup of the translated destination, remembered in
+            // the session's record (read already) for as long as the route
+            // table stays: in a large table, the lookup's own line is a
+            // cache miss more per packet.
+            let nh = match ct.sessions.get(idx).and_then(|s| s.route_hint(dir as usize, fib)) {
+                Some(nh) => nh,
+                None => {
+                    let nh = snap.fib4.lookup(to.dst);
+                    if let Some(s) = ct.sessions.get_mut(idx) {
+                        s.set_route_hint(dir as usize, fib, nh);
+                    }
+                    nh
+                }
+            };
+            let Some(e) = egress_via(snap, nh, to.dst, head, ports, cache) else { continue };
             // Committed: what pre_route does with a known flow's packet.
             ct.hit_to(snap, pkt, m, idx, dir, to);
             commit(pkt, m, e, head);
@@ -309,7 +328,12 @@ impl EgressCache {
 /// port, within the egress MTU, with a TTL left; None otherwise.
 #[inline(always)]
 fn egress(snap: &Snapshot, dst: u32, h: Head, ports: usize, cache: &mut EgressCache) -> Option<Egress> {
-    let nh = snap.fib4.lookup(dst);
+    egress_via(snap, snap.fib4.lookup(dst), dst, h, ports, cache)
+}
+
+/// `egress` with the route lookup of `dst` done: `nh`.
+#[inline(always)]
+fn egress_via(snap: &Snapshot, nh: u32, dst: u32, h: Head, ports: usize, cache: &mut EgressCache) -> Option<Egress> {
     if nh == NO_ROUTE || h.ttl <= 1 {
         return None;
     }

@@ -129,9 +129,13 @@ impl Lpm4Builder {
             }
         }
         tbl8.shrink_to_fit();
-        Ok(Lpm4 { tbl24, tbl8, default, routes: self.len() })
+        let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Lpm4 { tbl24, tbl8, default, routes: self.len(), id })
     }
 }
+
+/// The identity of the next table built (from 1; never reused in a process).
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// The frozen, read-only IPv4 route table the workers look up.
 pub struct Lpm4 {
@@ -139,9 +143,19 @@ pub struct Lpm4 {
     tbl8: Vec<u32>,
     default: u32,
     routes: usize,
+    id: u64,
 }
 
 impl Lpm4 {
+    /// This table's identity, unique in the process (a table is never
+    /// changed once built): a lookup result remembered with it (a
+    /// session's route hint) holds for as long as the table in force has
+    /// the same identity. Never 0.
+    #[inline(always)]
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// The next hop of the longest matching prefix, or [`NO_ROUTE`].
     #[inline]
     pub fn lookup(&self, ip: u32) -> u32 {

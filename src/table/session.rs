@@ -171,7 +171,8 @@ const EXPIRY_BATCH: usize = 8;
 #[derive(Debug, Clone, Copy)]
 #[repr(C, align(64))]
 pub struct Session {
-    /// IPv4: [orig src, orig dst, reply src, reply dst] in words 0..4.
+    /// IPv4: [orig src, orig dst, reply src, reply dst] in words 0..4, the
+    /// route hints in 4..8 (`route_hint`).
     /// IPv6: the original source in words 0..4, its destination in 4..8.
     addr: [u32; 8],
     /// Per direction, source port << 16 | destination port.
@@ -278,6 +279,39 @@ impl Session {
         debug_assert!(!self.v6);
         let d = dir & 1;
         [self.addr[2 * d], self.addr[2 * d + 1]]
+    }
+
+    /// The route lookup remembered for direction `dir`'s translated
+    /// destination (`set_route_hint`), if it was made in the IPv4 route
+    /// table whose identity (`Lpm4::id`) is `fib`. IPv4 sessions keep it in
+    /// the address words that only IPv6 sessions use (4 and 5: per
+    /// direction; 6 and 7: the table), so it costs no memory and no cache
+    /// line more; a new session's table identity is 0, which no table has.
+    /// A lookup that found no route is not remembered (`NO_ROUTE`: none).
+    /// IPv6 sessions have none.
+    #[inline(always)]
+    pub fn route_hint(&self, dir: usize, fib: u64) -> Option<u32> {
+        let table = (self.addr[7] as u64) << 32 | self.addr[6] as u64;
+        let nh = self.addr[4 + (dir & 1)];
+        (!self.v6 && table == fib && nh != crate::table::NO_ROUTE).then_some(nh)
+    }
+
+    /// Remembers `nh`, the lookup of direction `dir`'s translated
+    /// destination in the route table `fib` (see `route_hint`); the other
+    /// direction's is forgotten when it was made in another table.
+    #[inline(always)]
+    pub fn set_route_hint(&mut self, dir: usize, fib: u64, nh: u32) {
+        if self.v6 {
+            return;
+        }
+        let d = dir & 1;
+        if (self.addr[7] as u64) << 32 | self.addr[6] as u64 != fib {
+            self.addr[6] = fib as u32;
+            self.addr[7] = (fib >> 32) as u32;
+            // (Matched only with the table it was made in.)
+            self.addr[4 + (1 - d)] = crate::table::NO_ROUTE;
+        }
+        self.addr[4 + d] = nh;
     }
 
     /// Whether a session is free or past its deadline at `now` (what
@@ -1052,6 +1086,35 @@ mod tests {
 
     fn v6(i: u32) -> FlowKey {
         FlowKey::new(0xfd00 << 112 | (i as u128) << 64 | 0x5, 0x2001_0db8 << 96 | 0x53, 1024 + i as u16, 53, 17, true)
+    }
+
+    /// A route hint is found only with the route table it was made in, per
+    /// direction; one made in another table makes the record forget the
+    /// other direction's; a lookup that found no route, and an IPv6
+    /// session, keep none. Keys and lookups are unchanged by hints.
+    #[test]
+    fn route_hints_hold_for_their_table_only() {
+        let mut t = SessionTable::new(100, Timeouts::default());
+        let (orig, reply) = (udp(3), FlowKey::v4(0x0808_0808, 0xcb00_710a, 53, 61000, PROTO_UDP));
+        let i = t.insert(orig, reply, 10, 0).unwrap();
+        let s = t.get_mut(i).unwrap();
+        assert_eq!((s.route_hint(0, 1), s.route_hint(1, 1)), (None, None), "a new session has none");
+        s.set_route_hint(0, 7, 40);
+        s.set_route_hint(1, 7, 41);
+        assert_eq!((s.route_hint(0, 7), s.route_hint(1, 7)), (Some(40), Some(41)));
+        assert_eq!((s.route_hint(0, 8), s.route_hint(1, 8)), (None, None), "another table");
+        s.set_route_hint(1, 1 << 40 | 7, 42);
+        assert_eq!((s.route_hint(0, 1 << 40 | 7), s.route_hint(1, 1 << 40 | 7)), (None, Some(42)));
+        assert_eq!(s.route_hint(1, 7), None, "the table's identity is all 64 bits");
+        s.set_route_hint(0, 1 << 40 | 7, crate::table::NO_ROUTE);
+        assert_eq!(s.route_hint(0, 1 << 40 | 7), None);
+        assert_eq!((s.key(0), s.key(1)), (orig, reply));
+        assert_eq!((t.lookup(&orig), t.lookup(&reply)), (Some((i, 0)), Some((i, 1))));
+        let j = t.insert(v6(1), v6(1).reversed(), 10, 0).unwrap();
+        let s = t.get_mut(j).unwrap();
+        s.set_route_hint(0, 7, 40);
+        assert_eq!(s.route_hint(0, 7), None);
+        assert_eq!(s.key(0), v6(1));
     }
 
     /// Each direction's key comes back out of the 64-byte record as it went
