@@ -617,6 +617,29 @@ fn fast_path_translates_known_flows_under_a_forwarding_policy_as_the_full_pipeli
     assert_eq!(c.forwarded, c.tracked, "{c:?}");
 }
 
+/// A UDP query from the inside host 192.168.1.6 to 8.8.8.8, arriving on ge2.
+fn dns_query() -> Vec<u8> {
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0, 0, 1, 6], MACS[2])
+        .ipv4([192, 168, 1, 6], [8, 8, 8, 8], 64)
+        .udp(5353, 53)
+        .write(&mut f, b"query")
+        .unwrap();
+    f
+}
+
+/// 8.8.8.8's answer to the masquerade address's port `ext_port`, arriving
+/// on ge1.
+fn dns_answer(ext_port: u16) -> Vec<u8> {
+    let mut f = Vec::new();
+    PacketBuilder::ethernet2([2, 0, 0x5e, 0, 0, 1], MACS[1])
+        .ipv4([8, 8, 8, 8], [203, 0, 113, 10], 50)
+        .udp(53, ext_port)
+        .write(&mut f, b"answer!")
+        .unwrap();
+    f
+}
+
 /// A masqueraded flow's reply, through the fast path, is the frame computed
 /// here: destination address and port back to the inside host's, both
 /// checksums recomputed from scratch, TTL one less, the inside host's MAC.
@@ -624,25 +647,13 @@ fn fast_path_translates_known_flows_under_a_forwarding_policy_as_the_full_pipeli
 fn fast_path_translates_a_reply_to_the_frame_computed_here() {
     let snap = snapshot(true);
     let mut a = Side::new(true);
-    let mut f = Vec::new();
-    PacketBuilder::ethernet2([2, 0, 0, 0, 1, 6], MACS[2])
-        .ipv4([192, 168, 1, 6], [8, 8, 8, 8], 64)
-        .udp(5353, 53)
-        .write(&mut f, b"query")
-        .unwrap();
-    a.run(&snap, &[(f, 2)]);
+    a.run(&snap, &[(dns_query(), 2)]);
     assert_eq!(a.pipe.fast.counters.tracked, 0, "a new flow takes the full pipeline");
     let out = a.sent[1].last().expect("masqueraded").clone();
     assert_eq!(out[26..30], [203, 0, 113, 10]);
     let ext_port = u16::from_be_bytes([out[34], out[35]]);
 
-    let mut rep = Vec::new();
-    PacketBuilder::ethernet2([2, 0, 0x5e, 0, 0, 1], MACS[1])
-        .ipv4([8, 8, 8, 8], [203, 0, 113, 10], 50)
-        .udp(53, ext_port)
-        .write(&mut rep, b"answer!")
-        .unwrap();
-    a.run(&snap, &[(rep, 1)]);
+    a.run(&snap, &[(dns_answer(ext_port), 1)]);
     assert_eq!(a.pipe.fast.counters.tracked, 1, "the reply takes the fast path");
     let got = a.sent[2].last().expect("translated back").clone();
 
@@ -673,22 +684,12 @@ fn fast_path_routes_known_flows_by_the_route_table_in_force() {
         snapshot(true),
     ];
     let (mut a, mut b) = (Side::new(true), Side::new(false));
-    let mut out = Vec::new();
-    PacketBuilder::ethernet2([2, 0, 0, 0, 1, 6], MACS[2])
-        .ipv4([192, 168, 1, 6], [8, 8, 8, 8], 64)
-        .udp(5353, 53)
-        .write(&mut out, b"query")
-        .unwrap();
+    let out = dns_query();
     a.run(&tables[0], &[(out.clone(), 2)]);
     b.run(&tables[0], &[(out.clone(), 2)]);
     let sent = a.sent[1].last().expect("masqueraded").clone();
     let ext_port = u16::from_be_bytes([sent[34], sent[35]]);
-    let mut rep = Vec::new();
-    PacketBuilder::ethernet2([2, 0, 0x5e, 0, 0, 1], MACS[1])
-        .ipv4([8, 8, 8, 8], [203, 0, 113, 10], 50)
-        .udp(53, ext_port)
-        .write(&mut rep, b"answer!")
-        .unwrap();
+    let rep = dns_answer(ext_port);
     // (egress port, next hop's MAC) of the reply under each table.
     let want = [(2, [2, 0, 0, 0, 1, 6]), (3, [2, 0, 0, 0, 2, 0xfd]), (2, [2, 0, 0, 0, 1, 6]), (2, [2, 0, 0, 0, 1, 6])];
     for (snap, (port, mac)) in tables.iter().zip(want) {
