@@ -212,15 +212,13 @@ impl FastPath {
             // the session's record (read already) for as long as the route
             // table stays: in a large table, the lookup's own line is a
             // cache miss more per packet.
-            let nh = match ct.sessions.get(idx).and_then(|s| s.route_hint(dir as usize, fib)) {
-                Some(nh) => nh,
-                None => {
+            let nh = match ct.sessions.get_mut(idx) {
+                Some(s) => s.route_hint(dir as usize, fib).unwrap_or_else(|| {
                     let nh = snap.fib4.lookup(to.dst);
-                    if let Some(s) = ct.sessions.get_mut(idx) {
-                        s.set_route_hint(dir as usize, fib, nh);
-                    }
+                    s.set_route_hint(dir as usize, fib, nh);
                     nh
-                }
+                }),
+                None => snap.fib4.lookup(to.dst),
             };
             let Some(e) = egress_via(snap, nh, to.dst, head, ports, cache) else { continue };
             // Committed: what pre_route does with a known flow's packet.

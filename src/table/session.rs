@@ -15,6 +15,7 @@
 //! Capacity is fixed at creation; when it is reached new flows are refused
 //! (`SessionError::Full`, counted) while existing ones keep working.
 
+use super::NO_ROUTE;
 use super::mem::{advise_huge, fold_mul, prefault, prefault_uninit, prefetch};
 use crate::packet::ipv4::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use crate::packet::l4::{TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
@@ -291,9 +292,14 @@ impl Session {
     /// IPv6 sessions have none.
     #[inline(always)]
     pub fn route_hint(&self, dir: usize, fib: u64) -> Option<u32> {
-        let table = (self.addr[7] as u64) << 32 | self.addr[6] as u64;
         let nh = self.addr[4 + (dir & 1)];
-        (!self.v6 && table == fib && nh != crate::table::NO_ROUTE).then_some(nh)
+        (!self.v6 && self.hint_table() == fib && nh != NO_ROUTE).then_some(nh)
+    }
+
+    /// The identity of the route table the hints were made in (words 6, 7).
+    #[inline(always)]
+    fn hint_table(&self) -> u64 {
+        (self.addr[7] as u64) << 32 | self.addr[6] as u64
     }
 
     /// Remembers `nh`, the lookup of direction `dir`'s translated
@@ -305,11 +311,11 @@ impl Session {
             return;
         }
         let d = dir & 1;
-        if (self.addr[7] as u64) << 32 | self.addr[6] as u64 != fib {
+        if self.hint_table() != fib {
             self.addr[6] = fib as u32;
             self.addr[7] = (fib >> 32) as u32;
             // (Matched only with the table it was made in.)
-            self.addr[4 + (1 - d)] = crate::table::NO_ROUTE;
+            self.addr[4 + (1 - d)] = NO_ROUTE;
         }
         self.addr[4 + d] = nh;
     }
@@ -1106,7 +1112,7 @@ mod tests {
         s.set_route_hint(1, 1 << 40 | 7, 42);
         assert_eq!((s.route_hint(0, 1 << 40 | 7), s.route_hint(1, 1 << 40 | 7)), (None, Some(42)));
         assert_eq!(s.route_hint(1, 7), None, "the table's identity is all 64 bits");
-        s.set_route_hint(0, 1 << 40 | 7, crate::table::NO_ROUTE);
+        s.set_route_hint(0, 1 << 40 | 7, NO_ROUTE);
         assert_eq!(s.route_hint(0, 1 << 40 | 7), None);
         assert_eq!((s.key(0), s.key(1)), (orig, reply));
         assert_eq!((t.lookup(&orig), t.lookup(&reply)), (Some((i, 0)), Some((i, 1))));
