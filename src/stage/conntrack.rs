@@ -215,6 +215,10 @@ pub struct Conntrack {
     lb_taken: Vec<u64>,
     /// `post_route` left packets for the route stage (see `take_reroute`).
     reroute: bool,
+    /// What `pre_route` saw in the burst, for `post_route` to skip the
+    /// passes that would find nothing: deferred packets, fragments.
+    any_deferred: bool,
+    any_fragment: bool,
     /// This burst's expiry is done (`expire_burst`): `pre_route` skips it.
     pub(crate) swept: bool,
     /// Seconds, from the worker's clock or the capture's timestamps.
@@ -311,6 +315,8 @@ impl Conntrack {
             starts: vec![None; MAX_BURST],
             lb_taken: Vec::with_capacity(MAX_BURST),
             reroute: false,
+            any_deferred: false,
+            any_fragment: false,
             swept: false,
             now: 0,
             counters: ConntrackCounters::default(),
@@ -410,14 +416,17 @@ impl Conntrack {
         let deferral = Deferral::of(snap);
         // Pass 1: classify and gather the keys to look up.
         let mut lookups = 0;
+        let (mut any_deferred, mut any_fragment) = (false, false);
         for i in 0..n {
             let (pkt, m) = burst.pair_mut(i);
             self.info[i].reset();
             if m.verdict == Verdict::Drop || !matches!(m.l3, L3::Ipv4 | L3::Ipv6) {
                 continue;
             }
+            any_fragment |= m.frag != 0;
             if defer && deferral.allows(m) {
                 self.info[i].kind = Kind::Deferred;
+                any_deferred = true;
                 continue;
             }
             if m.frag == 2 {
@@ -450,6 +459,7 @@ impl Conntrack {
             self.queue_lookup(lookups, key);
             lookups += 1;
         }
+        (self.any_deferred, self.any_fragment) = (any_deferred, any_fragment);
         // Pass 2: bulk lookups.
         self.lookup_queued(lookups);
         // Pass 3: translate hits, prepare new flows.
@@ -869,10 +879,10 @@ impl Conntrack {
         };
     }
 
-    pub fn post_route<P: PacketBuf>(&mut self, snap: &Snapshot, burst: &mut Burst<P>) {
-        // Deferred packets leaving by the external port, and those for the
-        // appliance (its INPUT policy), are tracked as any other.
-        let ext = snap.nat.external.map(|(p, _)| p);
+    /// Deferred packets leaving by the external port, and those for the
+    /// appliance (its INPUT policy), are tracked as any other: looked up
+    /// now (a hit translated), new flows left for `post_route`'s passes.
+    fn track_deferred<P: PacketBuf>(&mut self, snap: &Snapshot, burst: &mut Burst<P>, ext: Option<u16>) {
         self.late.clear();
         for i in 0..burst.len() {
             if self.info[i].kind != Kind::Deferred {
@@ -895,6 +905,13 @@ impl Conntrack {
         }
         if !self.late.is_empty() {
             self.late_lookups(snap, burst);
+        }
+    }
+
+    pub fn post_route<P: PacketBuf>(&mut self, snap: &Snapshot, burst: &mut Burst<P>) {
+        let ext = snap.nat.external.map(|(p, _)| p);
+        if self.any_deferred {
+            self.track_deferred(snap, burst, ext);
         }
         // The new flows that may be masqueraded (leaving by the external
         // port, or hairpinned): their port map lines for pass 1, then, from
@@ -953,6 +970,9 @@ impl Conntrack {
         }
         self.info = infos;
         self.planned = planned;
+        if !self.any_fragment {
+            return;
+        }
         // First fragments: what the rest of their datagram becomes.
         for i in 0..burst.len() {
             let info = self.info[i];
@@ -1132,7 +1152,8 @@ impl Conntrack {
         let (orig_hash, reply_hash) = (plan.orig_hash, plan.reply_hash);
         let mapping = (flags & F_MAPPING != 0).then_some(user);
         let reply = &plan.reply(info, m.proto);
-        let mut inserted = self.sessions.insert_hashed(&info.orig, orig_hash, reply, reply_hash, self.now, m.tcp_flags);
+        let mut inserted =
+            self.sessions.insert_hashed(&info.orig, orig_hash, reply, reply_hash, self.now, m.tcp_flags, (flags, user));
         if inserted == Err(SessionError::Exists) {
             // A session past its deadline may still hold one of the keys.
             let mut retired = false;
@@ -1142,7 +1163,15 @@ impl Conntrack {
                 }
             }
             if retired {
-                inserted = self.sessions.insert_hashed(&info.orig, orig_hash, reply, reply_hash, self.now, m.tcp_flags);
+                inserted = self.sessions.insert_hashed(
+                    &info.orig,
+                    orig_hash,
+                    reply,
+                    reply_hash,
+                    self.now,
+                    m.tcp_flags,
+                    (flags, user),
+                );
             }
         }
         // A balanced flow whose translated source port is taken: other
@@ -1159,7 +1188,8 @@ impl Conntrack {
                 };
                 let r = FlowKey::v4(to.dst, to.src, to.dport, p, m.proto);
                 let h = self.sessions.hash(&r);
-                inserted = self.sessions.insert_hashed(&info.orig, orig_hash, &r, h, self.now, m.tcp_flags);
+                inserted =
+                    self.sessions.insert_hashed(&info.orig, orig_hash, &r, h, self.now, m.tcp_flags, (flags, user));
                 if inserted != Err(SessionError::Exists) {
                     to.sport = p;
                     break;
@@ -1171,11 +1201,7 @@ impl Conntrack {
             }
         }
         match inserted {
-            Ok(idx) => {
-                if let Some(s) = self.sessions.get_mut(idx) {
-                    s.flags = flags;
-                    s.user = user;
-                }
+            Ok(_) => {
                 match NatKind::of(flags) {
                     NatKind::Masquerade => self.counters.masquerade += 1,
                     NatKind::FloatingOut => self.counters.floating_out += 1,

@@ -766,11 +766,14 @@ impl SessionTable {
     /// other direction will arrive with (the reverse of `orig`, translated).
     pub fn insert(&mut self, orig: FlowKey, reply: FlowKey, now: u32, tcp_flags: u8) -> Result<u32, SessionError> {
         let (ho, hr) = (self.hash(&orig), self.hash(&reply));
-        self.insert_hashed(&orig, ho, &reply, hr, now, tcp_flags)
+        self.insert_hashed(&orig, ho, &reply, hr, now, tcp_flags, (0, 0))
     }
 
     /// `insert` with both keys' hashes already computed (and their index
-    /// lines prefetched, for a burst of new flows).
+    /// lines prefetched, for a burst of new flows), and the record's
+    /// `flags` and `user` for the stages (`stage`: in the record as it is
+    /// written, not set after).
+    #[allow(clippy::too_many_arguments)]
     pub fn insert_hashed(
         &mut self,
         orig: &FlowKey,
@@ -779,6 +782,7 @@ impl SessionTable {
         reply_hash: u64,
         now: u32,
         tcp_flags: u8,
+        stage: (u8, u16),
     ) -> Result<u32, SessionError> {
         if !self.started {
             self.cursor = now;
@@ -796,9 +800,10 @@ impl SessionTable {
             if orig.proto == PROTO_TCP { tcp_next(SessionState::Open, 0, tcp_flags) } else { SessionState::Open };
         let deadline = now.wrapping_add(self.timeout(orig.proto, state));
         let tags = [Self::tag(orig_hash) as u32, Self::tag(reply_hash) as u32];
-        let Some(s) = Session::new(orig, reply, deadline, state, tags) else {
+        let Some(mut s) = Session::new(orig, reply, deadline, state, tags) else {
             return Err(SessionError::Translated);
         };
+        (s.flags, s.user) = stage;
         // (As `release` decides which entries to remove.)
         let one_key = s.reply_is_orig();
         let idx = if self.free != NIL {
