@@ -13,11 +13,15 @@
 //!   over all rounds, and the second half's, stage by stage (the first
 //!   rounds have nothing to expire; expiry runs inside `pre_route`).
 //!
+//! - With `worker`, each burst takes a worker's way instead: the fast path
+//!   (`Pipeline::process_fast`, which sets up the new flows of a burst it
+//!   takes whole), then the full pipeline for what it left. The columns
+//!   are then those two.
 //! - `NEWFLOW_FLOWS=N` plays only the pattern's first N flows (rounded
 //!   down to bursts of 32), so that the table and the port map stay in
 //!   cache: the cost of a new flow without its memory misses.
 //!
-//! Run: cargo run --release --example newflow_cycles -- nat-64b.toml [churn]
+//! Run: cargo run --release --example newflow_cycles -- nat-64b.toml [churn] [worker]
 
 use astara_dp::app::prepare;
 use astara_dp::control::compile;
@@ -35,7 +39,8 @@ const BURSTS_PER_SECOND: u64 = 133;
 
 fn main() {
     let name = std::env::args().nth(1).unwrap_or_else(|| "nat-64b.toml".into());
-    let churn = std::env::args().nth(2).is_some_and(|a| a == "churn");
+    let churn = std::env::args().skip(2).any(|a| a == "churn");
+    let worker = std::env::args().skip(2).any(|a| a == "worker");
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pktgen-scenarios").join(&name);
     let p = prepare(&path).unwrap();
     let snap = compile(&p.config, &p.ports, &p.options).unwrap().snapshot;
@@ -51,7 +56,12 @@ fn main() {
     pipe.set_now(now);
     let mut burst: Burst<Pkt> = Burst::new(32);
     let rounds = std::env::var("NEWFLOW_ROUNDS").ok().and_then(|v| v.parse().ok()).filter(|&r| r > 0).unwrap_or(ROUNDS);
-    let names = ["parse", "pre_route", "route", "post_route", "neigh"];
+    let names = if worker {
+        ["fast path", "full pipeline", "", "", ""]
+    } else {
+        ["parse", "pre_route", "route", "post_route", "neigh"]
+    };
+    let mut staging: Vec<Vec<Pkt>> = (0..snap.ports.len().max(1)).map(|_| Vec::new()).collect();
     let mut best = [f64::MAX; 5];
     // Per stage over the second half of the rounds: with `churn`, the
     // steady state (expiry keeping pace), stage by stage.
@@ -78,6 +88,21 @@ fn main() {
                 let _ = burst.push(Pkt::from_slice(f).unwrap(), port);
             }
             next += 32;
+            if worker {
+                let t0 = cycles();
+                let rest = pipe.process_fast(&snap, &mut burst, &mut staging);
+                let t1 = cycles();
+                if rest {
+                    pipe.process(&snap, &mut burst);
+                }
+                let t2 = cycles();
+                burst.drain(|p, _| drop(p));
+                staging.iter_mut().for_each(Vec::clear);
+                all += t2 - t0;
+                t[0] += t1 - t0;
+                t[1] += t2 - t1;
+                continue;
+            }
             let t0 = cycles();
             pipe.parse.process(&snap, &mut burst);
             let t1 = cycles();
@@ -106,7 +131,7 @@ fn main() {
         }
     }
     let mut tot = 0.0;
-    for (k, nm) in names.iter().enumerate() {
+    for (k, nm) in names.iter().enumerate().filter(|(_, n)| !n.is_empty()) {
         tot += best[k];
         print!("{nm} {:.1}  ", best[k]);
     }
@@ -120,7 +145,7 @@ fn main() {
     );
     let per = |c: u64| c as f64 / ((rounds - rounds / 2) * BURSTS * 32) as f64;
     print!("second half of the rounds, mean:");
-    for (k, nm) in names.iter().enumerate() {
+    for (k, nm) in names.iter().enumerate().filter(|(_, n)| !n.is_empty()) {
         print!(" {nm} {:.1}", per(late[k]));
     }
     println!("  | total {:.1} cycles/new flow; quickest round {late_best:.1}", per(late.iter().sum()));

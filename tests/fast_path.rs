@@ -287,7 +287,7 @@ impl Side {
     fn outcome(&self) -> Outcome {
         let fast = STAGE_COUNTERS.iter().position(|n| n.starts_with("fast path:")).unwrap();
         let mut stages = self.pipe.stage_counters().to_vec();
-        stages.drain(fast..fast + 3);
+        stages.drain(fast..fast + 4);
         Outcome { sent: self.sent.clone(), drops: self.c.drops.to_vec(), local: self.c.local, stages }
     }
 }
@@ -411,9 +411,52 @@ fn udp_burst(k: &mut u32, net: [u8; 3]) -> Vec<(Vec<u8>, u16)> {
 }
 
 /// Masquerade traffic of new flows only (ge2 to the internet, no
-/// forwarding policy): the fast path can forward none of it (each packet
-/// needs a new session), so it stops trying for growing runs of bursts,
-/// and what it does try it still leaves untouched.
+/// forwarding policy), in whole bursts: the fast path sets up every flow,
+/// and the sessions, ports, frames and counters come out as the full
+/// pipeline's.
+#[test]
+fn fast_path_sets_up_new_flows_as_the_full_pipeline_does() {
+    let snap = snapshot(true);
+    let mut k = 0;
+    let mut a = Side::new(true);
+    a.pipe.fast.adaptive = true;
+    let mut b = Side::new(false);
+    for _ in 0..2_000 {
+        let burst = udp_burst(&mut k, [8, 8, 4]);
+        a.run(&snap, &burst);
+        b.run(&snap, &burst);
+    }
+    let (oa, ob) = (a.outcome(), b.outcome());
+    assert_eq!(oa, ob);
+    assert_eq!(oa.sent[1].len(), 64_000, "all masqueraded out of ge1");
+    for f in &oa.sent[1] {
+        assert_eq!(f[26..30], [203, 0, 113, 10], "masqueraded");
+        assert_checksums(f);
+    }
+    let c = a.pipe.fast.counters;
+    assert_eq!((c.forwarded, c.new_flows, c.skipped), (64_000, 64_000, 0), "{c:?}");
+}
+
+/// 32 ICMP echo requests from 192.168.1.6 on ge2 to 8.8.8.8, each with an
+/// identifier not seen before: new flows the fast path leaves (ICMP).
+fn echo_burst(k: &mut u32) -> Vec<(Vec<u8>, u16)> {
+    (0..32)
+        .map(|_| {
+            *k += 1;
+            let mut f = Vec::new();
+            PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], MACS[2])
+                .ipv4([192, 168, 1, 6], [8, 8, 8, 8], 64)
+                .icmpv4_echo_request(*k as u16, 1)
+                .write(&mut f, &[0; 18])
+                .unwrap();
+            (f, 2)
+        })
+        .collect()
+}
+
+/// Masqueraded pings, each a new flow: the fast path can forward none of
+/// them (it leaves ICMP to the full pipeline), so it stops trying for
+/// growing runs of bursts, and what it does try it still leaves untouched.
 #[test]
 fn fast_path_backs_off_from_traffic_it_cannot_forward() {
     let snap = snapshot(true);
@@ -422,7 +465,7 @@ fn fast_path_backs_off_from_traffic_it_cannot_forward() {
     a.pipe.fast.adaptive = true;
     let mut b = Side::new(false);
     for _ in 0..2_000 {
-        let burst = udp_burst(&mut k, [8, 8, 4]);
+        let burst = echo_burst(&mut k);
         a.run(&snap, &burst);
         b.run(&snap, &burst);
     }
@@ -617,6 +660,113 @@ fn fast_path_translates_known_flows_under_a_forwarding_policy_as_the_full_pipeli
     assert_eq!(c.forwarded, c.tracked, "{c:?}");
 }
 
+/// New flows from inside hosts (to the internet, to routed and connected
+/// inside networks; TCP with any flags, and UDP), in bursts of 1 to 32,
+/// with replies to what was sent and now and then a damaged frame among
+/// them: bursts the fast path takes whole (new flows and all) and bursts
+/// it leaves partly to the full pipeline (then the new flows too) must
+/// come out as the full pipeline's, ports, sessions, drops by reason and
+/// counters alike.
+fn compare_new_flows(open: bool, seed: u64) -> (Side, Side) {
+    let snap = snapshot(open);
+    let mut r = Rng(seed);
+    let (mut a, mut b) = (Side::new(true), Side::new(false));
+    let mut now = 1;
+    let mut replies: Vec<(Vec<u8>, u16)> = Vec::new();
+    for _ in 0..2_000 {
+        let len = 1 + r.below(32) as usize;
+        let mut burst = Vec::new();
+        let mut damaged = false;
+        let mixed = r.chance(30);
+        for _ in 0..len {
+            let f = if !replies.is_empty() && r.chance(20) {
+                let k = r.below(replies.len() as u64) as usize;
+                replies.swap_remove(k)
+            } else {
+                // In a burst left partly to the full pipeline: a host with
+                // no neighbour entry (its replies wait for resolution), and
+                // an ECMP route.
+                let (src, port) = r.pick(&[
+                    ([192, 168, 1, 5], 2u16),
+                    ([192, 168, 1, 6], 2),
+                    ([192, 168, 2, 7], 3),
+                    ([192, 168, 2, 9], 3),
+                    if mixed { ([192, 168, 1, 30], 2) } else { ([192, 168, 1, 6], 2) },
+                ]);
+                let dst = r.pick(&[
+                    [8, 8, 8, 8],
+                    [93, 184, 216, 34],
+                    [198, 18, 0, 9],
+                    [192, 168, 2, 9],
+                    if mixed { [172, 20, 1, 1] } else { [8, 8, 4, 4] },
+                ]);
+                // Few source ports, so that flows collide on the
+                // masquerade address's ports.
+                let sport = 1024 + r.below(2048) as u16;
+                let dport = r.pick(&[443, 5432, 53]);
+                let mac = [2, 0, 0, 0, src[2], src[3]];
+                let tcp = r.chance(50);
+                let mut f = l4_frame(&mut r, mac, MACS[port as usize], src, dst, sport, dport, tcp);
+                // (l4_frame's TTLs of 1 and 2 would leave most bursts to the
+                // full pipeline.)
+                f[22] = 64;
+                fix_ip_checksum(&mut f, 14);
+                (f, port)
+            };
+            let mut f = f;
+            if mixed && r.chance(3) {
+                damage(&mut r, &mut f.0);
+                damaged = true;
+            }
+            burst.push(f);
+        }
+        let before: Vec<usize> = a.sent.iter().map(|q| q.len()).collect();
+        a.run(&snap, &burst);
+        b.run(&snap, &burst);
+        for port in 1..4u16 {
+            for out in &a.sent[port as usize][before[port as usize]..] {
+                // (A damaged frame may be forwarded with its transport
+                // checksum broken, as a router does.)
+                if !damaged {
+                    assert_checksums(out);
+                }
+                if r.chance(30)
+                    && let Some(f) = reply(&mut r, out, port)
+                {
+                    replies.push(f);
+                }
+            }
+        }
+        replies.truncate(256);
+        now += if r.chance(1) { 125 } else { r.below(2) as u32 };
+        a.pipe.set_now(now);
+        b.pipe.set_now(now);
+    }
+    let (oa, ob) = (a.outcome(), b.outcome());
+    assert_same(&oa, &ob);
+    (a, b)
+}
+
+#[test]
+fn fast_path_sets_up_new_flows_in_mixed_bursts_as_the_full_pipeline_does() {
+    let (a, _) = compare_new_flows(true, 11);
+    let c = a.pipe.fast.counters;
+    assert!(c.new_flows > 2_000, "the traffic must exercise the fast path's new flows: {c:?}");
+    assert!(c.tracked > 1_000, "and known flows beside them: {c:?}");
+    let stage = |name: &str| a.pipe.stage_counters()[STAGE_COUNTERS.iter().position(|n| *n == name).unwrap()];
+    let (masq, kept) = (stage("nat: masquerade sessions"), stage("nat: source ports preserved"));
+    assert!(masq > kept + 100, "and flows that could not keep their source port: {masq} masqueraded, {kept} kept it");
+}
+
+#[test]
+fn fast_path_sets_up_new_flows_under_a_forwarding_policy_as_the_full_pipeline_does() {
+    let (a, b) = compare_new_flows(false, 12);
+    let c = a.pipe.fast.counters;
+    assert!(c.new_flows > 2_000, "{c:?}");
+    assert!(c.new_dropped > 300, "flows the policy blocks: {c:?}");
+    assert_eq!(a.c.drops, b.c.drops);
+}
+
 /// A UDP query from the inside host 192.168.1.6 to 8.8.8.8, arriving on ge2.
 fn dns_query() -> Vec<u8> {
     let mut f = Vec::new();
@@ -648,7 +798,8 @@ fn fast_path_translates_a_reply_to_the_frame_computed_here() {
     let snap = snapshot(true);
     let mut a = Side::new(true);
     a.run(&snap, &[(dns_query(), 2)]);
-    assert_eq!(a.pipe.fast.counters.tracked, 0, "a new flow takes the full pipeline");
+    assert_eq!(a.pipe.fast.counters.tracked, 0, "a new flow is no known flow's packet");
+    assert_eq!(a.pipe.fast.counters.new_flows, 1, "it is set up in the fast path");
     let out = a.sent[1].last().expect("masqueraded").clone();
     assert_eq!(out[26..30], [203, 0, 113, 10]);
     let ext_port = u16::from_be_bytes([out[34], out[35]]);

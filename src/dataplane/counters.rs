@@ -19,6 +19,7 @@ pub const STAGE_COUNTERS: &[&str] = &[
     "neighbor: rewritten",
     "fast path: forwarded in one pass",
     "fast path: of which packets of known flows",
+    "fast path: of which first packets of flows",
     "fast path: bursts left to the full pipeline (backoff)",
     "answer: arp requests answered by the worker",
     "answer: echo requests answered by the worker",

@@ -92,22 +92,25 @@ impl Pipeline {
         let p = &self.parse.counters;
         let r = &self.route.counters;
         let f = self.fast.counters.forwarded;
+        // Routed, then dropped by conntrack (see `FastCounters::new_dropped`).
+        let routed = f + self.fast.counters.new_dropped;
         let c = &self.conntrack.counters;
         let t = &self.conntrack.sessions;
         let m = &self.conntrack.ports;
         [
-            p.ipv4 + f,
+            p.ipv4 + routed,
             p.ipv6,
             p.arp,
             p.vlan_priority_tagged,
             p.fragments,
             p.ipv4_options,
-            r.forwarded + f,
+            r.forwarded + routed,
             r.local,
             r.ecmp,
             self.neighbor.counters.rewritten + f,
             f,
             self.fast.counters.tracked,
+            self.fast.counters.new_flows,
             self.fast.counters.skipped,
             self.answer.counters.arp,
             self.answer.counters.echo,

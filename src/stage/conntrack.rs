@@ -223,6 +223,10 @@ pub struct Conntrack {
     pub(crate) swept: bool,
     /// Seconds, from the worker's clock or the capture's timestamps.
     pub now: u32,
+    /// This worker, of how many (`ConntrackConfig`): a new flow's session
+    /// belongs to its owner's table (`owner`).
+    worker: usize,
+    workers: usize,
     pub counters: ConntrackCounters,
     /// Per load-balancer member slot: sessions in use, sessions created,
     /// packets of its sessions (both directions).
@@ -319,6 +323,8 @@ impl Conntrack {
             any_fragment: false,
             swept: false,
             now: 0,
+            worker: cfg.worker,
+            workers: cfg.workers.max(1),
             counters: ConntrackCounters::default(),
             lb: LbCounters::default(),
         }
@@ -517,6 +523,21 @@ impl Conntrack {
             );
             done += k;
         }
+    }
+
+    /// Whether a new flow's packet `m` (IPv4 TCP or UDP, unfragmented: no
+    /// ICMP error, whose owner its quote decides) starts a session of this
+    /// worker's, not one to hand off to its owner.
+    #[inline]
+    pub(super) fn owns_new(&self, snap: &Snapshot, m: &Meta) -> bool {
+        debug_assert!(matches!(m.proto, PROTO_TCP | PROTO_UDP) && m.frag == 0);
+        self.workers <= 1 || owner_of(snap, m, self.workers) == self.worker
+    }
+
+    /// The hash of queued key `j`, as `queue_lookup` computed it.
+    #[inline]
+    pub(super) fn queued_hash(&self, j: usize) -> u64 {
+        self.hashes[j]
     }
 
     /// What lookup `j` of the last `lookup_queued` found.
@@ -913,6 +934,35 @@ impl Conntrack {
         if self.any_deferred {
             self.track_deferred(snap, burst, ext);
         }
+        self.new_flows(snap, burst, ext);
+        if !self.any_fragment {
+            return;
+        }
+        // First fragments: what the rest of their datagram becomes.
+        for i in 0..burst.len() {
+            let info = self.info[i];
+            let m = burst.meta(i);
+            // (A deferred first fragment that was not tracked after all has
+            // no translation to record.)
+            if matches!(info.kind, Kind::Hit | Kind::New) && m.frag == 1 && m.verdict != Verdict::Drop {
+                let m = *m;
+                self.record_fragment(&m, &info.orig);
+            }
+        }
+        // Later fragments that came in the same burst as their first.
+        for i in 0..burst.len() {
+            if self.info[i].kind == Kind::FragWait {
+                let first = *burst.meta(self.info[i].first as usize);
+                let (pkt, m) = burst.pair_mut(i);
+                self.fragment_as_first(pkt, m, i, &first);
+            }
+        }
+    }
+
+    /// The policy and translation of the burst's new flows (`Kind::New`),
+    /// forwarded or for the appliance, in two passes: plans, then sessions
+    /// and rewrites.
+    fn new_flows<P: PacketBuf>(&mut self, snap: &Snapshot, burst: &mut Burst<P>, ext: Option<u16>) {
         // The new flows that may be masqueraded (leaving by the external
         // port, or hairpinned): their port map lines for pass 1, then, from
         // those lines, the owner lines of the mappings they find (the
@@ -970,28 +1020,28 @@ impl Conntrack {
         }
         self.info = infos;
         self.planned = planned;
-        if !self.any_fragment {
-            return;
+    }
+
+    /// For the fast path: the burst's packets at positions `news` (with
+    /// the hashes of their keys), new flows that `post_route` would plan
+    /// and track. Each is an untagged IPv4 TCP or UDP packet, unfragmented,
+    /// not from the external port and to no translated address
+    /// (`Deferral::allows`: `pre_route` would translate nothing), whose
+    /// lookup found no session, routed as the route stage would have
+    /// (egress port and next hop set, TTL decremented, `Verdict::Forward`).
+    /// Counted as new flows; one the policy blocks, or that finds no port
+    /// or no room, is dropped with its reason, as `post_route` drops it.
+    pub(super) fn track_new<P: PacketBuf>(&mut self, snap: &Snapshot, burst: &mut Burst<P>, news: &[(u16, u64)]) {
+        for info in &mut self.info[..burst.len()] {
+            info.reset();
         }
-        // First fragments: what the rest of their datagram becomes.
-        for i in 0..burst.len() {
-            let info = self.info[i];
-            let m = burst.meta(i);
-            // (A deferred first fragment that was not tracked after all has
-            // no translation to record.)
-            if matches!(info.kind, Kind::Hit | Kind::New) && m.frag == 1 && m.verdict != Verdict::Drop {
-                let m = *m;
-                self.record_fragment(&m, &info.orig);
-            }
+        for &(at, hash) in news {
+            let m = burst.meta(at as usize);
+            debug_assert!(m.verdict == Verdict::Forward && m.l3 == L3::Ipv4 && m.frag == 0);
+            self.info[at as usize] = Info { kind: Kind::New, orig: key_of(m), hash: Some(hash), ..Info::default() };
         }
-        // Later fragments that came in the same burst as their first.
-        for i in 0..burst.len() {
-            if self.info[i].kind == Kind::FragWait {
-                let first = *burst.meta(self.info[i].first as usize);
-                let (pkt, m) = burst.pair_mut(i);
-                self.fragment_as_first(pkt, m, i, &first);
-            }
-        }
+        self.counters.new_flows += news.len() as u64;
+        self.new_flows(snap, burst, snap.nat.external.map(|(p, _)| p));
     }
 
     /// Translates a later fragment as its first fragment `first` was, now

@@ -8,10 +8,13 @@
 //! translation, route and neighbour rewrite are done here, reading each
 //! header once, and the packet is marked `Verdict::Forward` with its egress
 //! port; the pipeline moves such packets straight to their transmit queue.
-//! Anything else — new flows, ICMP, fragments, options, anything this
-//! stage is not sure about — is left untouched (`Verdict::Pending`, packet
-//! bytes unchanged, no session or counter moved) for the full pipeline,
-//! which gives it its exact verdict and drop reason.
+//! A burst whose every packet it takes has its new flows (TCP and UDP to
+//! no translated address) set up here too, by conntrack's own policy and
+//! translation (`take_new_flows`). Anything else — new flows in other
+//! bursts, ICMP, fragments, options, anything this stage is not sure
+//! about — is left untouched (`Verdict::Pending`, packet bytes unchanged,
+//! no session or counter moved) for the full pipeline, which gives it its
+//! exact verdict and drop reason.
 //!
 //! Every decision reuses the full pipeline's own rules (martian addresses,
 //! the transport header checks of `parse`, conntrack's `Deferral` rule and its
@@ -38,6 +41,15 @@ pub struct FastCounters {
     pub forwarded: u64,
     /// Of those, packets of flows in the session table.
     pub tracked: u64,
+    /// Of those, first packets of flows (see `FastPath::take_new_flows`);
+    /// they count too as `conntrack: new flows` and in its translations.
+    pub new_flows: u64,
+    /// First packets of flows it routed and the policy then dropped (or
+    /// that found no port or no room): they count in `parse: ipv4` and
+    /// `route: forwarded` (and under their drop reason), as in the full
+    /// pipeline, whose route stage forwards them before conntrack's
+    /// `post_route` drops them.
+    pub new_dropped: u64,
     /// Bursts it did not try because recent ones gave it too little.
     pub skipped: u64,
 }
@@ -66,6 +78,10 @@ pub struct FastPath {
     /// The packets of the burst's session lookups, in the order of
     /// conntrack's lookup queue (`Conntrack::queue_lookup`).
     pending: Vec<Lookup>,
+    /// The burst's new flows it may take: (position, key's hash), for
+    /// `Conntrack::track_new`, and where each goes.
+    news: Vec<(u16, u64)>,
+    news_to: Vec<(Head, Egress)>,
 }
 
 /// A packet waiting for its session lookup.
@@ -89,6 +105,8 @@ impl Default for FastPath {
             adaptive: true,
             backoff: [Backoff::default(); SLOTS],
             pending: Vec::with_capacity(MAX_BURST),
+            news: Vec::with_capacity(MAX_BURST),
+            news_to: Vec::with_capacity(MAX_BURST),
         }
     }
 }
@@ -112,11 +130,10 @@ impl FastPath {
         burst: &mut Burst<P>,
         ports: usize,
     ) -> usize {
-        let plain = Self::applies(snap);
-        let tracked = !ct.sessions.is_empty();
-        if !(plain || tracked) || burst.is_empty() {
+        if burst.is_empty() {
             return 0;
         }
+        let plain = Self::applies(snap);
         // (A received burst comes from one port.)
         let in_port = burst.meta(0).in_port;
         let slot = in_port as usize % SLOTS;
@@ -164,13 +181,18 @@ impl FastPath {
                 }
             }
             // Sessions: TCP and UDP (ICMP is left to the full pipeline).
-            if tracked && matches!(m.proto, PROTO_TCP | PROTO_UDP) {
+            if matches!(m.proto, PROTO_TCP | PROTO_UDP) {
                 ct.queue_lookup(self.pending.len(), key_of(m));
                 self.pending.push(Lookup { at: i as u16, head: hd, deferred });
             }
         }
         if !self.pending.is_empty() {
-            n += self.forward_tracked(snap, ct, burst, ports, &mut cache);
+            // Whether it took every packet so far, forwarded or to look up
+            // (new flows are taken only then: see `take_new_flows`). (Kept
+            // by counting, not by a flag set in the loop, which had the
+            // plain forwarding loop keep one more value in a register.)
+            let whole = n + self.pending.len() == burst.len();
+            n += self.forward_tracked(snap, ct, burst, ports, &mut cache, whole.then_some(deferral));
         }
         self.counters.forwarded += n as u64;
         let b = &mut self.backoff[slot];
@@ -186,7 +208,10 @@ impl FastPath {
 
     /// Passes 2 and 3: the queued lookups in bulk, then each packet of a
     /// live session translated, routed and rewritten as `pre_route`, the
-    /// route stage and the neighbour stage would; returns how many.
+    /// route stage and the neighbour stage would; then, if every packet of
+    /// the burst is taken, its new flows (`take_new_flows`). `whole`: the
+    /// burst's deferral rule when pass 1 took every packet (forwarded or
+    /// queued here). Returns how many it forwarded.
     fn forward_tracked<P: PacketBuf>(
         &mut self,
         snap: &Snapshot,
@@ -194,15 +219,24 @@ impl FastPath {
         burst: &mut Burst<P>,
         ports: usize,
         cache: &mut EgressCache,
+        whole: Option<Deferral>,
     ) -> usize {
         let q = self.pending.len();
         ct.lookup_queued(q);
         let fib = snap.fib4.id();
         let mut n = 0;
+        self.news.clear();
+        self.news_to.clear();
         for j in 0..q {
-            let Some((idx, dir)) = ct.queued_result(j) else { continue };
             let Lookup { at, head, deferred } = self.pending[j];
             let (pkt, m) = burst.pair_mut(at as usize);
+            let Some((idx, dir)) = ct.queued_result(j) else {
+                // A new flow: taken after the known ones, if all are.
+                if let Some(deferral) = whole {
+                    self.queue_new(snap, ct, &deferral, m, head, ports, cache, (at, ct.queued_hash(j)));
+                }
+                continue;
+            };
             let Some(to) = ct.fast_target(snap, m, idx, dir) else { continue };
             // (A deferred packet's destination is not translated.)
             if deferred && to.dst != m.dst as u32 {
@@ -227,6 +261,76 @@ impl FastPath {
             n += 1;
         }
         self.counters.tracked += n as u64;
+        // (Every lookup either forwarded or a new flow to take.)
+        if !self.news.is_empty() && n + self.news.len() == q {
+            n += self.take_new_flows(snap, ct, burst);
+        }
+        n
+    }
+
+    /// Queues a new flow's packet `m` (`at`: its position and its key's
+    /// hash) for `take_new_flows` when `pre_route` would translate nothing
+    /// of it (`Deferral::allows`), it can be forwarded, and its session
+    /// is this worker's to create (with several workers, a flow another
+    /// worker owns is handed off to it, by the worker loop). (Out of line: in
+    /// the loop over known flows' packets, it had that loop keep more
+    /// values on the stack.)
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn queue_new(
+        &mut self,
+        snap: &Snapshot,
+        ct: &Conntrack,
+        deferral: &Deferral,
+        m: &Meta,
+        head: Head,
+        ports: usize,
+        cache: &mut EgressCache,
+        at: (u16, u64),
+    ) {
+        if deferral.allows(m)
+            && ct.owns_new(snap, m)
+            && let Some(e) = egress(snap, m.dst as u32, head, ports, cache)
+        {
+            self.news.push(at);
+            self.news_to.push((head, e));
+        }
+    }
+
+    /// The burst's new flows, when it takes every other packet of the
+    /// burst: routed as the route stage would, their policy, translation
+    /// and sessions as `post_route`'s (`Conntrack::track_new`), rewritten as
+    /// the neighbour stage would; returns how many it forwarded (the rest
+    /// are dropped with their reason, and stay in the burst).
+    ///
+    /// Only a whole burst: then the full pipeline has nothing of it left
+    /// that could come before these in its order, and their sessions, ports
+    /// and counters come out as the full pipeline's. (With a packet of the
+    /// burst left to it, a new flow taken here would take its port first
+    /// where the full pipeline gives it to an earlier packet, or make a
+    /// later packet of the same flow a known flow's where the full
+    /// pipeline, which looks up the whole burst before it tracks any new
+    /// flow, counts it as a new flow's.)
+    #[inline(never)]
+    fn take_new_flows<P: PacketBuf>(&mut self, snap: &Snapshot, ct: &mut Conntrack, burst: &mut Burst<P>) -> usize {
+        for (&(at, _), &(head, e)) in self.news.iter().zip(&self.news_to) {
+            let (pkt, m) = burst.pair_mut(at as usize);
+            route(pkt, m, e, head);
+        }
+        ct.track_new(snap, burst, &self.news);
+        let mut n = 0;
+        for (&(at, _), &(_, e)) in self.news.iter().zip(&self.news_to) {
+            let (pkt, m) = burst.pair_mut(at as usize);
+            // (A source translation leaves the destination, and so the next
+            // hop's MAC, as they were.)
+            if m.verdict == Verdict::Forward {
+                write_macs(pkt, e);
+                n += 1;
+            } else {
+                self.counters.new_dropped += 1;
+            }
+        }
+        self.counters.new_flows += n as u64;
         n
     }
 }
@@ -360,6 +464,7 @@ fn egress_via(snap: &Snapshot, nh: u32, dst: u32, h: Head, ports: usize, cache: 
 /// `head` checked the 34 bytes).
 #[inline(always)]
 fn commit<P: PacketBuf>(pkt: &mut P, m: &mut Meta, e: Egress, h: Head) {
+    // (`route` then `write_macs`, with one bounds check.)
     let ttl = h.ttl;
     m.nh = e.nh;
     m.out_port = e.port;
@@ -372,6 +477,32 @@ fn commit<P: PacketBuf>(pkt: &mut P, m: &mut Meta, e: Egress, h: Head) {
         f[24..26].copy_from_slice(&c);
     }
     m.verdict = Verdict::Forward;
+}
+
+/// What the route stage does with a packet `egress` accepted (with the
+/// parse stage's cut of any trailer): egress port and next hop set, TTL
+/// decremented with the checksum updated, `Verdict::Forward`.
+#[inline(always)]
+fn route<P: PacketBuf>(pkt: &mut P, m: &mut Meta, e: Egress, h: Head) {
+    m.nh = e.nh;
+    m.out_port = e.port;
+    pkt.trim(14 + h.total as usize);
+    if let Some(f) = pkt.data_mut().first_chunk_mut::<26>() {
+        f[22] = h.ttl - 1;
+        let c = checksum::ttl_decremented([f[24], f[25]]);
+        f[24..26].copy_from_slice(&c);
+    }
+    m.verdict = Verdict::Forward;
+}
+
+/// What the neighbour stage does with a routed packet: the next hop's and
+/// the egress port's MACs written.
+#[inline(always)]
+fn write_macs<P: PacketBuf>(pkt: &mut P, e: Egress) {
+    if let Some(f) = pkt.data_mut().first_chunk_mut::<12>() {
+        f[0..8].copy_from_slice(&e.macs.0.to_ne_bytes());
+        f[8..12].copy_from_slice(&e.macs.1.to_ne_bytes());
+    }
 }
 
 #[cfg(test)]
