@@ -560,6 +560,37 @@ fn assert_checksums(f: &[u8]) {
     }
 }
 
+/// Runs `burst` through both sides; of what the side with the fast path
+/// sent out of ge1-ge3, checks the checksums of every frame (when
+/// `checked`) and keeps a reply to `percent` % of them in `replies` (at
+/// most 256 kept).
+fn run_and_reply(
+    snap: &Snapshot,
+    [a, b]: [&mut Side; 2],
+    burst: &[(Vec<u8>, u16)],
+    r: &mut Rng,
+    checked: bool,
+    percent: u64,
+    replies: &mut Vec<(Vec<u8>, u16)>,
+) {
+    let before: Vec<usize> = a.sent.iter().map(|q| q.len()).collect();
+    a.run(snap, burst);
+    b.run(snap, burst);
+    for port in 1..4u16 {
+        for out in &a.sent[port as usize][before[port as usize]..] {
+            if checked {
+                assert_checksums(out);
+            }
+            if r.chance(percent)
+                && let Some(f) = reply(r, out, port)
+            {
+                replies.push(f);
+            }
+        }
+    }
+    replies.truncate(256);
+}
+
 /// Translated traffic both ways: inside hosts (with and without a
 /// floating IP, resolved or not) to outside and routed-inside addresses,
 /// outside clients to the floating IPs, and replies to whatever the router
@@ -608,22 +639,7 @@ fn compare_translated(open: bool, seed: u64, damaged: bool) -> (Side, Side) {
             }
             burst.push(f);
         }
-        let before: Vec<usize> = a.sent.iter().map(|q| q.len()).collect();
-        a.run(&snap, &burst);
-        b.run(&snap, &burst);
-        for port in 1..4u16 {
-            for out in &a.sent[port as usize][before[port as usize]..] {
-                if !damaged {
-                    assert_checksums(out);
-                }
-                if r.chance(70)
-                    && let Some(f) = reply(&mut r, out, port)
-                {
-                    replies.push(f);
-                }
-            }
-        }
-        replies.truncate(256);
+        run_and_reply(&snap, [&mut a, &mut b], &burst, &mut r, !damaged, 70, &mut replies);
         // Time passes; now and then past the UDP timeout (120 s).
         now += if r.chance(2) { 125 } else { r.below(3) as u32 };
         a.pipe.set_now(now);
@@ -720,24 +736,9 @@ fn compare_new_flows(open: bool, seed: u64) -> (Side, Side) {
             }
             burst.push(f);
         }
-        let before: Vec<usize> = a.sent.iter().map(|q| q.len()).collect();
-        a.run(&snap, &burst);
-        b.run(&snap, &burst);
-        for port in 1..4u16 {
-            for out in &a.sent[port as usize][before[port as usize]..] {
-                // (A damaged frame may be forwarded with its transport
-                // checksum broken, as a router does.)
-                if !damaged {
-                    assert_checksums(out);
-                }
-                if r.chance(30)
-                    && let Some(f) = reply(&mut r, out, port)
-                {
-                    replies.push(f);
-                }
-            }
-        }
-        replies.truncate(256);
+        // (A damaged frame may be forwarded with its transport checksum
+        // broken, as a router does.)
+        run_and_reply(&snap, [&mut a, &mut b], &burst, &mut r, !damaged, 30, &mut replies);
         now += if r.chance(1) { 125 } else { r.below(2) as u32 };
         a.pipe.set_now(now);
         b.pipe.set_now(now);
