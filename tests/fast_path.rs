@@ -393,43 +393,71 @@ fn fast_path_forwards_no_untracked_packet_under_a_forwarding_policy() {
     assert!(a.sent.iter().map(|q| q.len()).sum::<usize>() > 1_000);
 }
 
-/// 32 UDP frames from 192.168.1.6 on ge2 to hosts of `net`.0/24, each
-/// of a flow not seen before (`k` counts the frames made).
-fn udp_burst(k: &mut u32, net: [u8; 3]) -> Vec<(Vec<u8>, u16)> {
+/// 32 frames arriving on ge2, each of a flow not seen before: `frame(k)`
+/// for the k-th frame made (`k` counts them).
+fn new_flow_burst(k: &mut u32, frame: impl Fn(u32) -> Vec<u8>) -> Vec<(Vec<u8>, u16)> {
     (0..32)
         .map(|_| {
             *k += 1;
-            let mut f = Vec::new();
-            PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], MACS[2])
-                .ipv4([192, 168, 1, 6], [net[0], net[1], net[2], (*k / 60000) as u8 + 1], 64)
-                .udp(1024 + (*k % 60000) as u16, 53)
-                .write(&mut f, &[0; 18])
-                .unwrap();
-            (f, 2)
+            (frame(*k), 2)
         })
         .collect()
 }
 
-/// Masquerade traffic of new flows only (ge2 to the internet, no
-/// forwarding policy), in whole bursts: the fast path sets up every flow,
-/// and the sessions, ports, frames and counters come out as the full
-/// pipeline's.
-#[test]
-fn fast_path_sets_up_new_flows_as_the_full_pipeline_does() {
-    let snap = snapshot(true);
-    let mut k = 0;
+/// 32 UDP frames from 192.168.1.6 on ge2 to hosts of `net`.0/24, each
+/// of a flow not seen before (`k` counts the frames made).
+fn udp_burst(k: &mut u32, net: [u8; 3]) -> Vec<(Vec<u8>, u16)> {
+    new_flow_burst(k, |k| {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], MACS[2])
+            .ipv4([192, 168, 1, 6], [net[0], net[1], net[2], (k / 60000) as u8 + 1], 64)
+            .udp(1024 + (k % 60000) as u16, 53)
+            .write(&mut f, &[0; 18])
+            .unwrap();
+        f
+    })
+}
+
+/// 32 ICMP echo requests from 192.168.1.6 on ge2 to 8.8.8.8, each with an
+/// identifier not seen before: new flows the fast path leaves (ICMP).
+fn echo_burst(k: &mut u32) -> Vec<(Vec<u8>, u16)> {
+    new_flow_burst(k, |k| {
+        let mut f = Vec::new();
+        PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], MACS[2])
+            .ipv4([192, 168, 1, 6], [8, 8, 8, 8], 64)
+            .icmpv4_echo_request(k as u16, 1)
+            .write(&mut f, &[0; 18])
+            .unwrap();
+        f
+    })
+}
+
+/// 2,000 bursts of `make` (masquerade traffic of new flows only: ge2 to
+/// the internet, no forwarding policy) through a pipeline with the fast
+/// path, adaptive as a worker runs it, and through one without: both
+/// send, drop and count the same, and all 64,000 frames leave ge1.
+fn masquerade_new_flows(snap: &Snapshot, k: &mut u32, make: impl Fn(&mut u32) -> Vec<(Vec<u8>, u16)>) -> (Side, Side) {
     let mut a = Side::new(true);
     a.pipe.fast.adaptive = true;
     let mut b = Side::new(false);
     for _ in 0..2_000 {
-        let burst = udp_burst(&mut k, [8, 8, 4]);
-        a.run(&snap, &burst);
-        b.run(&snap, &burst);
+        let burst = make(k);
+        a.run(snap, &burst);
+        b.run(snap, &burst);
     }
     let (oa, ob) = (a.outcome(), b.outcome());
     assert_eq!(oa, ob);
     assert_eq!(oa.sent[1].len(), 64_000, "all masqueraded out of ge1");
-    for f in &oa.sent[1] {
+    (a, b)
+}
+
+/// UDP flows, in whole bursts: the fast path sets up every flow, and the
+/// sessions, ports, frames and counters come out as the full pipeline's.
+#[test]
+fn fast_path_sets_up_new_flows_as_the_full_pipeline_does() {
+    let snap = snapshot(true);
+    let (a, _) = masquerade_new_flows(&snap, &mut 0, |k| udp_burst(k, [8, 8, 4]));
+    for f in &a.sent[1] {
         assert_eq!(f[26..30], [203, 0, 113, 10], "masqueraded");
         assert_checksums(f);
     }
@@ -437,41 +465,14 @@ fn fast_path_sets_up_new_flows_as_the_full_pipeline_does() {
     assert_eq!((c.forwarded, c.new_flows, c.skipped), (64_000, 64_000, 0), "{c:?}");
 }
 
-/// 32 ICMP echo requests from 192.168.1.6 on ge2 to 8.8.8.8, each with an
-/// identifier not seen before: new flows the fast path leaves (ICMP).
-fn echo_burst(k: &mut u32) -> Vec<(Vec<u8>, u16)> {
-    (0..32)
-        .map(|_| {
-            *k += 1;
-            let mut f = Vec::new();
-            PacketBuilder::ethernet2([2, 0, 0, 0, 0, 2], MACS[2])
-                .ipv4([192, 168, 1, 6], [8, 8, 8, 8], 64)
-                .icmpv4_echo_request(*k as u16, 1)
-                .write(&mut f, &[0; 18])
-                .unwrap();
-            (f, 2)
-        })
-        .collect()
-}
-
-/// Masqueraded pings, each a new flow: the fast path can forward none of
-/// them (it leaves ICMP to the full pipeline), so it stops trying for
-/// growing runs of bursts, and what it does try it still leaves untouched.
+/// Pings, each a new flow: the fast path can forward none of them (it
+/// leaves ICMP to the full pipeline), so it stops trying for growing runs
+/// of bursts, and what it does try it still leaves untouched.
 #[test]
 fn fast_path_backs_off_from_traffic_it_cannot_forward() {
     let snap = snapshot(true);
     let mut k = 0;
-    let mut a = Side::new(true);
-    a.pipe.fast.adaptive = true;
-    let mut b = Side::new(false);
-    for _ in 0..2_000 {
-        let burst = echo_burst(&mut k);
-        a.run(&snap, &burst);
-        b.run(&snap, &burst);
-    }
-    let (oa, ob) = (a.outcome(), b.outcome());
-    assert_eq!(oa, ob);
-    assert_eq!(oa.sent[1].len(), 64_000, "all masqueraded out of ge1");
+    let (mut a, mut b) = masquerade_new_flows(&snap, &mut k, echo_burst);
     let c = a.pipe.fast.counters;
     assert_eq!(c.forwarded, 0);
     // Tries after 1, 2, 4, ... 64 skipped bursts, then every 65th burst.
