@@ -18,6 +18,7 @@
 use astara_dp::control::{AstaraConfig, StaticNeighbor, compile, ports_from_config};
 use astara_dp::dataplane::{Counters, Pipeline, STAGE_COUNTERS, dispatch};
 use astara_dp::packet::{Burst, PacketBuf, Pkt, Pool};
+use astara_dp::stage::lb::LbSnat;
 use astara_dp::stage::{ConntrackConfig, Parse, Snapshot};
 use etherparse::PacketBuilder;
 
@@ -870,17 +871,51 @@ fn fast_path_routes_known_flows_by_the_route_table_in_force() {
 /// configs/loadbalancer.json (VIP 192.168.0.137:80 on ge1, members .194
 /// and .195), its first member up or set down (draining).
 fn lb_snapshot(first_up: bool) -> Snapshot {
+    lb_snapshot_with(first_up, "ROUND_ROBIN", LbSnat::default())
+}
+
+/// configs/loadbalancer.json with its first member up or down, its pool's
+/// algorithm `algorithm`, and source translation `snat`.
+fn lb_snapshot_with(first_up: bool, algorithm: &str, snat: LbSnat) -> Snapshot {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/loadbalancer.json");
     let mut doc: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    doc["services"]["loadbalancer"]["listeners"][0]["default_pool"]["members"][0]["admin_state_up"] = first_up.into();
+    let pool = &mut doc["services"]["loadbalancer"]["listeners"][0]["default_pool"];
+    pool["members"][0]["admin_state_up"] = first_up.into();
+    pool["lb_algorithm"] = algorithm.into();
     let cfg = AstaraConfig::from_json(&serde_json::to_vec(&doc).unwrap()).unwrap();
     let mut opts = common::options();
+    opts.lb.snat = snat;
     opts.neighbors = vec![StaticNeighbor {
         port: "ge1".into(),
         ip: "192.168.0.1".parse().unwrap(),
         mac: astara_dp::packet::Mac([2, 0, 0x5e, 0, 0, 1]),
     }];
     compile(&cfg, &ports_from_config(&cfg), &opts).unwrap().snapshot
+}
+
+/// `run_and_reply` for the load balancer's snapshots, where the members
+/// and the clients' gateway are on ge1 (MAC `ge1`): replies to `percent` %
+/// of what the side with the fast path sent out of ge1.
+fn balance_and_reply(
+    snap: &Snapshot,
+    [a, b]: [&mut Side; 2],
+    burst: &[(Vec<u8>, u16)],
+    r: &mut Rng,
+    ge1: [u8; 6],
+    percent: u64,
+    replies: &mut Vec<(Vec<u8>, u16)>,
+) {
+    let before = a.sent[1].len();
+    a.run(snap, burst);
+    b.run(snap, burst);
+    for out in &a.sent[1][before..] {
+        if r.chance(percent)
+            && let Some(f) = reply_to(r, out, 1, ge1)
+        {
+            replies.push(f);
+        }
+    }
+    replies.truncate(256);
 }
 
 /// Balanced flows through the fast path: clients to the VIP and the
@@ -914,17 +949,7 @@ fn fast_path_balances_known_flows_as_the_full_pipeline_does() {
             }
             burst.push(f);
         }
-        let before = a.sent[1].len();
-        a.run(snap, &burst);
-        b.run(snap, &burst);
-        for out in &a.sent[1][before..] {
-            if r.chance(70)
-                && let Some(f) = reply_to(&mut r, out, 1, ge1)
-            {
-                replies.push(f);
-            }
-        }
-        replies.truncate(256);
+        balance_and_reply(snap, [&mut a, &mut b], &burst, &mut r, ge1, 70, &mut replies);
         // Past the drain timeout (300 s) once the member is down.
         now += if round == 900 { 301 } else { 1 };
         a.pipe.set_now(now);
@@ -940,6 +965,82 @@ fn fast_path_balances_known_flows_as_the_full_pipeline_does() {
     assert!(c.tracked > 5_000, "{c:?}");
     let drained = astara_dp::stage::DropReason::LbDrained as usize;
     assert!(oa.drops[drained] > 0, "flows of the drained member ended: {:?}", oa.drops);
+}
+
+/// New connections to the VIP, set up in the fast path in the bursts it
+/// takes whole, with each balancing algorithm, with and without source
+/// translation, beside replies from the members, damaged frames and TTLs
+/// that expire, the first member set down halfway: the outputs, drops and
+/// counters, and each member's packets and active sessions (which the
+/// least-connections choice reads), as without it.
+#[test]
+fn fast_path_balances_new_connections_as_the_full_pipeline_does() {
+    const VIP: [u8; 4] = [192, 168, 0, 137];
+    let gateway = [2, 0, 0x5e, 0, 0, 1];
+    for (algorithm, snat) in [
+        ("ROUND_ROBIN", LbSnat::Never),
+        ("SOURCE_IP", LbSnat::Always),
+        ("LEAST_CONNECTIONS", LbSnat::Always),
+        ("LEAST_CONNECTIONS", LbSnat::Never),
+    ] {
+        let (up, down) = (lb_snapshot_with(true, algorithm, snat), lb_snapshot_with(false, algorithm, snat));
+        let ge1 = up.ports[1].mac.0;
+        let mut r = Rng(31);
+        let (mut a, mut b) = (Side::new(true), Side::new(false));
+        let mut now = 1;
+        let mut replies: Vec<(Vec<u8>, u16)> = Vec::new();
+        for round in 0..2_000 {
+            let snap = if round < 1_000 { &up } else { &down };
+            let len = 1 + r.below(32) as usize;
+            // Bursts the fast path cannot take whole: damaged frames, UDP,
+            // and TTLs of 1 and 2 (from `l4_frame`).
+            let mixed = r.chance(30);
+            // And bursts of new connections only (a member's reply to a
+            // connection not yet established is left to the full pipeline,
+            // and so is its burst).
+            let fresh = r.chance(30);
+            let mut burst = Vec::new();
+            for _ in 0..len {
+                let mut f = if !fresh && !replies.is_empty() && r.chance(25) {
+                    let k = r.below(replies.len() as u64) as usize;
+                    replies.swap_remove(k)
+                } else {
+                    // Enough clients and ports that most flows are new, few
+                    // enough that some come again; UDP to the TCP
+                    // listener's port (no listener's) in mixed bursts.
+                    let client = [10, 20, r.below(4) as u8, r.below(250) as u8 + 1];
+                    let sport = 20000 + r.below(512) as u16;
+                    let tcp = !mixed || r.chance(80);
+                    let mut f = l4_frame(&mut r, gateway, ge1, client, VIP, sport, 80, tcp);
+                    if !mixed {
+                        f[22] = 64;
+                        fix_ip_checksum(&mut f, 14);
+                    }
+                    (f, 1)
+                };
+                if mixed && r.chance(5) {
+                    damage(&mut r, &mut f.0);
+                }
+                burst.push(f);
+            }
+            balance_and_reply(snap, [&mut a, &mut b], &burst, &mut r, ge1, 60, &mut replies);
+            now += r.below(2) as u32;
+            a.pipe.set_now(now);
+            b.pipe.set_now(now);
+        }
+        let what = format!("{algorithm}, {snat:?}");
+        assert_eq!(a.outcome(), b.outcome(), "{what}");
+        let (la, lb) = (&a.pipe.conntrack.lb, &b.pipe.conntrack.lb);
+        assert_eq!((&la.packets, &la.active, &la.created), (&lb.packets, &lb.active, &lb.created), "{what}");
+        assert!(
+            la.created.iter().filter(|&&n| n > 500).count() >= 2,
+            "{what}: both members take flows: {:?}",
+            la.created
+        );
+        let c = a.pipe.fast.counters;
+        assert!(c.new_flows > 5_000, "{what}: the fast path must set up new connections: {c:?}");
+        assert!(c.tracked > 2_000, "{what}: and forward known ones beside them: {c:?}");
+    }
 }
 
 /// A frame whose receiving device verified its IPv4 header checksum and

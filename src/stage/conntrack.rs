@@ -143,6 +143,17 @@ enum Kind {
     FragWait,
 }
 
+/// A new flow the fast path sets up (`Conntrack::track_new`): its position
+/// in the burst, its key's hash and, for a flow to a load-balancer
+/// listener, the member chosen and the tuple the packet is translated to
+/// (`Conntrack::lb_new`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Fresh {
+    pub at: u16,
+    pub hash: u64,
+    pub lb: Option<(u16, Tuple4)>,
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Info {
     kind: Kind,
@@ -764,24 +775,15 @@ impl Conntrack {
             return;
         }
         let from = tuple_of(m);
-        let to = if let Some(l) = snap.lb.listener(dst, m.proto, m.dport) {
-            let lb = &*snap.lb;
-            let pool = l.pool.and_then(|p| lb.pools.get(p as usize));
-            let pick = pool.and_then(|p| {
-                lb.pick(
-                    p,
-                    Flow { src: from.src, dst, sport: from.sport, dport: from.dport, proto: m.proto },
-                    &self.lb.active,
-                )
-            });
-            let Some(member) = pick.and_then(|k| lb.members.get(k as usize).map(|mm| (k, mm))) else {
+        let to = if let Some(choice) = self.lb_choice(snap, m) {
+            let Some((k, to)) = choice else {
                 self.counters.lb_no_member += 1;
                 m.drop(D::LbNoMember as u8);
                 self.info[i].kind = Kind::Skip;
                 return;
             };
-            self.info[i].lb = Some(member.0);
-            Tuple4 { dst: member.1.addr, dport: member.1.port, ..from }
+            self.info[i].lb = Some(k);
+            to
         } else if let Some(&fixed) = nat.dnat.get(&dst) {
             self.info[i].dnat = true;
             Tuple4 { dst: fixed, ..from }
@@ -797,6 +799,45 @@ impl Conntrack {
             return;
         };
         rewrite_v4(pkt.data_mut(), m.l3_off as usize, m.l4_off as usize, m.proto, true, from, to);
+        set_tuple(m, to);
+    }
+
+    /// A new flow's IPv4 packet `m` to a load-balancer listener: the member
+    /// chosen for it (an index into `LbConfig::members`) and the tuple it
+    /// is translated to. None when its destination is no listener's;
+    /// `Some(None)` when the listener has no member to take it.
+    #[inline]
+    fn lb_choice(&self, snap: &Snapshot, m: &Meta) -> Option<Option<(u16, Tuple4)>> {
+        let l = snap.lb.listener(m.dst as u32, m.proto, m.dport)?;
+        let lb = &*snap.lb;
+        let from = tuple_of(m);
+        let flow = Flow { src: from.src, dst: from.dst, sport: from.sport, dport: from.dport, proto: m.proto };
+        let pick = l.pool.and_then(|p| lb.pools.get(p as usize)).and_then(|p| lb.pick(p, flow, &self.lb.active));
+        Some(
+            pick.and_then(|k| {
+                lb.members.get(k as usize).map(|mm| (k, Tuple4 { dst: mm.addr, dport: mm.port, ..from }))
+            }),
+        )
+    }
+
+    /// For the fast path: the member `pre_route` would choose for a new
+    /// flow's packet `m` (IPv4 TCP or UDP, unfragmented) to a listener, and
+    /// the tuple it would translate the packet to; None when `m` goes to no
+    /// listener or finds no member (left to the full pipeline, which drops
+    /// it with its reason).
+    #[inline]
+    pub(super) fn lb_new(&self, snap: &Snapshot, m: &Meta) -> Option<(u16, Tuple4)> {
+        debug_assert!(m.l3 == L3::Ipv4 && m.frag == 0);
+        self.lb_choice(snap, m).flatten()
+    }
+
+    /// What `pre_route` does with such a packet before it is routed: its
+    /// destination translated to the member's (`to`, from `lb_new`), in
+    /// its headers and in `m` (which keeps the tuple it arrived with).
+    #[inline]
+    pub(super) fn lb_translate<P: PacketBuf>(pkt: &mut P, m: &mut Meta, to: Tuple4) {
+        let (l3, l4) = (m.l3_off as usize, m.l4_off as usize);
+        rewrite_v4(pkt.data_mut(), l3, l4, m.proto, true, tuple_of(m), to);
         set_tuple(m, to);
     }
 
@@ -1025,20 +1066,28 @@ impl Conntrack {
     /// For the fast path: the burst's packets at positions `news` (with
     /// the hashes of their keys), new flows that `post_route` would plan
     /// and track. Each is an untagged IPv4 TCP or UDP packet, unfragmented,
-    /// not from the external port and to no translated address
-    /// (`Deferral::allows`: `pre_route` would translate nothing), whose
-    /// lookup found no session, routed as the route stage would have
+    /// whose lookup found no session, and either not from the external
+    /// port and to no translated address (`Deferral::allows`: `pre_route`
+    /// would translate nothing) or to a load-balancer listener, its
+    /// destination translated to the member's as `pre_route` does
+    /// (`lb_new`, `lb_translate`); routed as the route stage would have
     /// (egress port and next hop set, TTL decremented, `Verdict::Forward`).
     /// Counted as new flows; one the policy blocks, or that finds no port
     /// or no room, is dropped with its reason, as `post_route` drops it.
-    pub(super) fn track_new<P: PacketBuf>(&mut self, snap: &Snapshot, burst: &mut Burst<P>, news: &[(u16, u64)]) {
+    pub(super) fn track_new<P: PacketBuf>(&mut self, snap: &Snapshot, burst: &mut Burst<P>, news: &[Fresh]) {
         for info in &mut self.info[..burst.len()] {
             info.reset();
         }
-        for &(at, hash) in news {
+        for &Fresh { at, hash, lb } in news {
             let m = burst.meta(at as usize);
             debug_assert!(m.verdict == Verdict::Forward && m.l3 == L3::Ipv4 && m.frag == 0);
-            self.info[at as usize] = Info { kind: Kind::New, orig: key_of(m), hash: Some(hash), ..Info::default() };
+            // (A balanced flow's key is the one it arrived with, to the
+            // listener: `lb_translate` kept it in `m`.)
+            let (orig, lb) = match lb {
+                Some((k, _)) => (FlowKey::v4(m.orig_src, m.orig_dst, m.orig_sport, m.orig_dport, m.proto), Some(k)),
+                None => (key_of(m), None),
+            };
+            self.info[at as usize] = Info { kind: Kind::New, orig, hash: Some(hash), lb, ..Info::default() };
         }
         self.counters.new_flows += news.len() as u64;
         self.new_flows(snap, burst, snap.nat.external.map(|(p, _)| p));

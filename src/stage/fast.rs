@@ -9,8 +9,9 @@
 //! header once, and the packet is marked `Verdict::Forward` with its egress
 //! port; the pipeline moves such packets straight to their transmit queue.
 //! A burst whose every packet it takes has its new flows (TCP and UDP to
-//! no translated address) set up here too, by conntrack's own policy and
-//! translation (`take_new_flows`). Anything else — new flows in other
+//! no translated address, or to a load-balancer listener) set up here too,
+//! by conntrack's own member choice, policy and translation
+//! (`take_new_flows`). Anything else — new flows in other
 //! bursts, ICMP, fragments, options, anything this stage is not sure
 //! about — is left untouched (`Verdict::Pending`, packet bytes unchanged,
 //! no session or counter moved) for the full pipeline, which gives it its
@@ -24,7 +25,7 @@
 //! plain and translated, against the full pipeline and against frames
 //! computed in the test.
 
-use super::conntrack::{Conntrack, Deferral, key_of};
+use super::conntrack::{Conntrack, Deferral, Fresh, key_of};
 use super::neighbor::next_hop_mac;
 use super::parse::{HEAD, Head, Ingress, head};
 use super::{AdjKind, PortRole, Snapshot};
@@ -78,9 +79,9 @@ pub struct FastPath {
     /// The packets of the burst's session lookups, in the order of
     /// conntrack's lookup queue (`Conntrack::queue_lookup`).
     pending: Vec<Lookup>,
-    /// The burst's new flows it may take: (position, key's hash), for
-    /// `Conntrack::track_new`, and where each goes.
-    news: Vec<(u16, u64)>,
+    /// The burst's new flows it may take, for `Conntrack::track_new`, and
+    /// where each goes.
+    news: Vec<Fresh>,
     news_to: Vec<(Head, Egress)>,
 }
 
@@ -269,12 +270,13 @@ impl FastPath {
     }
 
     /// Queues a new flow's packet `m` (`at`: its position and its key's
-    /// hash) for `take_new_flows` when `pre_route` would translate nothing
-    /// of it (`Deferral::allows`), it can be forwarded, and its session
-    /// is this worker's to create (with several workers, a flow another
-    /// worker owns is handed off to it, by the worker loop). (Out of line: in
-    /// the loop over known flows' packets, it had that loop keep more
-    /// values on the stack.)
+    /// hash) for `take_new_flows` when its session is this worker's to
+    /// create (with several workers, a flow another worker owns is handed
+    /// off to it, by the worker loop), `pre_route` would translate nothing
+    /// of it (`Deferral::allows`) or only its destination to a
+    /// load-balancer member (`Conntrack::lb_new`), and it can be forwarded
+    /// (to that member). (Out of line: in the loop over known flows'
+    /// packets, it had that loop keep more values on the stack.)
     #[inline(never)]
     #[allow(clippy::too_many_arguments)]
     fn queue_new(
@@ -288,17 +290,25 @@ impl FastPath {
         cache: &mut EgressCache,
         at: (u16, u64),
     ) {
-        if deferral.allows(m)
-            && ct.owns_new(snap, m)
-            && let Some(e) = egress(snap, m.dst as u32, head, ports, cache)
-        {
-            self.news.push(at);
+        if !ct.owns_new(snap, m) {
+            return;
+        }
+        let (dst, lb) = if deferral.allows(m) {
+            (m.dst as u32, None)
+        } else if let Some((k, to)) = ct.lb_new(snap, m) {
+            (to.dst, Some((k, to)))
+        } else {
+            return;
+        };
+        if let Some(e) = egress(snap, dst, head, ports, cache) {
+            self.news.push(Fresh { at: at.0, hash: at.1, lb });
             self.news_to.push((head, e));
         }
     }
 
     /// The burst's new flows, when it takes every other packet of the
-    /// burst: routed as the route stage would, their policy, translation
+    /// burst: those to a listener translated to their member as `pre_route`
+    /// does, routed as the route stage would, their policy, translation
     /// and sessions as `post_route`'s (`Conntrack::track_new`), rewritten as
     /// the neighbour stage would; returns how many it forwarded (the rest
     /// are dropped with their reason, and stay in the burst).
@@ -313,14 +323,18 @@ impl FastPath {
     /// flow, counts it as a new flow's.)
     #[inline(never)]
     fn take_new_flows<P: PacketBuf>(&mut self, snap: &Snapshot, ct: &mut Conntrack, burst: &mut Burst<P>) -> usize {
-        for (&(at, _), &(head, e)) in self.news.iter().zip(&self.news_to) {
-            let (pkt, m) = burst.pair_mut(at as usize);
+        for (f, &(head, e)) in self.news.iter().zip(&self.news_to) {
+            let (pkt, m) = burst.pair_mut(f.at as usize);
+            // (What `pre_route` does before the route stage.)
+            if let Some((_, to)) = f.lb {
+                Conntrack::lb_translate(pkt, m, to);
+            }
             route(pkt, m, e, head);
         }
         ct.track_new(snap, burst, &self.news);
         let mut n = 0;
-        for (&(at, _), &(_, e)) in self.news.iter().zip(&self.news_to) {
-            let (pkt, m) = burst.pair_mut(at as usize);
+        for (f, &(_, e)) in self.news.iter().zip(&self.news_to) {
+            let (pkt, m) = burst.pair_mut(f.at as usize);
             // (A source translation leaves the destination, and so the next
             // hop's MAC, as they were.)
             if m.verdict == Verdict::Forward {
