@@ -143,6 +143,15 @@ enum Kind {
     FragWait,
 }
 
+/// What `fast_target` found for a packet of a known flow: the tuple it is
+/// translated to, and the member slot of a balanced session (read with the
+/// record, so that `hit_to` need not read it again).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct FastHit {
+    pub to: Tuple4,
+    lb: Option<u16>,
+}
+
 /// A new flow the fast path sets up (`Conntrack::track_new`): its position
 /// in the burst, its key's hash and, for a flow to a load-balancer
 /// listener, the member chosen and the tuple the packet is translated to
@@ -602,24 +611,24 @@ impl Conntrack {
         m: &mut Meta,
         idx: u32,
         dir: u8,
-        to: Tuple4,
+        t: FastHit,
     ) {
         const L4: usize = ETHER_HEADER_LEN + 20;
         debug_assert!((m.l3_off as usize, m.l4_off as usize, m.frag) == (ETHER_HEADER_LEN, L4, 0));
         let from = tuple_of(m);
-        if from != to {
-            rewrite_v4(pkt.data_mut(), ETHER_HEADER_LEN, L4, m.proto, true, from, to);
+        if from != t.to {
+            rewrite_v4(pkt.data_mut(), ETHER_HEADER_LEN, L4, m.proto, true, from, t.to);
         }
         self.counters.hits += 1;
+        self.sessions.touch(idx, dir, self.now, m.tcp_flags);
         // `lb_hit`, knowing what `fast_target` ruled out (a member draining
         // with a drain timeout): all that is left of it is to count the
         // packet and clear the member's drain mark.
-        let lb = self.sessions.get(idx).filter(|s| NatKind::of(s.flags) == NatKind::Lb).map(|s| s.user as usize);
-        self.sessions.touch(idx, dir, self.now, m.tcp_flags);
-        if let Some(slot) = lb
-            && let (Some(p), Some(seen)) = (self.lb.packets.get_mut(slot), self.lb.drain_seen.get_mut(slot))
+        if let Some(slot) = t.lb
+            && let (Some(p), Some(seen)) =
+                (self.lb.packets.get_mut(slot as usize), self.lb.drain_seen.get_mut(slot as usize))
         {
-            debug_assert!(snap.lb.drain_timeout == 0 || snap.lb.slot_state(slot as u16) != SLOT_DRAINING);
+            debug_assert!(snap.lb.drain_timeout == 0 || snap.lb.slot_state(slot) != SLOT_DRAINING);
             *p += 1;
             *seen = 0;
         }
@@ -655,7 +664,7 @@ impl Conntrack {
     /// timeout) instead of entering time-wait; only when its session
     /// expires changes.
     #[inline]
-    pub(super) fn fast_target(&self, snap: &Snapshot, m: &Meta, idx: u32, dir: u8) -> Option<Tuple4> {
+    pub(super) fn fast_target(&self, snap: &Snapshot, m: &Meta, idx: u32, dir: u8) -> Option<FastHit> {
         let s = self.sessions.get(idx)?;
         if s.is_expired_at(self.now) {
             return None;
@@ -665,15 +674,16 @@ impl Conntrack {
         {
             return None;
         }
-        if NatKind::of(s.flags) == NatKind::Lb
+        let lb = (NatKind::of(s.flags) == NatKind::Lb).then_some(s.user);
+        if let Some(slot) = lb
             && snap.lb.drain_timeout != 0
-            && snap.lb.slot_state(s.user) == SLOT_DRAINING
+            && snap.lb.slot_state(slot) == SLOT_DRAINING
         {
             return None;
         }
         // (An IPv4 key matches IPv4 sessions only.)
         let ([src, dst], [sport, dport]) = (s.addrs_v4(1 - dir as usize), s.ports(1 - dir as usize));
-        Some(Tuple4 { src, dst, sport, dport }.reversed())
+        Some(FastHit { to: Tuple4 { src, dst, sport, dport }.reversed(), lb })
     }
 
     /// Frees session `idx` if it is past its deadline; true if it is gone

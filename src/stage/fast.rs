@@ -238,7 +238,8 @@ impl FastPath {
                 }
                 continue;
             };
-            let Some(to) = ct.fast_target(snap, m, idx, dir) else { continue };
+            let Some(hit) = ct.fast_target(snap, m, idx, dir) else { continue };
+            let to = hit.to;
             // (A deferred packet's destination is not translated.)
             if deferred && to.dst != m.dst as u32 {
                 continue;
@@ -257,7 +258,7 @@ impl FastPath {
             };
             let Some(e) = egress_via(snap, nh, to.dst, head, ports, cache) else { continue };
             // Committed: what pre_route does with a known flow's packet.
-            ct.hit_to(snap, pkt, m, idx, dir, to);
+            ct.hit_to(snap, pkt, m, idx, dir, hit);
             commit(pkt, m, e, head);
             n += 1;
         }

@@ -853,8 +853,39 @@ impl SessionTable {
     /// deadline. O(1): a later deadline leaves the session in its wheel slot
     /// (it is re-filed when the slot is visited); only a deadline moved
     /// earlier (a close or reset) re-files it now.
+    ///
+    /// Most packets move no state: a UDP packet, or a segment of an
+    /// established TCP connection without SYN, FIN or RST (`tcp_next` keeps
+    /// it established). Those are decided first, without the state machine.
     #[inline(always)]
     pub fn touch(&mut self, idx: u32, dir: u8, now: u32, tcp_flags: u8) {
+        let steady =
+            (self.timeout(PROTO_TCP, SessionState::Established), self.timeout(PROTO_UDP, SessionState::Established));
+        let Some(s) = self.sessions.get_mut(idx as usize) else { return };
+        let secs = match s.proto {
+            PROTO_TCP if s.state == SessionState::Established && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 => {
+                steady.0
+            }
+            PROTO_UDP if s.state != SessionState::Free => {
+                if dir == 1 {
+                    s.state = SessionState::Established;
+                }
+                steady.1
+            }
+            _ => return self.touch_moving(idx, dir, now, tcp_flags),
+        };
+        let deadline = now.wrapping_add(secs);
+        s.deadline = deadline;
+        if (s.filed.wrapping_sub(deadline) as i32) > 0 {
+            self.unlink(idx);
+            self.link(idx);
+        }
+    }
+
+    /// `touch` for the rest: TCP segments that may move the connection's
+    /// state, other protocols, free records.
+    #[inline(never)]
+    fn touch_moving(&mut self, idx: u32, dir: u8, now: u32, tcp_flags: u8) {
         let Some(s) = self.sessions.get(idx as usize) else { return };
         if s.state == SessionState::Free {
             return;
@@ -1279,6 +1310,72 @@ mod tests {
         assert!(t.lookup(&tcp).is_none());
         assert_eq!(t.stats.expired, 3);
         assert!(t.is_empty());
+    }
+
+    /// `touch` decides the packets that move no state (UDP, segments of an
+    /// established connection without SYN, FIN or RST) by a shortcut: every
+    /// packet of a random mix of protocols, directions, flags and clock
+    /// steps leaves its session in the state `tcp_next` (or, for UDP and
+    /// ICMP, a reply) gives and with the deadline of that state's timeout;
+    /// and expiry takes each session exactly when its deadline passes.
+    #[test]
+    fn touch_follows_the_state_machine_for_every_packet() {
+        let to = Timeouts::default();
+        let mut t = SessionTable::new(64, to);
+        let secs = |proto: u8, st: SessionState| match (proto, st) {
+            (PROTO_TCP, SessionState::Established) => to.tcp_established,
+            (PROTO_TCP, SessionState::TimeWait) => to.tcp_time_wait,
+            (PROTO_TCP, SessionState::Closed) => to.tcp_closed,
+            (PROTO_TCP, _) => to.tcp_transitory,
+            (PROTO_UDP, _) => to.udp,
+            _ => to.icmp,
+        };
+        let flags = [0, TCP_ACK, TCP_SYN, TCP_SYN | TCP_ACK, TCP_FIN | TCP_ACK, TCP_FIN, TCP_RST, TCP_RST | TCP_ACK];
+        let mut live: Vec<(u32, FlowKey, SessionState, u32)> = Vec::new();
+        let (mut now, mut x) = (1000u32, 0x9e37_79b9_7f4a_7c15u64);
+        let mut steady = 0;
+        for i in 0..20_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            now += (x % 3 == 0) as u32 * (x >> 8) as u32 % 40;
+            // Expiry: exactly the sessions past their deadline go.
+            t.expire(now, 1 << 20);
+            live.retain(|&(_, k, _, deadline)| {
+                let gone = (now.wrapping_sub(deadline) as i32) >= 0;
+                assert_eq!(t.lookup(&k).is_none(), gone, "at {now}, deadline {deadline}");
+                !gone
+            });
+            if live.len() < 32 {
+                let proto = [PROTO_TCP, PROTO_TCP, PROTO_UDP, PROTO_ICMP][(x >> 20) as usize % 4];
+                let k = FlowKey::v4(0x0a00_0000 | i, 0x0808_0808, 1024 + (i % 60000) as u16, 80, proto);
+                let f = if proto == PROTO_TCP { flags[(x >> 24) as usize % flags.len()] } else { 0 };
+                let idx = t.insert(k, k.reversed(), now, f).unwrap();
+                let s = t.get(idx).unwrap();
+                live.push((idx, k, s.state, s.deadline));
+                continue;
+            }
+            let j = (x >> 32) as usize % live.len();
+            let (idx, k, st, _) = live[j];
+            let dir = (x >> 40) as u8 & 1;
+            let f = if k.proto == PROTO_TCP { flags[(x >> 44) as usize % flags.len()] } else { 0 };
+            let next = match k.proto {
+                PROTO_TCP => tcp_next(st, dir, f),
+                _ if dir == 1 => SessionState::Established,
+                _ => st,
+            };
+            steady += (st == next) as u32;
+            t.touch(idx, dir, now, f);
+            let s = t.get(idx).unwrap();
+            assert_eq!(
+                (s.state, s.deadline),
+                (next, now + secs(k.proto, next)),
+                "{:?} {st:?} dir {dir} flags {f:#x}",
+                k.proto
+            );
+            live[j] = (idx, k, next, now + secs(k.proto, next));
+        }
+        assert!(steady > 3_000, "{steady} packets that moved no state");
     }
 
     #[test]
