@@ -1439,11 +1439,14 @@ impl<'a> Deferral<'a> {
         match m.l3 {
             L3::Ipv4 => {
                 let d = m.dst as u32;
-                !(d == METADATA_ADDR
+                // (The load balancer's test first: on its appliance nearly
+                // every packet is to a VIP or from a member, and the other
+                // tests need not be made.)
+                !(self.lb.is_some_and(|lb| lb.is_vip_addr(d) || lb.is_member(m.src as u32, m.sport))
+                    || d == METADATA_ADDR
                     || self.masquerade == Some(d)
                     || self.dnat.contains_key(&d)
-                    || m.proto == PROTO_ICMP && icmp_is_error(m.icmp_type)
-                    || self.lb.is_some_and(|lb| lb.is_vip_addr(d) || lb.is_member(m.src as u32, m.sport)))
+                    || m.proto == PROTO_ICMP && icmp_is_error(m.icmp_type))
             }
             L3::Ipv6 => !(m.proto == PROTO_ICMPV6 && (1..=4).contains(&m.icmp_type)),
             _ => false,
