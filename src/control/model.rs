@@ -5,7 +5,8 @@
 //! Parsing is as lenient as the original appliance: unknown fields are
 //! ignored, `null` stands for an empty list or absent value, an empty
 //! `gateway_ip`/`default_v4_gateway` means none, rule ports may be numbers or
-//! strings. Everything is then checked by [`AstaraConfig::validate`], whose
+//! strings, and an interface object may come back as an appliance API
+//! reported it (`"lladdr": "null"`, `groups` as one string). Everything is then checked by [`AstaraConfig::validate`], whose
 //! messages name the field (`networks[2].interface.addresses[0]: ...`).
 
 use crate::packet::Mac;
@@ -116,12 +117,33 @@ fn ser_mac<S: Serializer>(m: &Option<Mac>, s: S) -> Result<S::Ok, S::Error> {
     }
 }
 
+/// A MAC where `null`, `""` or the string `"null"` means none (the Akanda
+/// appliance API reported an interface without a MAC as `"null"`, and an
+/// orchestrator may send an interface object back as it read it).
 fn de_mac<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Mac>, D::Error> {
     match Option::<String>::deserialize(d)? {
         None => Ok(None),
-        Some(s) if s.trim().is_empty() => Ok(None),
+        Some(s) if s.trim().is_empty() || s.trim() == "null" => Ok(None),
         Some(s) => s.parse().map(Some).map_err(de::Error::custom),
     }
+}
+
+/// A list of names that may arrive as one string (the Akanda appliance API
+/// reported an interface's `groups` as `"egress"`) or as `null`. Only
+/// reported back, never acted on.
+fn names_lenient<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Names {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Option::<Names>::deserialize(d)? {
+        None => Vec::new(),
+        Some(Names::One(s)) if s.trim().is_empty() => Vec::new(),
+        Some(Names::One(s)) => vec![s],
+        Some(Names::Many(v)) => v,
+    })
 }
 
 fn de_mac_required<'de, D: Deserializer<'de>>(d: D) -> Result<Mac, D::Error> {
@@ -205,9 +227,9 @@ pub struct Interface {
     pub mtu: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, deserialize_with = "names_lenient", skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
-    #[serde(default, deserialize_with = "nullable", skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, deserialize_with = "names_lenient", skip_serializing_if = "Vec::is_empty")]
     pub flags: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media: Option<String>,
@@ -855,6 +877,41 @@ mod tests {
         // Round trip through our own serialisation keeps the meaning.
         let again = AstaraConfig::from_json(serde_json::to_string(&c).unwrap().as_bytes()).unwrap();
         assert_eq!(again, c);
+    }
+
+    /// An interface object sent back as an appliance API reported it is
+    /// taken: the Akanda API's `"lladdr": "null"` (no MAC) and one group as
+    /// a string, and the Linux appliance's full object. A MAC that is not
+    /// one is still refused, naming the field.
+    #[test]
+    fn interface_objects_as_the_appliance_api_reported_them() {
+        let ge1 = r#"{"ifname": "ge1", "addresses": ["172.16.77.50/24"]}"#;
+        let with = |obj: &str| ORCHESTRATOR_DOC.replace(ge1, obj);
+        let akanda = with(
+            r#"{"ifname": "ge1", "addresses": ["172.16.77.50/24"], "lladdr": "null", "groups": "egress",
+                "media": "null", "state": "down", "mtu": 1500, "description": ""}"#,
+        );
+        let c = AstaraConfig::from_json(akanda.as_bytes()).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.networks[1].interface.lladdr, None);
+        assert_eq!(c.networks[1].interface.groups, ["egress"]);
+        let linux = with(
+            r#"{"ifname": "ge1", "addresses": ["172.16.77.50/24"], "lladdr": "fa:16:3e:4d:bf:12", "groups": [],
+                "flags": null, "media": "Ethernet autoselect", "state": "up", "mtu": 1500, "description": ""}"#,
+        );
+        let c = AstaraConfig::from_json(linux.as_bytes()).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.networks[1].interface.lladdr.map(|m| m.to_string()).as_deref(), Some("fa:16:3e:4d:bf:12"));
+        assert!(c.networks[1].interface.groups.is_empty() && c.networks[1].interface.flags.is_empty());
+        let two = with(r#"{"ifname": "ge1", "addresses": ["172.16.77.50/24"], "groups": ["egress", "x"]}"#);
+        let c = AstaraConfig::from_json(two.as_bytes()).unwrap();
+        assert_eq!(c.networks[1].interface.groups, ["egress", "x"]);
+        let bad = with(r#"{"ifname": "ge1", "addresses": ["172.16.77.50/24"], "lladdr": "nil"}"#);
+        let e = AstaraConfig::from_json(bad.as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("networks[1].interface.lladdr"), "{e}");
+        let bad = with(r#"{"ifname": "ge1", "addresses": ["172.16.77.50/24"], "groups": 5}"#);
+        let e = AstaraConfig::from_json(bad.as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("networks[1].interface.groups"), "{e}");
     }
 
     #[test]
