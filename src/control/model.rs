@@ -790,8 +790,12 @@ impl AstaraConfig {
                 }
             }
         }
-        if let Err(e) = self.loadbalancer() {
-            errs.push(e.to_string());
+        match self.loadbalancer() {
+            // (The reason alone, among the others: not under a second
+            // "failed to deserialize" heading.)
+            Err(ConfigError::Deserialize(reason)) => errs.push(reason),
+            Err(e) => errs.push(e.to_string()),
+            Ok(_) => {}
         }
         if errs.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(errs)) }
     }
@@ -1013,6 +1017,9 @@ mod tests {
         assert_eq!(lb.listeners[0].default_pool.as_ref().unwrap().members[0].protocol_port, 80);
         let bad = doc.replace("\"protocol_port\": 80, \"weight\"", "\"protocol_port\": 70000, \"weight\"");
         let c = AstaraConfig::from_json(bad.as_bytes()).unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("protocol_port"));
+        let e = c.validate().unwrap_err().to_string();
+        // One heading, then the reason naming the field.
+        assert!(e.starts_with("The config failed to validate.\nservices.loadbalancer.listeners[0]"), "{e}");
+        assert!(e.contains("protocol_port") && !e.contains("deserialize"), "{e}");
     }
 }
