@@ -6,8 +6,9 @@
 //! ignored, `null` stands for an empty list or absent value, an empty
 //! `gateway_ip`/`default_v4_gateway` means none, rule ports may be numbers or
 //! strings, and an interface object may come back as an appliance API
-//! reported it (`"lladdr": "null"`, `groups` as one string). Everything is then checked by [`AstaraConfig::validate`], whose
-//! messages name the field (`networks[2].interface.addresses[0]: ...`).
+//! reported it (`"lladdr": "null"`, `groups` as one string). Everything is
+//! then checked by [`AstaraConfig::validate`], whose messages name the field
+//! (`networks[2].interface.addresses[0]: ...`).
 
 use crate::packet::Mac;
 use serde::de::{self, Deserializer};
