@@ -24,7 +24,7 @@
 
 use super::firewall::{acl_key, input_policy};
 use super::lb::{Flow, HEALTH_PORTS, LbConfig, LbSnat, MAX_MEMBERS, SLOT_DRAINING};
-use super::nat::{Tuple4, quoted_v4, rewrite_v4, translate_icmp_error};
+use super::nat::{Tuple4, quoted_v4, retarget_v4, rewrite_v4, translate_icmp_error};
 use super::{DropReason as D, Filtering, Punt, Snapshot};
 use crate::dataplane::query::{SessionQuery, SessionView};
 use crate::packet::ethernet::ETHER_HEADER_LEN;
@@ -615,10 +615,7 @@ impl Conntrack {
     ) {
         const L4: usize = ETHER_HEADER_LEN + 20;
         debug_assert!((m.l3_off as usize, m.l4_off as usize, m.frag) == (ETHER_HEADER_LEN, L4, 0));
-        let from = tuple_of(m);
-        if from != t.to {
-            rewrite_v4(pkt.data_mut(), ETHER_HEADER_LEN, L4, m.proto, true, from, t.to);
-        }
+        retarget_v4(pkt.data_mut(), m.proto, t.to);
         self.counters.hits += 1;
         self.sessions.touch(idx, dir, self.now, m.tcp_flags);
         // `lb_hit`, knowing what `fast_target` ruled out (a member draining
