@@ -419,7 +419,11 @@ pub struct SessionTable {
     cursor: u32,
     pending: u32,
     started: bool,
-    pub timeouts: Timeouts,
+    timeouts: Timeouts,
+    /// The timeouts of an established TCP connection and of a UDP flow,
+    /// as `timeout` gives them: `touch`'s usual two, read without the
+    /// clamp.
+    steady: [u32; 2],
     pub stats: SessionStats,
 }
 
@@ -459,8 +463,16 @@ impl SessionTable {
             pending: NIL,
             started: false,
             timeouts,
+            steady: [0; 2],
             stats: SessionStats::default(),
         }
+        .with_steady()
+    }
+
+    fn with_steady(mut self) -> SessionTable {
+        self.steady =
+            [self.timeout(PROTO_TCP, SessionState::Established), self.timeout(PROTO_UDP, SessionState::Established)];
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -859,18 +871,17 @@ impl SessionTable {
     /// it established). Those are decided first, without the state machine.
     #[inline(always)]
     pub fn touch(&mut self, idx: u32, dir: u8, now: u32, tcp_flags: u8) {
-        let steady =
-            (self.timeout(PROTO_TCP, SessionState::Established), self.timeout(PROTO_UDP, SessionState::Established));
+        let steady = self.steady;
         let Some(s) = self.sessions.get_mut(idx as usize) else { return };
         let secs = match s.proto {
             PROTO_TCP if s.state == SessionState::Established && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 => {
-                steady.0
+                steady[0]
             }
             PROTO_UDP if s.state != SessionState::Free => {
                 if dir == 1 {
                     s.state = SessionState::Established;
                 }
-                steady.1
+                steady[1]
             }
             _ => return self.touch_moving(idx, dir, now, tcp_flags),
         };
