@@ -24,7 +24,7 @@
 
 use super::firewall::{acl_key, input_policy};
 use super::lb::{Flow, HEALTH_PORTS, LbConfig, LbSnat, MAX_MEMBERS, SLOT_DRAINING};
-use super::nat::{Tuple4, quoted_v4, retarget_v4, rewrite_v4, translate_icmp_error};
+use super::nat::{Tuple4, quoted_v4, rewrite_v4, translate_icmp_error};
 use super::{DropReason as D, Filtering, Punt, Snapshot};
 use crate::dataplane::query::{SessionQuery, SessionView};
 use crate::packet::ethernet::ETHER_HEADER_LEN;
@@ -600,22 +600,14 @@ impl Conntrack {
 
     /// `hit` for the fast path's packet `m` (untagged, IPv4 with a 20-byte
     /// header, unfragmented, TCP or UDP: what the fast path takes) whose
-    /// target `fast_target` gave: the same without reading the session's
-    /// key again. Only the frame is translated: the fast path sends the
-    /// packet as it is, and nothing reads its metadata's addresses again.
+    /// target `fast_target` gave, less the translation, which the fast path
+    /// writes into the frame itself (`retarget_v4` to `t.to`, in the same
+    /// access as its MACs and TTL): the packet counted, its session
+    /// refreshed, a balanced session's member counted. Nothing reads the
+    /// metadata's addresses again: the fast path sends the packet as it is.
     #[inline]
-    pub(super) fn hit_to<P: PacketBuf>(
-        &mut self,
-        snap: &Snapshot,
-        pkt: &mut P,
-        m: &mut Meta,
-        idx: u32,
-        dir: u8,
-        t: FastHit,
-    ) {
-        const L4: usize = ETHER_HEADER_LEN + 20;
-        debug_assert!((m.l3_off as usize, m.l4_off as usize, m.frag) == (ETHER_HEADER_LEN, L4, 0));
-        retarget_v4(pkt.data_mut(), m.proto, t.to);
+    pub(super) fn hit_to(&mut self, snap: &Snapshot, m: &Meta, idx: u32, dir: u8, t: FastHit) {
+        debug_assert!((m.l3_off as usize, m.l4_off as usize, m.frag) == (ETHER_HEADER_LEN, ETHER_HEADER_LEN + 20, 0));
         self.counters.hits += 1;
         self.sessions.touch(idx, dir, self.now, m.tcp_flags);
         // `lb_hit`, knowing what `fast_target` ruled out (a member draining
