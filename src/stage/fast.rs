@@ -25,7 +25,7 @@
 //! plain and translated, against the full pipeline and against frames
 //! computed in the test.
 
-use super::conntrack::{Conntrack, Deferral, Fresh, key_of};
+use super::conntrack::{Conntrack, Deferral, Fresh};
 use super::nat::{Tuple4, retarget_v4};
 use super::neighbor::next_hop_mac;
 use super::parse::{HEAD, Head, Ingress, head};
@@ -33,6 +33,7 @@ use super::{AdjKind, PortRole, Snapshot};
 use crate::packet::ipv4::{PROTO_TCP, PROTO_UDP};
 use crate::packet::{Burst, MAX_BURST, Mac, Meta, PacketBuf, Verdict, checksum};
 use crate::table::NO_ROUTE;
+use crate::table::session::FlowKey;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FastCounters {
@@ -190,7 +191,9 @@ impl FastPath {
             }
             // Sessions: TCP and UDP (ICMP is left to the full pipeline).
             if matches!(m.proto, PROTO_TCP | PROTO_UDP) {
-                ct.queue_lookup(self.pending.len(), key_of(m));
+                // (`head` took IPv4 only: its key with no test of the
+                // address family.)
+                ct.queue_lookup(self.pending.len(), FlowKey::v4(m.src as u32, m.dst as u32, m.sport, m.dport, m.proto));
                 self.pending.push(Lookup { at: i as u16, head: hd, deferred });
             }
         }
