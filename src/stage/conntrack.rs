@@ -609,7 +609,7 @@ impl Conntrack {
     pub(super) fn hit_to(&mut self, snap: &Snapshot, m: &Meta, idx: u32, dir: u8, t: FastHit) {
         debug_assert!((m.l3_off as usize, m.l4_off as usize, m.frag) == (ETHER_HEADER_LEN, ETHER_HEADER_LEN + 20, 0));
         self.counters.hits += 1;
-        self.sessions.touch(idx, dir, self.now, m.tcp_flags);
+        self.sessions.touch_steady(idx, dir, self.now);
         // `lb_hit`, knowing what `fast_target` ruled out (a member draining
         // with a drain timeout): all that is left of it is to count the
         // packet and clear the member's drain mark.
