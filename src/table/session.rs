@@ -868,29 +868,17 @@ impl SessionTable {
     ///
     /// Most packets move no state: a UDP packet, or a segment of an
     /// established TCP connection without SYN, FIN or RST (`tcp_next` keeps
-    /// it established). Those are decided first, without the state machine.
+    /// it established). Those are decided first, without the state machine,
+    /// and refreshed by `touch_steady`.
     #[inline(always)]
     pub fn touch(&mut self, idx: u32, dir: u8, now: u32, tcp_flags: u8) {
-        let steady = self.steady;
-        let Some(s) = self.sessions.get_mut(idx as usize) else { return };
-        let secs = match s.proto {
-            PROTO_TCP if s.state == SessionState::Established && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0 => {
-                steady[0]
-            }
-            PROTO_UDP if s.state != SessionState::Free => {
-                if dir == 1 {
-                    s.state = SessionState::Established;
-                }
-                steady[1]
-            }
-            _ => return self.touch_moving(idx, dir, now, tcp_flags),
+        let Some(s) = self.sessions.get(idx as usize) else { return };
+        let steady = match s.proto {
+            PROTO_TCP => s.state == SessionState::Established && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0,
+            PROTO_UDP => s.state != SessionState::Free,
+            _ => false,
         };
-        let deadline = now.wrapping_add(secs);
-        s.deadline = deadline;
-        if (s.filed.wrapping_sub(deadline) as i32) > 0 {
-            self.unlink(idx);
-            self.link(idx);
-        }
+        if steady { self.touch_steady(idx, dir, now) } else { self.touch_moving(idx, dir, now, tcp_flags) }
     }
 
     /// `touch` for a packet its caller knows moves no state: a UDP packet
