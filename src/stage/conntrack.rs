@@ -29,7 +29,7 @@ use super::{DropReason as D, Filtering, Punt, Snapshot};
 use crate::dataplane::query::{SessionQuery, SessionView};
 use crate::packet::ethernet::ETHER_HEADER_LEN;
 use crate::packet::ipv4::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
-use crate::packet::l4::{TCP_FIN, TCP_RST, TCP_SYN, icmp_is_echo, icmp_is_error};
+use crate::packet::l4::{icmp_is_echo, icmp_is_error};
 use crate::packet::{Burst, L3, MAX_BURST, Meta, PacketBuf, Verdict};
 use crate::table::addrmap::AddrMap;
 use crate::table::natmap::{NatMap, Start, proto_slot, worker_ranges};
@@ -658,9 +658,9 @@ impl Conntrack {
         if s.is_expired_at(self.now) {
             return None;
         }
-        if s.proto() == PROTO_TCP
-            && (s.state != SessionState::Established || m.tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) != 0)
-        {
+        // (The fast path's sessions are TCP and UDP: for those this is the
+        // TCP test alone, the UDP one being the expiry's.)
+        if !s.moves_no_state(m.tcp_flags) {
             return None;
         }
         let lb = (NatKind::of(s.flags) == NatKind::Lb).then_some(s.user);

@@ -327,6 +327,19 @@ impl Session {
         self.state == SessionState::Free || (now.wrapping_sub(self.deadline) as i32) >= 0
     }
 
+    /// Whether a packet with `tcp_flags` leaves this session in its state
+    /// (`touch_steady` may refresh it): a UDP flow's that is live, or a
+    /// segment of an established TCP connection without SYN, FIN or RST
+    /// (`tcp_next` keeps it established).
+    #[inline(always)]
+    pub fn moves_no_state(&self, tcp_flags: u8) -> bool {
+        match self.proto {
+            PROTO_TCP => self.state == SessionState::Established && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0,
+            PROTO_UDP => self.state != SessionState::Free,
+            _ => false,
+        }
+    }
+
     /// The source and destination ports (ICMP: the query identifier) of
     /// direction `dir`.
     #[inline(always)]
@@ -873,18 +886,16 @@ impl SessionTable {
     #[inline(always)]
     pub fn touch(&mut self, idx: u32, dir: u8, now: u32, tcp_flags: u8) {
         let Some(s) = self.sessions.get(idx as usize) else { return };
-        let steady = match s.proto {
-            PROTO_TCP => s.state == SessionState::Established && tcp_flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0,
-            PROTO_UDP => s.state != SessionState::Free,
-            _ => false,
-        };
-        if steady { self.touch_steady(idx, dir, now) } else { self.touch_moving(idx, dir, now, tcp_flags) }
+        if s.moves_no_state(tcp_flags) {
+            self.touch_steady(idx, dir, now)
+        } else {
+            self.touch_moving(idx, dir, now, tcp_flags)
+        }
     }
 
-    /// `touch` for a packet its caller knows moves no state: a UDP packet
-    /// of a live session, or a segment of an established TCP connection
-    /// without SYN, FIN or RST (what the fast path's `fast_target` checked
-    /// on the same record), so that the tests are not made twice.
+    /// `touch` for a packet its caller knows moves no state
+    /// (`Session::moves_no_state`, which the fast path's `fast_target`
+    /// checked on the same record), so that the tests are not made twice.
     #[inline(always)]
     pub fn touch_steady(&mut self, idx: u32, dir: u8, now: u32) {
         let steady = self.steady;
