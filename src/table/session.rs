@@ -688,11 +688,12 @@ impl SessionTable {
     /// Reads one byte of each candidate's record, in a pass of its own, so
     /// that the bulk lookup waits for all of their cache misses at once.
     /// The key comparison is about 20 instructions a key: in a pass doing
-    /// only that, the processor held about ten keys' worth of it in
-    /// flight, so with records in memory (a million sessions met in no
-    /// particular order) their misses went about ten at a time, where a
-    /// pass of one load each overlaps the whole burst's; the comparisons
-    /// then read records in cache. `stage_cycles lb-64b.toml 1000000
+    /// only that, the processor's window of instructions in flight holds
+    /// about ten keys' worth, so (as we read the measurements below; this
+    /// VM has no performance counters) with records in memory, a million
+    /// sessions met in no particular order, their misses went about ten at
+    /// a time, where a pass of one load each overlaps the whole burst's;
+    /// the comparisons then read records in cache. `stage_cycles lb-64b.toml 1000000
     /// scramble`: about 150 -> 139 TSC cycles a packet; nat-64b 142 -> 132;
     /// unchanged in cache and with records met in storage order. (The
     /// prefetches of the pass before are kept: without them the same runs
