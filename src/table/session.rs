@@ -693,11 +693,11 @@ impl SessionTable {
     /// VM has no performance counters) with records in memory, a million
     /// sessions met in no particular order, their misses went about ten at
     /// a time, where a pass of one load each overlaps the whole burst's;
-    /// the comparisons then read records in cache. `stage_cycles lb-64b.toml 1000000
-    /// scramble`: about 150 -> 139 TSC cycles a packet; nat-64b 142 -> 132;
-    /// unchanged in cache and with records met in storage order. (The
-    /// prefetches of the pass before are kept: without them the same runs
-    /// took 152 and 143.)
+    /// the comparisons then read records in cache. `stage_cycles
+    /// lb-64b.toml 1000000 scramble`: about 150 -> 139 TSC cycles a packet;
+    /// nat-64b 142 -> 132; unchanged in cache and with records met in
+    /// storage order. (The prefetches of the pass before are kept: without
+    /// them the same runs took 152 and 143.)
     #[inline(always)]
     fn await_records(&self, candidates: &[Option<(u32, u8)>]) {
         let mut seen = 0u8;
