@@ -50,6 +50,11 @@ enum Cmd {
         /// does; with a scenario's `arp_every` it answers those requests.
         #[arg(long)]
         host_stack: bool,
+        /// Replay the first pass over the pattern in a scrambled order, so
+        /// that later passes meet the sessions in no particular order, not
+        /// in the order they were created (as a router's flows arrive).
+        #[arg(long)]
+        scramble: bool,
     },
     /// Write a scenario's traffic to a pcap file.
     Gen {
@@ -130,7 +135,19 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, String> {
     match cli.cmd {
-        Cmd::Bench { scenario, cores, seconds, burst, json, quiet, push_every, warmup, steer_by_owner, host_stack } => {
+        Cmd::Bench {
+            scenario,
+            cores,
+            seconds,
+            burst,
+            json,
+            quiet,
+            push_every,
+            warmup,
+            steer_by_owner,
+            host_stack,
+            scramble,
+        } => {
             let o = bench::BenchOptions {
                 cores,
                 seconds,
@@ -141,6 +158,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 warmup,
                 steer_by_owner,
                 host_stack,
+                scramble,
                 ..Default::default()
             };
             let r = bench::run(&scenario, &o)?;

@@ -102,6 +102,42 @@ fn help_describes_each_command() {
     assert!(!line("run").contains("captures"), "{out}");
 }
 
+/// `--scramble`: the first pass opens the flows in another order; the
+/// reference model's check still holds, with one worker and with two.
+/// (A run shorter than the first pass is `expected_counts`' unit test.)
+#[test]
+fn bench_scrambled_opening_checks_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenario = dir.path().join("lb-small.toml");
+    std::fs::write(
+        &scenario,
+        format!(
+            "name = \"lb-small\"\nconfig = \"{}\"\nseed = 5\nlb_snat = \"never\"\n[traffic]\ningress = \"ge1\"\n\
+             flows = 20000\nprotocol = \"tcp\"\nsrc = \"10.0.0.0/8\"\nsport = [1024, 65000]\ndport = [80, 80]\n\
+             dst = \"192.168.0.137/32\"\nsize = 64\n",
+            repo("configs/loadbalancer.json").display()
+        ),
+    )
+    .unwrap();
+    for cores in ["1", "2"] {
+        let json = dir.path().join("r.json");
+        let o = bin()
+            .args(["bench", "--scramble", "--quiet", "--cores", cores, "--seconds", "0.5", "--json"])
+            .arg(&json)
+            .arg(&scenario)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{cores}: {out}\n{}", String::from_utf8_lossy(&o.stderr));
+        assert!(out.contains("first pass over its frames scrambled"), "{out}");
+        assert!(out.contains("check: PASS"), "{cores}: {out}");
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        assert_eq!(r["scrambled"], true);
+        // Every flow opened once, whichever order: a session each.
+        assert_eq!(r["stages"]["conntrack: sessions created"], 20_000, "{out}");
+    }
+}
+
 #[test]
 fn bench_with_two_workers_spreads_flows() {
     let o = bin()

@@ -45,6 +45,10 @@ pub struct BenchOptions {
     pub steer_by_owner: bool,
     /// Run the host stack beside the workers, as `run` does.
     pub host_stack: bool,
+    /// Replay each worker's first pass over its frames in a scrambled
+    /// order, so that later passes meet its session records in no
+    /// particular order (`ReplayRx::opening_in`).
+    pub scramble: bool,
 }
 
 impl Default for BenchOptions {
@@ -60,6 +64,7 @@ impl Default for BenchOptions {
             warmup: 0.0,
             steer_by_owner: false,
             host_stack: false,
+            scramble: false,
         }
     }
 }
@@ -85,6 +90,8 @@ pub struct BenchReport {
     pub pushes: u64,
     pub push_mean_secs: f64,
     pub pattern_packets: usize,
+    /// The first pass over the pattern was replayed in a scrambled order.
+    pub scrambled: bool,
     pub seconds: f64,
     pub burst: usize,
     pub tsc_ghz: f64,
@@ -107,20 +114,28 @@ pub struct BenchReport {
 }
 
 /// What the reference model expects of the first `n` packets of a replay
-/// pattern repeated forever.
-fn expected_counts(expect: &[Expect], n: u64) -> BTreeMap<Expect, u64> {
+/// pattern repeated forever, its first pass in `opening`'s order when that
+/// is not empty (a permutation of the pattern's indices).
+fn expected_counts(expect: &[Expect], opening: &[u32], n: u64) -> BTreeMap<Expect, u64> {
     let mut full: BTreeMap<Expect, u64> = BTreeMap::new();
     let mut part: BTreeMap<Expect, u64> = BTreeMap::new();
     if expect.is_empty() {
         return full;
     }
-    let laps = n / expect.len() as u64;
-    let rem = (n % expect.len() as u64) as usize;
+    let len = expect.len() as u64;
+    // A whole first pass counts as any other: only a partial one differs.
+    let (laps, rem, first) = match n < len && !opening.is_empty() {
+        true => (0, 0, &opening[..n as usize]),
+        false => (n / len, (n % len) as usize, &[][..]),
+    };
     for (i, e) in expect.iter().enumerate() {
         *full.entry(*e).or_default() += laps;
         if i < rem {
             *part.entry(*e).or_default() += 1;
         }
+    }
+    for &i in first {
+        *part.entry(expect[i as usize]).or_default() += 1;
     }
     for (e, c) in part {
         *full.entry(e).or_default() += c;
@@ -129,10 +144,14 @@ fn expected_counts(expect: &[Expect], n: u64) -> BTreeMap<Expect, u64> {
 }
 
 /// Compares what the workers counted with the model's expectations.
-fn check(p: &Prepared, per_worker: &[(Vec<Expect>, Counters)], total: &Counters) -> (bool, Vec<String>) {
+/// A worker's pattern as the model sees it: each frame's expected outcome,
+/// and the first pass's order (empty: the pattern's own).
+type Expected = (Vec<Expect>, Vec<u32>);
+
+fn check(p: &Prepared, per_worker: &[(Expected, Counters)], total: &Counters) -> (bool, Vec<String>) {
     let mut want: BTreeMap<Expect, u64> = BTreeMap::new();
-    for (exp, c) in per_worker {
-        for (e, n) in expected_counts(exp, c.rx) {
+    for ((exp, opening), c) in per_worker {
+        for (e, n) in expected_counts(exp, opening, c.rx) {
             *want.entry(e).or_default() += n;
         }
     }
@@ -250,6 +269,11 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
         cores,
         burst
     );
+    if o.scramble {
+        println!(
+            "  order: each worker's first pass over its frames scrambled, later passes in pattern order (session records met in no particular order)"
+        );
+    }
     let capacity = (s.traffic.flows * 2).max(1 << 16);
     println!(
         "  sessions: {} per worker, {:.0} B per session at capacity ({:.0} MiB per worker)",
@@ -281,7 +305,22 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
         let core = (!core_ids.is_empty()).then(|| core_ids[(w + 1) % core_ids.len()]);
         cores_used.push(core);
         let st = Arc::new(WorkerStats::new(p.ports.len()));
-        let replay = ReplayRx::new(packed, true);
+        // A Fisher-Yates shuffle, seeded by the scenario and the worker.
+        let opening: Vec<u32> = match o.scramble {
+            true => {
+                let mut order: Vec<u32> = (0..packed.len() as u32).collect();
+                let mut rng = crate::pktgen::Rng::new(s.seed ^ 0x5c7a_4b1e ^ w as u64);
+                for i in (1..order.len()).rev() {
+                    order.swap(i, rng.range(0, i as u64) as usize);
+                }
+                order
+            }
+            false => Vec::new(),
+        };
+        let replay = match o.scramble {
+            true => ReplayRx::new(packed, true).opening_in(opening.clone())?,
+            false => ReplayRx::new(packed, true),
+        };
         port_rx[p.traffic.ingress].push(replay.counters().clone());
         let rx: Vec<(u16, Box<dyn RxQueue>)> = vec![(p.traffic.ingress as u16, Box::new(replay))];
         let mut tx: Vec<Option<Box<dyn TxQueue>>> = Vec::new();
@@ -309,7 +348,7 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
         };
         handles.push(worker.spawn().map_err(|e| format!("cannot start worker {w}: {e}"))?);
         stats.push(st);
-        expects.push(exp);
+        expects.push((exp, opening));
     }
 
     // Each worker backs its session table with memory before its first burst
@@ -472,6 +511,7 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
         pushes,
         push_mean_secs: if pushes > 0 { push_secs / pushes as f64 } else { 0.0 },
         pattern_packets: p.traffic.frames.len(),
+        scrambled: o.scramble,
         seconds: elapsed,
         burst,
         tsc_ghz,
@@ -558,9 +598,17 @@ mod tests {
     #[test]
     fn expected_counts_over_laps() {
         let e = [Expect::Forward(1), Expect::Forward(2), Expect::Drop("x")];
-        let c = expected_counts(&e, 8); // two laps and two more
+        let c = expected_counts(&e, &[], 8); // two laps and two more
         assert_eq!(c[&Expect::Forward(1)], 3);
         assert_eq!(c[&Expect::Forward(2)], 3);
         assert_eq!(c[&Expect::Drop("x")], 2);
+        // The first pass in another order: within it, that order counts;
+        // after it, whole passes as before.
+        let n = |c: &BTreeMap<Expect, u64>, e: Expect| c.get(&e).copied().unwrap_or(0);
+        let c = expected_counts(&e, &[2, 0, 1], 1);
+        assert_eq!((n(&c, Expect::Drop("x")), n(&c, Expect::Forward(1)), n(&c, Expect::Forward(2))), (1, 0, 0));
+        let c = expected_counts(&e, &[2, 0, 1], 2);
+        assert_eq!((n(&c, Expect::Drop("x")), n(&c, Expect::Forward(1)), n(&c, Expect::Forward(2))), (1, 1, 0));
+        assert_eq!(expected_counts(&e, &[2, 0, 1], 8), expected_counts(&e, &[], 8));
     }
 }

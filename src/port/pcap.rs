@@ -199,6 +199,9 @@ impl Frames {
 /// rewritten downstream, so every pass needs a fresh copy, as with net_pcap).
 pub struct ReplayRx {
     frames: Frames,
+    /// The first pass's order (indices into `frames`), when it is not the
+    /// frames' own: see `ReplayRx::opening_in`.
+    opening: Vec<u32>,
     pos: usize,
     looping: bool,
     /// Completed passes over the frames.
@@ -210,18 +213,79 @@ pub struct ReplayRx {
 
 impl ReplayRx {
     pub fn new(frames: Frames, looping: bool) -> ReplayRx {
-        ReplayRx { frames, pos: 0, looping, laps: 0, no_buffer: 0, counters: Arc::default() }
+        ReplayRx { frames, opening: Vec::new(), pos: 0, looping, laps: 0, no_buffer: 0, counters: Arc::default() }
+    }
+
+    /// Replays the first pass in `order` (a permutation of the frames'
+    /// indices), every later one in the frames' own order. A router's flows
+    /// start in one order and their packets arrive later in another: a
+    /// pattern whose sessions open in a scrambled order is then replayed
+    /// meeting their records in no particular order, not in the order they
+    /// were created (which a processor's prefetcher follows).
+    pub fn opening_in(mut self, order: Vec<u32>) -> Result<ReplayRx, String> {
+        let n = self.frames.len();
+        let mut seen = vec![false; n];
+        for &i in &order {
+            match seen.get_mut(i as usize) {
+                Some(s) if !*s => *s = true,
+                _ => return Err(format!("the opening order is not a permutation of {n} frames (index {i})")),
+            }
+        }
+        if order.len() != n {
+            return Err(format!("the opening order has {} indices for {n} frames", order.len()));
+        }
+        self.opening = order;
+        Ok(self)
     }
 
     /// True when a non-looping replay has delivered everything.
     pub fn done(&self) -> bool {
         !self.looping && self.pos >= self.frames.len()
     }
+
+    /// A burst of the first pass in `opening`'s order. It ends at the end
+    /// of the pass (the next burst starts the frames' own order).
+    fn rx_opening(&mut self, pool: &mut Pool, burst: &mut Burst, port: u16) -> usize {
+        let n = self.opening.len();
+        let (mut got, mut bytes) = (0, 0);
+        while burst.room() > 0 && self.pos < n {
+            let Some(mut p) = pool.alloc() else {
+                self.no_buffer += 1;
+                self.counters.add_dropped(1);
+                break;
+            };
+            let (padded, len) = self.frames.get_padded(self.opening[self.pos] as usize);
+            p.fill_padded(padded, len);
+            let _ = burst.push(p, port);
+            self.pos += 1;
+            got += 1;
+            bytes += len;
+        }
+        if got > 0 {
+            self.counters.add(got as u64, bytes as u64);
+        }
+        if self.pos == n {
+            self.pos = 0;
+            self.laps = 1;
+            if !self.looping {
+                // Done: `done` reads the position.
+                self.pos = n;
+            }
+        }
+        // The next burst's frames, as in `rx_burst`.
+        for k in self.pos..(self.pos + got).min(n) {
+            self.frames.prefetch(if self.laps == 0 { self.opening[k] as usize } else { k });
+        }
+        got
+    }
 }
 
 impl RxQueue for ReplayRx {
     #[inline]
     fn rx_burst(&mut self, pool: &mut Pool, burst: &mut Burst, port: u16) -> usize {
+        if self.laps == 0 && !self.opening.is_empty() {
+            return self.rx_opening(pool, burst, port);
+        }
         let n = self.frames.len();
         let (mut got, mut bytes) = (0, 0);
         while burst.room() > 0 {
@@ -333,6 +397,47 @@ mod tests {
         assert_eq!(looping.rx_burst(&mut pool, &mut b, 1), 12);
         assert_eq!(looping.laps, 2);
         assert_eq!(b.pkt(11).data(), &[1; 60]);
+    }
+
+    /// The first pass follows the opening order, every later one the
+    /// frames' own; bursts stop at the end of the opening pass.
+    #[test]
+    fn replay_opens_in_the_given_order_then_loops_in_storage_order() {
+        let frames: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 60]).collect();
+        let (packed, _) = Frames::pack(frames.iter().map(|f| &f[..]));
+        let firsts = |b: &mut Burst, pool: &mut Pool| {
+            let mut v = Vec::new();
+            b.drain(|p, _| {
+                v.push(p.data()[0]);
+                p.release(pool);
+            });
+            v
+        };
+        let mut pool = Pool::new(16);
+        let mut b: Burst = Burst::new(4);
+        let mut rx = ReplayRx::new(packed.clone(), true).opening_in(vec![3, 0, 4, 2, 1]).unwrap();
+        assert_eq!(rx.rx_burst(&mut pool, &mut b, 1), 4);
+        assert_eq!(firsts(&mut b, &mut pool), [3, 0, 4, 2]);
+        assert_eq!(rx.rx_burst(&mut pool, &mut b, 1), 1);
+        assert_eq!((firsts(&mut b, &mut pool), rx.laps), (vec![1], 1));
+        assert_eq!(rx.rx_burst(&mut pool, &mut b, 1), 4);
+        assert_eq!(firsts(&mut b, &mut pool), [0, 1, 2, 3]);
+        assert_eq!(rx.rx_burst(&mut pool, &mut b, 1), 4);
+        assert_eq!(firsts(&mut b, &mut pool), [4, 0, 1, 2]);
+        assert_eq!(rx.laps, 2);
+        assert_eq!(rx.counters().read(), (13, 13 * 60, 0));
+
+        // Not looping: one pass in the opening order, then done.
+        let mut once = ReplayRx::new(packed.clone(), false).opening_in(vec![4, 3, 2, 1, 0]).unwrap();
+        let mut got = Vec::new();
+        while once.rx_burst(&mut pool, &mut b, 1) > 0 {
+            got.extend(firsts(&mut b, &mut pool));
+        }
+        assert_eq!((got, once.done()), (vec![4, 3, 2, 1, 0], true));
+
+        for bad in [vec![0, 1, 2, 3], vec![0, 1, 2, 3, 3], vec![0, 1, 2, 3, 5], vec![0, 1, 2, 3, 4, 0]] {
+            assert!(ReplayRx::new(packed.clone(), true).opening_in(bad.clone()).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
