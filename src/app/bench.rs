@@ -143,11 +143,11 @@ fn expected_counts(expect: &[Expect], opening: &[u32], n: u64) -> BTreeMap<Expec
     full
 }
 
-/// Compares what the workers counted with the model's expectations.
 /// A worker's pattern as the model sees it: each frame's expected outcome,
 /// and the first pass's order (empty: the pattern's own).
 type Expected = (Vec<Expect>, Vec<u32>);
 
+/// Compares what the workers counted with the model's expectations.
 fn check(p: &Prepared, per_worker: &[(Expected, Counters)], total: &Counters) -> (bool, Vec<String>) {
     let mut want: BTreeMap<Expect, u64> = BTreeMap::new();
     for ((exp, opening), c) in per_worker {
@@ -305,22 +305,17 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
         let core = (!core_ids.is_empty()).then(|| core_ids[(w + 1) % core_ids.len()]);
         cores_used.push(core);
         let st = Arc::new(WorkerStats::new(p.ports.len()));
-        // A Fisher-Yates shuffle, seeded by the scenario and the worker.
-        let opening: Vec<u32> = match o.scramble {
-            true => {
-                let mut order: Vec<u32> = (0..packed.len() as u32).collect();
-                let mut rng = crate::pktgen::Rng::new(s.seed ^ 0x5c7a_4b1e ^ w as u64);
-                for i in (1..order.len()).rev() {
-                    order.swap(i, rng.range(0, i as u64) as usize);
-                }
-                order
+        let mut opening: Vec<u32> = Vec::new();
+        let mut replay = ReplayRx::new(packed, true);
+        if o.scramble {
+            // A Fisher-Yates shuffle, seeded by the scenario and the worker.
+            opening = (0..replay.frames() as u32).collect();
+            let mut rng = crate::pktgen::Rng::new(s.seed ^ 0x5c7a_4b1e ^ w as u64);
+            for i in (1..opening.len()).rev() {
+                opening.swap(i, rng.range(0, i as u64) as usize);
             }
-            false => Vec::new(),
-        };
-        let replay = match o.scramble {
-            true => ReplayRx::new(packed, true).opening_in(opening.clone())?,
-            false => ReplayRx::new(packed, true),
-        };
+            replay = replay.opening_in(opening.clone())?;
+        }
         port_rx[p.traffic.ingress].push(replay.counters().clone());
         let rx: Vec<(u16, Box<dyn RxQueue>)> = vec![(p.traffic.ingress as u16, Box::new(replay))];
         let mut tx: Vec<Option<Box<dyn TxQueue>>> = Vec::new();

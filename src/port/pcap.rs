@@ -238,9 +238,29 @@ impl ReplayRx {
         Ok(self)
     }
 
+    /// Frames in one pass.
+    pub fn frames(&self) -> usize {
+        self.frames.len()
+    }
+
     /// True when a non-looping replay has delivered everything.
     pub fn done(&self) -> bool {
         !self.looping && self.pos >= self.frames.len()
+    }
+
+    /// Copies frame `i` into a fresh buffer at the end of `burst` (which has
+    /// room); its length, or None when the pool is empty (counted).
+    #[inline(always)]
+    fn push_frame(&mut self, pool: &mut Pool, burst: &mut Burst, port: u16, i: usize) -> Option<usize> {
+        let Some(mut p) = pool.alloc() else {
+            self.no_buffer += 1;
+            self.counters.add_dropped(1);
+            return None;
+        };
+        let (padded, len) = self.frames.get_padded(i);
+        p.fill_padded(padded, len);
+        let _ = burst.push(p, port);
+        Some(len)
     }
 
     /// A burst of the first pass in `opening`'s order. It ends at the end
@@ -249,14 +269,7 @@ impl ReplayRx {
         let n = self.opening.len();
         let (mut got, mut bytes) = (0, 0);
         while burst.room() > 0 && self.pos < n {
-            let Some(mut p) = pool.alloc() else {
-                self.no_buffer += 1;
-                self.counters.add_dropped(1);
-                break;
-            };
-            let (padded, len) = self.frames.get_padded(self.opening[self.pos] as usize);
-            p.fill_padded(padded, len);
-            let _ = burst.push(p, port);
+            let Some(len) = self.push_frame(pool, burst, port, self.opening[self.pos] as usize) else { break };
             self.pos += 1;
             got += 1;
             bytes += len;
@@ -296,14 +309,7 @@ impl RxQueue for ReplayRx {
                 self.pos = 0;
                 self.laps += 1;
             }
-            let Some(mut p) = pool.alloc() else {
-                self.no_buffer += 1;
-                self.counters.add_dropped(1);
-                break;
-            };
-            let (padded, len) = self.frames.get_padded(self.pos);
-            p.fill_padded(padded, len);
-            let _ = burst.push(p, port);
+            let Some(len) = self.push_frame(pool, burst, port, self.pos) else { break };
             self.pos += 1;
             got += 1;
             bytes += len;
