@@ -308,12 +308,8 @@ pub fn run(path: &Path, o: &BenchOptions) -> Result<BenchReport, String> {
         let mut opening: Vec<u32> = Vec::new();
         let mut replay = ReplayRx::new(packed, true);
         if o.scramble {
-            // A Fisher-Yates shuffle, seeded by the scenario and the worker.
-            opening = (0..replay.frames() as u32).collect();
-            let mut rng = crate::pktgen::Rng::new(s.seed ^ 0x5c7a_4b1e ^ w as u64);
-            for i in (1..opening.len()).rev() {
-                opening.swap(i, rng.range(0, i as u64) as usize);
-            }
+            // Seeded by the scenario and the worker.
+            opening = crate::pktgen::Rng::new(s.seed ^ 0x5c7a_4b1e ^ w as u64).permutation(replay.frames());
             replay = replay.opening_in(opening.clone())?;
         }
         port_rx[p.traffic.ingress].push(replay.counters().clone());

@@ -98,11 +98,7 @@ fn cycle(lines: usize) -> Option<(Vec<u64>, Vec<u32>)> {
     region.try_reserve_exact(lines * LINE_WORDS).ok()?;
     advise_huge(region.spare_capacity_mut());
     region.resize(lines * LINE_WORDS, 0);
-    let mut order: Vec<u32> = (0..lines as u32).collect();
-    let mut rng = Rng::new(lines as u64);
-    for i in (1..lines).rev() {
-        order.swap(i, rng.range(0, i as u64) as usize);
-    }
+    let order = Rng::new(lines as u64).permutation(lines);
     for w in 0..lines {
         let (from, to) = (order[w] as usize, order[(w + 1) % lines] as usize);
         region[from * LINE_WORDS] = (to * LINE_WORDS) as u64;

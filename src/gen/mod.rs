@@ -33,6 +33,15 @@ impl Rng {
     pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
         if hi <= lo { lo } else { lo + self.next_u64() % (hi - lo + 1) }
     }
+
+    /// 0..n in a random order (a Fisher-Yates shuffle).
+    pub fn permutation(&mut self, n: usize) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        for i in (1..n).rev() {
+            order.swap(i, self.range(0, i as u64) as usize);
+        }
+        order
+    }
 }
 
 #[cfg(test)]
@@ -46,5 +55,17 @@ mod tests {
         assert_eq!(r.next_u64(), 0xe220_a839_7b1d_cdaf);
         assert_eq!(r.next_u64(), 0x6e78_9e6a_a1b9_65f4);
         assert!((0..1000).all(|_| (5..=9).contains(&r.range(5, 9))));
+    }
+
+    #[test]
+    fn permutation_holds_every_index_once() {
+        let p = Rng::new(7).permutation(1000);
+        let mut sorted = p.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..1000).collect::<Vec<u32>>());
+        // Shuffled, not the identity; the same seed, the same order.
+        assert!(p.iter().enumerate().filter(|&(i, &v)| i as u32 == v).count() < 100);
+        assert_eq!(p, Rng::new(7).permutation(1000));
+        assert!(Rng::new(7).permutation(0).is_empty());
     }
 }

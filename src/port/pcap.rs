@@ -278,12 +278,9 @@ impl ReplayRx {
             self.counters.add(got as u64, bytes as u64);
         }
         if self.pos == n {
-            self.pos = 0;
             self.laps = 1;
-            if !self.looping {
-                // Done: `done` reads the position.
-                self.pos = n;
-            }
+            // Not looping: done (`done` reads the position).
+            self.pos = if self.looping { 0 } else { n };
         }
         // The next burst's frames, as in `rx_burst`.
         for k in self.pos..(self.pos + got).min(n) {
