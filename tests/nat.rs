@@ -356,6 +356,61 @@ fn rfc5508_icmp_errors_quoting_garbage_or_unknown_flows_are_dropped() {
     assert_eq!(out.drops("firewall: not allowed to the appliance"), 3);
 }
 
+/// An ICMPv4 port unreachable from `from` (arriving from `mac` on the port
+/// whose MAC is `port_mac`) to `to`, quoting `quoted` (an IP packet).
+fn icmp_unreachable(mac: [u8; 6], port_mac: [u8; 6], from: [u8; 4], to: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+    let t = etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port);
+    let mut v = Vec::new();
+    PacketBuilder::ethernet2(mac, port_mac).ipv4(from, to, 64).icmpv4(t).write(&mut v, &quoted[..28]).unwrap();
+    v
+}
+
+#[test]
+fn rfc5508_req4_req5_icmp_errors_about_no_known_flow_are_not_translated() {
+    // Never sent through the router: the reply of a floating IP's host to
+    // an outside client, and a client's datagram to an inside host.
+    let fip_reply = udp(HOST, GE1, [203, 0, 113, 50], [1, 2, 3, 4], 80, 33000);
+    let to_inside = udp(UPSTREAM, GE2, [1, 2, 3, 4], [192, 168, 1, 9], 33000, 80);
+    let out = replay(
+        vec![
+            // From outside, to the floating IP (REQ-5): only a translation
+            // to 192.168.1.5 would take it in, and its quote would still
+            // name the floating IP.
+            on("ge1", 0.0, icmp_unreachable(UPSTREAM, GE1, [1, 2, 3, 4], [203, 0, 113, 50], &fip_reply[14..])),
+            // From an inside host, out of the external port (REQ-4): the
+            // masquerade would leave its own address in the quote.
+            on("ge2", 0.1, icmp_unreachable(HOST, GE2, [192, 168, 1, 9], [1, 2, 3, 4], &to_inside[14..])),
+            // The same error about a flow the router did translate still is.
+            on("ge1", 0.2, udp(UPSTREAM, GE1, [1, 2, 3, 4], [203, 0, 113, 50], 33000, 80)),
+        ],
+        |_| {},
+    );
+    assert_eq!(out.drops("nat: icmp error about no known flow"), 2, "{:?}", out.summary.drops);
+    assert!(out.on("ge1").is_empty(), "nothing leaves by the external port");
+    // Only the datagram reached the inside, to the floating IP's host, and
+    // only its flow has a session.
+    let inside: Vec<_> = out.on("ge2").iter().map(|f| tuple(f)).collect();
+    assert_eq!(inside, vec![([1, 2, 3, 4], [192, 168, 1, 5], 33000, 80)]);
+    assert_eq!(out.counter("conntrack: sessions created"), 1);
+    // An error about the translated flow is translated as before.
+    let back = udp(GE2, GE1, [203, 0, 113, 50], [1, 2, 3, 4], 80, 33000);
+    let out = replay(
+        vec![
+            on("ge1", 0.0, udp(UPSTREAM, GE1, [1, 2, 3, 4], [203, 0, 113, 50], 33000, 80)),
+            on("ge1", 0.1, icmp_unreachable(UPSTREAM, GE1, [1, 2, 3, 4], [203, 0, 113, 50], &back[14..])),
+        ],
+        |_| {},
+    );
+    let inside = out.on("ge2");
+    assert_eq!(inside.len(), 2, "{:?}", out.summary.drops);
+    let (s, d, _, _) = tuple(&inside[1]);
+    assert_eq!((s, d), ([1, 2, 3, 4], [192, 168, 1, 5]));
+    let q = &inside[1][42..];
+    assert!(inet_sum_ok(&q[..20]), "quoted header checksum");
+    assert_eq!((&q[12..16], &q[16..20]), (&[192, 168, 1, 5][..], &[1, 2, 3, 4][..]), "quoted as the host sent it");
+    assert_eq!(out.counter("nat: icmp errors translated"), 1);
+}
+
 // ---- ASTARA.md: floating IPs, no-NAT cases, metadata, filter ----
 
 #[test]

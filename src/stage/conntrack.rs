@@ -141,6 +141,13 @@ enum Kind {
     /// (`Info::first`), not yet recorded: translated as that one was at the
     /// end of `post_route`, then routed again.
     FragWait,
+    /// An ICMPv4 error quoting no known flow: never translated and never
+    /// the start of a session (its "flow" would be keyed by its type and
+    /// code, and a translation of its outer header alone would leave its
+    /// quote as it was). Routed as it is under the forwarding and INPUT
+    /// policies; dropped where it would need a translation (RFC 5508
+    /// REQ-4, REQ-5).
+    Error,
 }
 
 /// What `fast_target` found for a packet of a known flow: the tuple it is
@@ -474,6 +481,20 @@ impl Conntrack {
             }
             if self.icmp_error(pkt, m) {
                 self.info[i].kind = Kind::Related;
+                continue;
+            }
+            // (`icmp_error` translates no fragment: a first fragment of an
+            // error is one of these too.)
+            if m.l3 == L3::Ipv4 && m.proto == PROTO_ICMP && icmp_is_error(m.icmp_type) {
+                let info = &mut self.info[i];
+                info.kind = Kind::Error;
+                // (For `record_fragment`: a first fragment's datagram stays
+                // as it came.)
+                info.orig = key_of(m);
+                // To a floating IP: only a translation would take it on.
+                if snap.nat.dnat.contains_key(&(m.dst as u32)) {
+                    m.drop(D::NatIcmpErrorNoFlow as u8);
+                }
                 continue;
             }
             // The key is built here, after the calls above, so that it goes
@@ -984,7 +1005,7 @@ impl Conntrack {
             let m = burst.meta(i);
             // (A deferred first fragment that was not tracked after all has
             // no translation to record.)
-            if matches!(info.kind, Kind::Hit | Kind::New) && m.frag == 1 && m.verdict != Verdict::Drop {
+            if matches!(info.kind, Kind::Hit | Kind::New | Kind::Error) && m.frag == 1 && m.verdict != Verdict::Drop {
                 let m = *m;
                 self.record_fragment(&m, &info.orig);
             }
@@ -1035,7 +1056,7 @@ impl Conntrack {
         planned.clear();
         self.lb_taken.clear();
         for (i, info) in infos.iter().enumerate().take(burst.len()) {
-            if info.kind != Kind::New {
+            if !matches!(info.kind, Kind::New | Kind::Error) {
                 continue;
             }
             let (_, m) = burst.pair_mut(i);
@@ -1045,6 +1066,7 @@ impl Conntrack {
                         m.drop(r as u8);
                     }
                 }
+                Verdict::Forward if info.kind == Kind::Error => self.untracked_error(snap, m),
                 Verdict::Forward => {
                     if let Some(plan) = self.plan(snap, m, info, self.starts[i]) {
                         planned.push((i, plan));
@@ -1199,6 +1221,25 @@ impl Conntrack {
             _ => {}
         }
         Some(self.finish_plan(info, m.proto, to, flags, user))
+    }
+
+    /// A forwarded ICMPv4 error quoting no known flow (`Kind::Error`): the
+    /// forwarding policy applies to it as to a new flow; one that would be
+    /// translated, leaving by the external port from inside (masquerade or
+    /// a floating IP), is dropped instead, as RFC 5508 REQ-4 asks: its
+    /// quote would still name the inside host. No session either way.
+    fn untracked_error(&mut self, snap: &Snapshot, m: &mut Meta) {
+        if !snap.acl.is_empty()
+            && let Some((_, false)) = snap.acl.classify(&acl_key(m))
+        {
+            self.counters.blocked += 1;
+            m.drop(D::BlockedByRule as u8);
+            return;
+        }
+        let ext = snap.nat.external.map(|(p, _)| p);
+        if ext == Some(m.out_port) && ext != Some(m.in_port) {
+            m.drop(D::NatIcmpErrorNoFlow as u8);
+        }
     }
 
     /// The translation of a new flow to a listener, its member chosen

@@ -130,6 +130,10 @@ drop_reasons! {
     NatPortsExhausted = "nat: no free external port",
     /// The translated flow would collide with an existing session.
     NatCollision = "nat: translated flow already exists",
+    /// An ICMPv4 error quoting no flow the router knows, that would need a
+    /// translation: to a floating IP, or out of the external port from
+    /// inside (RFC 5508 REQ-4, REQ-5: silently dropped).
+    NatIcmpErrorNoFlow = "nat: icmp error about no known flow",
     /// New flow to a load-balancer listener with no member taking flows.
     LbNoMember = "lb: no member available",
     /// A flow of an administratively down member past its drain timeout.
