@@ -57,15 +57,6 @@ fn with_ipv4_options(opts: &[u8], dst: [u8; 4]) -> Vec<u8> {
     v
 }
 
-/// Recomputes the IPv4 header checksum of a frame edited by hand.
-fn fix_ipv4_checksum(f: &mut [u8]) {
-    let ihl = (f[14] & 0x0f) as usize * 4;
-    f[24] = 0;
-    f[25] = 0;
-    let c = astara_dp::packet::checksum::checksum(&f[14..14 + ihl.min(f.len() - 14)]);
-    f[24..26].copy_from_slice(&c.to_be_bytes());
-}
-
 fn ipv6(src: &str, dst: &str, hop: u8, next: u8, payload: &[u8]) -> Vec<u8> {
     let h = etherparse::Ipv6Header {
         traffic_class: 0,
@@ -106,11 +97,11 @@ fn each_malformation_has_its_reason() {
     drop(&f, "parse: ipv4 bad version");
     let mut f = good.clone();
     f[16..18].copy_from_slice(&200u16.to_be_bytes());
-    fix_ipv4_checksum(&mut f);
+    common::fix_ip_checksum(&mut f, 14);
     drop(&f, "parse: ipv4 bad total length");
     let mut f = good.clone();
     f[16..18].copy_from_slice(&12u16.to_be_bytes());
-    fix_ipv4_checksum(&mut f);
+    common::fix_ip_checksum(&mut f, 14);
     drop(&f, "parse: ipv4 bad total length");
     let mut f = good.clone();
     f[24] ^= 0xff;
@@ -123,7 +114,7 @@ fn each_malformation_has_its_reason() {
     assert_eq!(run(&snap, &udp4([192, 168, 1, 1], 0)).0, Verdict::Local);
     let mut f = udp4([8, 8, 8, 8], 64);
     f[26..30].copy_from_slice(&[127, 0, 0, 1]);
-    fix_ipv4_checksum(&mut f);
+    common::fix_ip_checksum(&mut f, 14);
     drop(&f, "parse: ipv4 martian source");
     drop(&udp4([0, 1, 2, 3], 64), "parse: ipv4 martian destination");
     drop(&udp4([240, 0, 0, 1], 64), "parse: ipv4 martian destination");
@@ -144,26 +135,26 @@ fn each_malformation_has_its_reason() {
     // Unfragmented TCP cut to 10 bytes (IP total length adjusted).
     let mut f = t[..44].to_vec();
     f[16..18].copy_from_slice(&30u16.to_be_bytes());
-    fix_ipv4_checksum(&mut f);
+    common::fix_ip_checksum(&mut f, 14);
     drop(&f, "parse: transport header truncated");
     // First fragment with only 8 bytes of TCP (RFC 1858 tiny fragment).
     let mut f = t[..42].to_vec();
     f[16..18].copy_from_slice(&28u16.to_be_bytes());
     f[20] = 0x20; // MF
-    fix_ipv4_checksum(&mut f);
+    common::fix_ip_checksum(&mut f, 14);
     drop(&f, "parse: tiny first fragment");
     // A later fragment (no transport header) whose first fragment was never
     // seen cannot be matched to a flow (tests/nat.rs has the in-order case).
     let mut f = good.clone();
     f[20] = 0x00;
     f[21] = 0x03; // offset 24 bytes
-    fix_ipv4_checksum(&mut f);
+    common::fix_ip_checksum(&mut f, 14);
     drop(&f, "conntrack: fragment without its first fragment");
     // Offset 8 TCP fragment: overlap attack (RFC 1858).
     let mut f = t.clone();
     f[20] = 0x00;
     f[21] = 0x01;
-    fix_ipv4_checksum(&mut f);
+    common::fix_ip_checksum(&mut f, 14);
     drop(&f, "parse: tiny first fragment");
 
     // L2.
@@ -371,7 +362,7 @@ fn icmp_errors_cut_anywhere_never_panic() {
             if f.len() >= 34 && f[12] == 0x08 {
                 let l = (f.len() - 14) as u16;
                 f[16..18].copy_from_slice(&l.to_be_bytes());
-                fix_ipv4_checksum(&mut f);
+                common::fix_ip_checksum(&mut f, 14);
             } else if f.len() >= 54 && f[12] == 0x86 {
                 let l = (f.len() - 54) as u16;
                 f[18..20].copy_from_slice(&l.to_be_bytes());

@@ -97,21 +97,6 @@ impl Rng {
     }
 }
 
-/// RFC 791 header checksum, computed here.
-fn fix_ip_checksum(f: &mut [u8], l3: usize) {
-    let hl = ((f[l3] & 0xf) as usize * 4).min(f.len() - l3);
-    f[l3 + 10] = 0;
-    f[l3 + 11] = 0;
-    let mut s: u32 = 0;
-    for c in f[l3..l3 + hl].chunks(2) {
-        s += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
-    }
-    while s >> 16 != 0 {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    f[l3 + 10..l3 + 12].copy_from_slice(&(!(s as u16)).to_be_bytes());
-}
-
 /// One frame and the port it arrives on.
 fn frame(r: &mut Rng) -> (Vec<u8>, u16) {
     let port = r.pick(&[2u16, 2, 2, 3, 3, 1, 0]);
@@ -195,15 +180,15 @@ fn damage(r: &mut Rng, f: &mut Vec<u8>) {
         2 => f.extend((0..r.below(20) + 1).map(|_| 0xee)),
         3 => {
             f[20] |= 0x40; // DF
-            fix_ip_checksum(f, 14);
+            common::fix_ip_checksum(f, 14);
         }
         4 => {
             f[20] |= 0x20; // MF
-            fix_ip_checksum(f, 14);
+            common::fix_ip_checksum(f, 14);
         }
         5 => {
             f[21] = r.pick(&[1u8, 185]); // an offset
-            fix_ip_checksum(f, 14);
+            common::fix_ip_checksum(f, 14);
         }
         6 => {
             // A priority tag (VID 0) or a VLAN.
@@ -216,17 +201,17 @@ fn damage(r: &mut Rng, f: &mut Vec<u8>) {
             f[14] = 0x46;
             let tl = u16::from_be_bytes([f[16], f[17]]) + 4;
             f[16..18].copy_from_slice(&tl.to_be_bytes());
-            fix_ip_checksum(f, 14);
+            common::fix_ip_checksum(f, 14);
         }
         8 => f[24] ^= 0x55, // checksum
         9 => {
             let tl = u16::from_be_bytes([f[16], f[17]]) + r.pick(&[4u16, 200]);
             f[16..18].copy_from_slice(&tl.to_be_bytes());
-            fix_ip_checksum(f, 14);
+            common::fix_ip_checksum(f, 14);
         }
         10 => {
             f[16..18].copy_from_slice(&r.pick(&[0u16, 19, 20, 27]).to_be_bytes());
-            fix_ip_checksum(f, 14);
+            common::fix_ip_checksum(f, 14);
         }
         _ => {}
     }
@@ -301,7 +286,7 @@ fn expected(f: &[u8], next_hop: [u8; 6], egress: [u8; 6]) -> Vec<u8> {
     e[0..6].copy_from_slice(&next_hop);
     e[6..12].copy_from_slice(&egress);
     e[22] -= 1;
-    fix_ip_checksum(&mut e, 14);
+    common::fix_ip_checksum(&mut e, 14);
     e
 }
 
@@ -728,7 +713,7 @@ fn compare_new_flows(open: bool, seed: u64) -> (Side, Side) {
                 // (l4_frame's TTLs of 1 and 2 would leave most bursts to the
                 // full pipeline.)
                 f[22] = 64;
-                fix_ip_checksum(&mut f, 14);
+                common::fix_ip_checksum(&mut f, 14);
                 (f, port)
             };
             let mut f = f;
@@ -818,7 +803,7 @@ fn fast_path_translates_a_reply_to_the_frame_computed_here() {
         .write(&mut want, b"answer!")
         .unwrap();
     // etherparse leaves identification 0 and DF clear, as the reply had.
-    fix_ip_checksum(&mut want, 14);
+    common::fix_ip_checksum(&mut want, 14);
     assert_eq!(got, want);
     assert_checksums(&got);
 }
@@ -1014,7 +999,7 @@ fn fast_path_balances_new_connections_as_the_full_pipeline_does() {
                     let mut f = l4_frame(&mut r, gateway, ge1, client, VIP, sport, 80, tcp);
                     if !mixed {
                         f[22] = 64;
-                        fix_ip_checksum(&mut f, 14);
+                        common::fix_ip_checksum(&mut f, 14);
                     }
                     (f, 1)
                 };

@@ -63,22 +63,6 @@ fn snapshot(cfg: &AstaraConfig, opts: &CompileOptions) -> Snapshot {
     compile(cfg, &ports_from_config(cfg), opts).unwrap().snapshot
 }
 
-/// Recomputes the IPv4 header checksum of the header at `l3` (RFC 1071,
-/// written here).
-fn fix_ip_checksum(f: &mut [u8], l3: usize) {
-    if f.len() < l3 + 20 {
-        return;
-    }
-    f[l3 + 10..l3 + 12].copy_from_slice(&[0, 0]);
-    let ihl = ((f[l3] & 0x0f) as usize * 4).min(f.len() - l3);
-    let mut s: u32 =
-        f[l3..l3 + ihl].chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum();
-    while s >> 16 != 0 {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    f[l3 + 10..l3 + 12].copy_from_slice(&(!(s as u16)).to_be_bytes());
-}
-
 /// A TCP (ACK) or UDP frame with a short random payload.
 #[allow(clippy::too_many_arguments)]
 fn l4_frame(
@@ -127,7 +111,7 @@ fn icmp_error(r: &mut Rng, from: [u8; 4], out: &[u8], damage: bool) -> Vec<u8> {
     if damage && r.chance(60) {
         r.scribble(&mut q);
         if r.chance(30) {
-            fix_ip_checksum(&mut q, 0);
+            common::fix_ip_checksum(&mut q, 0);
         }
     }
     let (type_u8, code_u8) = match r.below(5) {
@@ -149,7 +133,7 @@ fn icmp_error(r: &mut Rng, from: [u8; 4], out: &[u8], damage: bool) -> Vec<u8> {
         if r.chance(50) && f.len() >= 34 {
             let total = (f.len() - 14) as u16;
             f[16..18].copy_from_slice(&total.to_be_bytes());
-            fix_ip_checksum(&mut f, 14);
+            common::fix_ip_checksum(&mut f, 14);
         }
     }
     f

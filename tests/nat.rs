@@ -61,6 +61,18 @@ fn ping(src_mac: [u8; 6], dst_mac: [u8; 6], src: [u8; 4], dst: [u8; 4], id: u16,
 /// An ICMPv4 error of `type_`/`code` from `from` to `to` quoting the IP
 /// packet `quoted` (its IP header and first 8 transport bytes).
 fn icmp_error(from: [u8; 4], to: [u8; 4], type_: u8, code: u8, quoted: &[u8]) -> Vec<u8> {
+    icmp_error_from((UPSTREAM, GE1), from, to, type_, code, quoted)
+}
+
+/// `icmp_error` sent from MAC `macs.0` to the port whose MAC is `macs.1`.
+fn icmp_error_from(
+    macs: ([u8; 6], [u8; 6]),
+    from: [u8; 4],
+    to: [u8; 4],
+    type_: u8,
+    code: u8,
+    quoted: &[u8],
+) -> Vec<u8> {
     let hl = (quoted[0] & 0x0f) as usize * 4;
     let q = &quoted[..(hl + 8).min(quoted.len())];
     let t = match (type_, code) {
@@ -69,7 +81,7 @@ fn icmp_error(from: [u8; 4], to: [u8; 4], type_: u8, code: u8, quoted: &[u8]) ->
         _ => panic!("unsupported"),
     };
     let mut v = Vec::new();
-    PacketBuilder::ethernet2(UPSTREAM, GE1).ipv4(from, to, 64).icmpv4(t).write(&mut v, q).unwrap();
+    PacketBuilder::ethernet2(macs.0, macs.1).ipv4(from, to, 64).icmpv4(t).write(&mut v, q).unwrap();
     v
 }
 
@@ -356,15 +368,6 @@ fn rfc5508_icmp_errors_quoting_garbage_or_unknown_flows_are_dropped() {
     assert_eq!(out.drops("firewall: not allowed to the appliance"), 3);
 }
 
-/// An ICMPv4 port unreachable from `from` (arriving from `mac` on the port
-/// whose MAC is `port_mac`) to `to`, quoting `quoted` (an IP packet).
-fn icmp_unreachable(mac: [u8; 6], port_mac: [u8; 6], from: [u8; 4], to: [u8; 4], quoted: &[u8]) -> Vec<u8> {
-    let t = etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port);
-    let mut v = Vec::new();
-    PacketBuilder::ethernet2(mac, port_mac).ipv4(from, to, 64).icmpv4(t).write(&mut v, &quoted[..28]).unwrap();
-    v
-}
-
 #[test]
 fn rfc5508_req4_req5_icmp_errors_about_no_known_flow_are_not_translated() {
     // Never sent through the router: the reply of a floating IP's host to
@@ -376,11 +379,11 @@ fn rfc5508_req4_req5_icmp_errors_about_no_known_flow_are_not_translated() {
             // From outside, to the floating IP (REQ-5): only a translation
             // to 192.168.1.5 would take it in, and its quote would still
             // name the floating IP.
-            on("ge1", 0.0, icmp_unreachable(UPSTREAM, GE1, [1, 2, 3, 4], [203, 0, 113, 50], &fip_reply[14..])),
+            on("ge1", 0.0, icmp_error([1, 2, 3, 4], [203, 0, 113, 50], 3, 3, &fip_reply[14..])),
             // From an inside host, out of the external port (REQ-4): the
             // masquerade would leave its own address in the quote.
-            on("ge2", 0.1, icmp_unreachable(HOST, GE2, [192, 168, 1, 9], [1, 2, 3, 4], &to_inside[14..])),
-            // The same error about a flow the router did translate still is.
+            on("ge2", 0.1, icmp_error_from((HOST, GE2), [192, 168, 1, 9], [1, 2, 3, 4], 3, 3, &to_inside[14..])),
+            // A datagram the floating IP takes in.
             on("ge1", 0.2, udp(UPSTREAM, GE1, [1, 2, 3, 4], [203, 0, 113, 50], 33000, 80)),
         ],
         |_| {},
@@ -397,7 +400,7 @@ fn rfc5508_req4_req5_icmp_errors_about_no_known_flow_are_not_translated() {
     let out = replay(
         vec![
             on("ge1", 0.0, udp(UPSTREAM, GE1, [1, 2, 3, 4], [203, 0, 113, 50], 33000, 80)),
-            on("ge1", 0.1, icmp_unreachable(UPSTREAM, GE1, [1, 2, 3, 4], [203, 0, 113, 50], &back[14..])),
+            on("ge1", 0.1, icmp_error([1, 2, 3, 4], [203, 0, 113, 50], 3, 3, &back[14..])),
         ],
         |_| {},
     );

@@ -1137,11 +1137,7 @@ impl Conntrack {
     /// `start`: where the probes of the packet's source endpoint start in
     /// the port map, when `post_route` computed it.
     fn plan(&mut self, snap: &Snapshot, m: &mut Meta, info: &Info, start: Option<Start>) -> Option<Plan> {
-        if !snap.acl.is_empty()
-            && let Some((_, false)) = snap.acl.classify(&acl_key(m))
-        {
-            self.counters.blocked += 1;
-            m.drop(D::BlockedByRule as u8);
+        if self.blocked(snap, m) {
             return None;
         }
         if let Some(k) = info.lb {
@@ -1229,17 +1225,27 @@ impl Conntrack {
     /// a floating IP), is dropped instead, as RFC 5508 REQ-4 asks: its
     /// quote would still name the inside host. No session either way.
     fn untracked_error(&mut self, snap: &Snapshot, m: &mut Meta) {
-        if !snap.acl.is_empty()
-            && let Some((_, false)) = snap.acl.classify(&acl_key(m))
-        {
-            self.counters.blocked += 1;
-            m.drop(D::BlockedByRule as u8);
+        if self.blocked(snap, m) {
             return;
         }
         let ext = snap.nat.external.map(|(p, _)| p);
         if ext == Some(m.out_port) && ext != Some(m.in_port) {
             m.drop(D::NatIcmpErrorNoFlow as u8);
         }
+    }
+
+    /// Whether an `anchors` rule blocks new forwarded flow `m`: then it is
+    /// dropped and counted.
+    #[inline]
+    fn blocked(&mut self, snap: &Snapshot, m: &mut Meta) -> bool {
+        if !snap.acl.is_empty()
+            && let Some((_, false)) = snap.acl.classify(&acl_key(m))
+        {
+            self.counters.blocked += 1;
+            m.drop(D::BlockedByRule as u8);
+            return true;
+        }
+        false
     }
 
     /// The translation of a new flow to a listener, its member chosen

@@ -41,6 +41,22 @@ pub fn inet_sum_ok(b: &[u8]) -> bool {
     s == 0xffff
 }
 
+/// Recomputes the header checksum of the IPv4 header at `l3` of a frame
+/// edited by hand (RFC 1071, written here); a frame too short for the
+/// header is left as it is.
+pub fn fix_ip_checksum(f: &mut [u8], l3: usize) {
+    if f.len() < l3 + 20 {
+        return;
+    }
+    let hl = ((f[l3] & 0xf) as usize * 4).min(f.len() - l3);
+    f[l3 + 10..l3 + 12].copy_from_slice(&[0, 0]);
+    let mut s: u32 = f[l3..l3 + hl].chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum();
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    f[l3 + 10..l3 + 12].copy_from_slice(&(!(s as u16)).to_be_bytes());
+}
+
 /// The (src, dst, sport, dport) of an IPv4 frame, after checking every
 /// checksum in it (IP header; TCP/UDP with etherparse's pseudo-header sum;
 /// ICMP with the RFC 1071 sum).
