@@ -23,6 +23,7 @@ use astara_dp::stage::{ConntrackConfig, Parse, Snapshot};
 use etherparse::PacketBuilder;
 
 mod common;
+use common::Rng;
 
 const MACS: [[u8; 6]; 4] = [
     [0xfa, 0x16, 0x3e, 0xe0, 0xe1, 0xb0],
@@ -76,25 +77,6 @@ fn snapshot_with_routes(open: bool, extra: &[(&str, &str)]) -> Snapshot {
         });
     }
     compile(&cfg, &ports_from_config(&cfg), &opts).unwrap().snapshot
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<T: Copy>(&mut self, v: &[T]) -> T {
-        v[self.below(v.len() as u64) as usize]
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
 }
 
 /// One frame and the port it arrives on.

@@ -28,33 +28,7 @@ use astara_dp::stage::{ConntrackConfig, Snapshot};
 use etherparse::PacketBuilder;
 
 mod common;
-
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-    /// Changes one byte of `b` at random.
-    fn scribble(&mut self, b: &mut [u8]) {
-        if !b.is_empty() {
-            let i = self.below(b.len() as u64) as usize;
-            b[i] = self.next() as u8;
-        }
-    }
-}
+use common::Rng;
 
 fn config(name: &str) -> AstaraConfig {
     AstaraConfig::from_json(&std::fs::read(format!("{}/configs/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()).unwrap()

@@ -41,6 +41,39 @@ pub fn inet_sum_ok(b: &[u8]) -> bool {
     s == 0xffff
 }
 
+/// A small seeded generator (xorshift64) for the tests' random traffic.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// Spread over the state's bits (never 0, which xorshift keeps).
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// Below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+    pub fn pick<T: Copy>(&mut self, v: &[T]) -> T {
+        v[self.below(v.len() as u64) as usize]
+    }
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+    /// Changes one byte of `b` at random.
+    pub fn scribble(&mut self, b: &mut [u8]) {
+        if !b.is_empty() {
+            let i = self.below(b.len() as u64) as usize;
+            b[i] = self.next() as u8;
+        }
+    }
+}
+
 /// Recomputes the header checksum of the IPv4 header at `l3` of a frame
 /// edited by hand (RFC 1071, written here); a frame too short for the
 /// header is left as it is.
