@@ -122,7 +122,8 @@ fn natural_key(s: &str) -> (String, u64) {
 
 /// Ports for a document run without a runtime file (`replay`, tests): one per
 /// interface in natural name order, MAC from `lladdr` or a locally
-/// administered `02:ac:da:00:00:NN`, MTU from the interface or 1500.
+/// administered `02:ac:da:00:00:NN`, MTU from the interface or 1500 (at
+/// most `MAX_MTU`, as a configured port).
 pub fn ports_from_config(cfg: &AstaraConfig) -> Vec<PortSpec> {
     let mut ifs: Vec<_> = cfg.networks.iter().map(|n| &n.interface).collect();
     ifs.sort_by_key(|i| natural_key(&i.ifname));
@@ -131,7 +132,7 @@ pub fn ports_from_config(cfg: &AstaraConfig) -> Vec<PortSpec> {
         .map(|(k, i)| PortSpec {
             name: i.ifname.clone(),
             mac: i.lladdr.unwrap_or(Mac([0x02, 0xac, 0xda, 0, (k >> 8) as u8, k as u8])),
-            mtu: i.mtu.map_or(1500, |m| m.min(u16::MAX as u32) as u16),
+            mtu: i.mtu.map_or(1500, |m| m.min(crate::packet::MAX_MTU as u32) as u16),
         })
         .collect()
 }
@@ -274,6 +275,15 @@ pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) ->
             _ => PortRole::Other,
         };
         if let Some(mtu) = n.interface.mtu {
+            if mtu > info.mtu as u32 {
+                b.warnings.push(format!(
+                    "networks[{i}].interface.mtu: {mtu} is above port {}'s {} (the largest this data plane forwards at is {}: no jumbo frames); the port keeps {}",
+                    info.name,
+                    info.mtu,
+                    crate::packet::MAX_MTU,
+                    info.mtu
+                ));
+            }
             info.mtu = info.mtu.min(mtu.min(u16::MAX as u32) as u16);
         }
         for a in &n.interface.addresses {
@@ -548,6 +558,28 @@ mod tests {
 
     fn v4(s: &str) -> u32 {
         s.parse::<std::net::Ipv4Addr>().unwrap().into()
+    }
+
+    #[test]
+    fn an_mtu_above_the_port_s_is_not_taken_and_says_so() {
+        let cfg = AstaraConfig::from_json(DOC.replace(r#""mtu": 1450"#, r#""mtu": 9000"#).as_bytes()).unwrap();
+        // Without a runtime file the port takes the interface's MTU, at
+        // most what a buffer holds.
+        let mut ports = ports_from_config(&cfg);
+        assert_eq!(ports[2].mtu, crate::packet::MAX_MTU);
+        let c = compile(&cfg, &ports, &CompileOptions::default()).unwrap();
+        assert_eq!(c.snapshot.ports[2].mtu, crate::packet::MAX_MTU);
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(
+            c.warnings[0].starts_with("networks[2].interface.mtu: 9000 is above port ge2's 1890"),
+            "{}",
+            c.warnings[0]
+        );
+        // A port configured at 1500 keeps 1500.
+        ports[2].mtu = 1500;
+        let c = compile(&cfg, &ports, &CompileOptions::default()).unwrap();
+        assert_eq!(c.snapshot.ports[2].mtu, 1500);
+        assert!(c.warnings[0].contains("the port keeps 1500"), "{}", c.warnings[0]);
     }
 
     #[test]

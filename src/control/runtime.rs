@@ -451,7 +451,7 @@ impl Runtime {
                 PortSpec {
                     name: p.name.clone(),
                     mac: p.mac.as_deref().and_then(|m| m.parse().ok()).unwrap_or(Mac::ZERO),
-                    mtu: p.mtu.unwrap_or(default_mtu).min(crate::packet::MAX_FRAME as u16 - 22),
+                    mtu: p.mtu.unwrap_or(default_mtu).min(crate::packet::MAX_MTU),
                 }
             })
             .collect()

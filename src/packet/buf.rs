@@ -11,6 +11,11 @@ pub const BUF_SIZE: usize = 2048;
 pub const HEADROOM: usize = 128;
 /// Largest frame a buffer holds (1500-byte MTU + Ethernet + two VLAN tags fit).
 pub const MAX_FRAME: usize = BUF_SIZE - HEADROOM - 8;
+/// The largest IP MTU a port forwards at: its frames, with an Ethernet
+/// header and two VLAN tags, fill a buffer. A port configured (or an
+/// interface found) with a larger MTU forwards at this one: there are no
+/// jumbo frames.
+pub const MAX_MTU: u16 = (MAX_FRAME - 22) as u16;
 /// Largest burst a worker handles at once.
 pub const MAX_BURST: usize = 256;
 pub const DEFAULT_BURST: usize = 32;

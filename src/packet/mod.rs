@@ -13,7 +13,9 @@ pub mod ipv4;
 pub mod ipv6;
 pub mod l4;
 
-pub use buf::{Burst, DEFAULT_BURST, L3, MAX_BURST, MAX_FRAME, Meta, PacketBuf, Pkt, Pool, Verdict, WorkerBuf};
+pub use buf::{
+    Burst, DEFAULT_BURST, L3, MAX_BURST, MAX_FRAME, MAX_MTU, Meta, PacketBuf, Pkt, Pool, Verdict, WorkerBuf,
+};
 pub use ethernet::Mac;
 
 /// Why a header view refused a buffer.
