@@ -179,14 +179,10 @@ fn dpdk_env(rt: &Runtime) -> dpdk::DpdkEnv {
 
 pub fn run(runtime: &Path, config: Option<&Path>) -> Result<(), String> {
     let rt = Runtime::load(runtime)?;
+    // (`port_specs` takes the same bound; said once, here.)
     for p in &rt.ports {
-        if let Some(mtu) = p.mtu.filter(|&m| m > crate::packet::MAX_MTU) {
-            log::warn!(
-                "port {}: mtu {mtu} is above the largest this data plane forwards at ({}: no jumbo frames); the port uses {}, and larger frames it receives are dropped",
-                p.name,
-                crate::packet::MAX_MTU,
-                crate::packet::MAX_MTU
-            );
+        if let Some(mtu) = p.mtu {
+            crate::packet::port_mtu(&p.name, mtu, "the runtime file's");
         }
     }
     let n = rt.workers.cores.len().max(1);

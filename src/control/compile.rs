@@ -283,8 +283,9 @@ pub fn compile(cfg: &AstaraConfig, ports: &[PortSpec], opts: &CompileOptions) ->
                     crate::packet::MAX_MTU,
                     info.mtu
                 ));
+            } else {
+                info.mtu = mtu as u16;
             }
-            info.mtu = info.mtu.min(mtu.min(u16::MAX as u32) as u16);
         }
         for a in &n.interface.addresses {
             b.connected.push((*a, port));

@@ -16,6 +16,17 @@ pub const MAX_FRAME: usize = BUF_SIZE - HEADROOM - 8;
 /// interface found) with a larger MTU forwards at this one: there are no
 /// jumbo frames.
 pub const MAX_MTU: u16 = (MAX_FRAME - 22) as u16;
+
+/// The MTU port `port` forwards at when `whence` gives it `mtu`: at most
+/// `MAX_MTU`, with a warning in the log when it is less than asked.
+pub fn port_mtu(port: &str, mtu: u16, whence: &str) -> u16 {
+    if mtu > MAX_MTU {
+        log::warn!(
+            "port {port}: mtu {mtu} ({whence}) is above the largest this data plane forwards at ({MAX_MTU}: no jumbo frames); the port uses {MAX_MTU}, and larger frames it receives are dropped"
+        );
+    }
+    mtu.min(MAX_MTU)
+}
 /// Largest burst a worker handles at once.
 pub const MAX_BURST: usize = 256;
 pub const DEFAULT_BURST: usize = 32;

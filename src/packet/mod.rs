@@ -14,7 +14,7 @@ pub mod ipv6;
 pub mod l4;
 
 pub use buf::{
-    Burst, DEFAULT_BURST, L3, MAX_BURST, MAX_FRAME, MAX_MTU, Meta, PacketBuf, Pkt, Pool, Verdict, WorkerBuf,
+    Burst, DEFAULT_BURST, L3, MAX_BURST, MAX_FRAME, MAX_MTU, Meta, PacketBuf, Pkt, Pool, Verdict, WorkerBuf, port_mtu,
 };
 pub use ethernet::Mac;
 

@@ -21,7 +21,7 @@
 
 use super::{Port, PortSpec, PortStats, QueueCounters, RxQueue, TxQueue};
 use crate::packet::checksum::{fold, pseudo_v4, pseudo_v6, sum};
-use crate::packet::{Burst, MAX_FRAME, MAX_MTU, Mac, PacketBuf, Pkt, Pool};
+use crate::packet::{Burst, MAX_FRAME, Mac, PacketBuf, Pkt, Pool, port_mtu};
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -63,14 +63,7 @@ impl IfInfo {
             spec.mac = self.mac;
         }
         if spec.mtu == 0 {
-            if self.mtu > MAX_MTU {
-                log::warn!(
-                    "{}: the interface's mtu {} is above the largest this data plane forwards at ({MAX_MTU}: no jumbo frames); the port uses {MAX_MTU}, and larger frames it receives are dropped",
-                    spec.name,
-                    self.mtu
-                );
-            }
-            spec.mtu = self.mtu.min(MAX_MTU);
+            spec.mtu = port_mtu(&spec.name, self.mtu, "its interface's");
         }
     }
 }
