@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Side by side on one core and the same DPDK devices: DPDK's testpmd (io
-# forwarding: the I/O ceiling), DPDK's l3fwd (LPM), astara-dp routing only,
-# and astara-dp with the full pipeline (conntrack, DNAT, firewall,
-# masquerade). Each forwards between two net_pcap devices replaying a
+# forwarding: the I/O ceiling), DPDK's l3fwd (LPM), l3fwd given the checks
+# a router makes before forwarding (benches/dpdk/l3fwd-router-checks.py),
+# astara-dp routing only, and astara-dp with the full pipeline (conntrack,
+# DNAT, firewall, masquerade). Each forwards between two net_pcap devices replaying a
 # 64-byte UDP capture in a loop (infinite_rx=1, no tx file: transmitted
 # frames are counted and freed by the driver at no cost). Rates come from
 # DPDK's own counters (the telemetry socket's /ethdev/stats: opackets of
@@ -60,6 +61,15 @@ cp -r /usr/share/dpdk/examples/l3fwd /usr/share/dpdk/examples/common "$WORK/"
 sed -i 's/\.offloads = RTE_ETH_RX_OFFLOAD_CHECKSUM,/.offloads = 0,/' "$WORK/l3fwd/main.c"
 make -s -C "$WORK/l3fwd" >/dev/null 2>&1 || make -C "$WORK/l3fwd"
 L3FWD="$WORK/l3fwd/build/l3fwd"
+# A second copy with the checks a router makes before forwarding (l3fwd
+# makes none of them: see benches/dpdk/l3fwd-router-checks.py), for the
+# cost of those checks alone in C.
+mkdir -p "$WORK/checks"
+cp -r "$WORK/l3fwd" "$WORK/common" "$WORK/checks/"
+rm -rf "$WORK/checks/l3fwd/build"
+python3 "$HERE/benches/dpdk/l3fwd-router-checks.py" "$WORK/checks/l3fwd/l3fwd_lpm.c" fa:16:3e:11:22:01 fa:16:3e:11:22:02
+make -s -C "$WORK/checks/l3fwd" >/dev/null 2>&1 || make -C "$WORK/checks/l3fwd"
+L3CHECKS="$WORK/checks/l3fwd/build/l3fwd"
 
 # Captures (checksums computed by the generator, not by astara-dp).
 GEN="python3 $HERE/benches/dpdk/mkpcap.py"
@@ -181,6 +191,14 @@ echo "testpmd io: $TESTPMD" >&2
 L3=$(run_sampled l3fwd "$L3FWD" -l $CORE $(eal l3fwd "$WORK/r0.pcap" "$WORK/r1.pcap") -- \
     -p 0x3 --config="(0,0,$CORE),(1,0,$CORE)" --parse-ptype --lookup=lpm)
 echo "l3fwd lpm:  $L3" >&2
+# shellcheck disable=SC2046
+L3C=$(run_sampled l3checks "$L3CHECKS" -l $CORE $(eal l3checks "$WORK/r0.pcap" "$WORK/r1.pcap") -- \
+    -p 0x3 --config="(0,0,$CORE),(1,0,$CORE)" --parse-ptype --lookup=lpm)
+# (Printed by the copy at exit: every packet must have passed, or the row
+# measured another path.)
+grep -q "router checks: passed [1-9][0-9]* failed 0$" "$WORK/l3checks.log" ||
+    { echo "l3fwd with checks: not every packet passed:" >&2; tail -5 "$WORK/l3checks.log" >&2; exit 1; }
+echo "l3fwd lpm + a router's checks: $L3C" >&2
 RT=$(runtime route "$PORTS_ROUTE" "$WORK/r0.pcap" "$WORK/r1.pcap")
 ROUTE=$(run_sampled route "$ADP" run --runtime "$RT" --config "$WORK/route.json")
 echo "astara-dp routing: $ROUTE" >&2
@@ -188,12 +206,20 @@ RT=$(runtime full "$PORTS_FULL" "$WORK/f0.pcap" "$WORK/f1.pcap")
 FULL=$(run_sampled full "$ADP" run --runtime "$RT" --config "$HERE/configs/router.json")
 echo "astara-dp full:    $FULL" >&2
 
-python3 - "$TESTPMD" "$L3" "$ROUTE" "$FULL" "$CORE" <<'EOF'
+python3 - "$TESTPMD" "$L3" "$L3C" "$ROUTE" "$FULL" "$CORE" <<'EOF'
 import sys
-t, l, r, f = (float(a.split()[0]) for a in sys.argv[1:5])
-core = sys.argv[5]
+t, l, c, r, f = (float(a.split()[0]) for a in sys.argv[1:6])
+core = sys.argv[6]
 print()
-print("%-34s %8s %10s %12s %12s" % ("program (1 core: CPU " + core + ")", "Mpps", "ns/pkt", "vs l3fwd", "vs testpmd"))
-for name, v in [("testpmd io (I/O ceiling)", t), ("l3fwd LPM", l), ("astara-dp routing only", r), ("astara-dp NAT+firewall+route", f)]:
-    print("%-34s %8.2f %10.1f %11.2fx %11.2fx" % (name, v, 1e3 / v if v else 0, v / l if l else 0, v / t if t else 0))
+print("%-34s %8s %10s %10s %14s %11s" % ("program (1 core: CPU " + core + ")", "Mpps", "ns/pkt", "vs l3fwd", "vs l3fwd+chk", "vs testpmd"))
+rows = [
+    ("testpmd io (I/O ceiling)", t),
+    ("l3fwd LPM", l),
+    ("l3fwd LPM + a router's checks", c),
+    ("astara-dp routing only", r),
+    ("astara-dp NAT+firewall+route", f),
+]
+for name, v in rows:
+    ratio = lambda ref: v / ref if ref else 0
+    print("%-34s %8.2f %10.1f %9.2fx %13.2fx %10.2fx" % (name, v, 1e3 / v if v else 0, ratio(l), ratio(c), ratio(t)))
 EOF
