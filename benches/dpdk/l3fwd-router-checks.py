@@ -11,9 +11,11 @@ path drops or hands on each of those (see `stage::parse::head`,
 `stage::fast`). This edit makes l3fwd's packet-type callback (run on every
 received packet with --parse-ptype) make the same checks, in plain C, one
 packet at a time; a packet that fails gets no IPv4 packet type. The copy
-counts both outcomes and prints them at exit ("router checks: passed N
-failed M"), so the bench can show every packet of its capture passed: the
-row measures the checks' cost, not a different path.
+counts the packets it saw and those that failed, and prints both at exit
+("router checks: seen N failed M"), so the bench can show that every
+packet of its capture passed: the row measures the checks' cost, not a
+different path. (Packets are counted a burst at a time and failures one by
+one, so that counting adds no per-packet store to the path measured.)
 
 The checks, as astara-dp's fast path makes them for plain forwarding:
 - to the receiving port's MAC (the capture's, given here: a net_pcap
@@ -49,13 +51,15 @@ static const uint64_t port_mac[2] = { MAC0, MAC1 };
 static const uint32_t floating[2] = { 0xcb007132, 0xcb007133 };
 static uint64_t dnat_filter[16];
 static int checks_ready;
-static uint64_t checks_passed, checks_failed;
+/* Packets seen (counted a burst at a time) and IPv4 packets that failed
+ * (counted one by one: none should). */
+static uint64_t checks_seen, checks_failed;
 
 __attribute__((destructor)) static void
 checks_report(void)
 {
-	fprintf(stderr, "router checks: passed %lu failed %lu\n",
-		(unsigned long)checks_passed, (unsigned long)checks_failed);
+	fprintf(stderr, "router checks: seen %lu failed %lu\n",
+		(unsigned long)checks_seen, (unsigned long)checks_failed);
 }
 
 static void
@@ -134,12 +138,10 @@ src = src[:at] + CHECKS.replace("MAC0", mac_word(mac0)).replace("MAC1", mac_word
 old = "\tif (ether_type == rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4))\n\t\tpacket_type |= RTE_PTYPE_L3_IPV4_EXT_UNKNOWN;\n"
 new = (
     "\tif (ether_type == rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4)) {\n"
-    "\t\tif (router_checks(m)) {\n"
+    "\t\tif (likely(router_checks(m)))\n"
     "\t\t\tpacket_type |= RTE_PTYPE_L3_IPV4_EXT_UNKNOWN;\n"
-    "\t\t\tchecks_passed++;\n"
-    "\t\t} else {\n"
+    "\t\telse\n"
     "\t\t\tchecks_failed++;\n"
-    "\t\t}\n"
     "\t}\n"
 )
 assert old in src, "lpm_parse_ptype's IPv4 test not found"
@@ -148,6 +150,6 @@ src = src.replace(old, new, 1)
 old = "\tif (unlikely(nb_pkts == 0))\n\t\treturn nb_pkts;\n\trte_prefetch0"
 assert old in src, "lpm_cb_parse_ptype not found"
 src = src.replace(
-    old, "\tif (unlikely(nb_pkts == 0))\n\t\treturn nb_pkts;\n\tif (unlikely(!checks_ready))\n\t\tchecks_init();\n\trte_prefetch0", 1
+    old, "\tif (unlikely(nb_pkts == 0))\n\t\treturn nb_pkts;\n\tif (unlikely(!checks_ready))\n\t\tchecks_init();\n\tchecks_seen += nb_pkts;\n\trte_prefetch0", 1
 )
 open(path, "w").write(src)
