@@ -218,3 +218,180 @@ pub fn tcp(
     b.write(&mut v, b"segment").unwrap();
     v
 }
+
+/// A router's document in the shape the Astara orchestrator builds it
+/// (`astara/api/config/router.py` and `common.py`): interfaces named but
+/// without `lladdr` or `mtu`, subnets without ids, a subnet whose gateway is
+/// `""` (Neutron's none), Neutron's `host_routes` objects, `labels` from the
+/// provider rules, the orchestrator's own `config` object, and no
+/// `static_routes`, `address_book` or `anchors`. Networks: ge0 management,
+/// ge1 external 172.16.77.50/24 (gateway .1), ge2 internal 192.168.0.0/24
+/// (a host route to 10.9.0.0/16 via 192.168.0.254; 192.168.0.2 has the
+/// floating IP 172.16.77.51), ge3 internal 10.10.0.0/24.
+pub fn orchestrator_router_doc() -> serde_json::Value {
+    let tenant = "d22b149cee9b4eac8349c517eda00b89";
+    let net = |id: &str, kind: &str, ifname: &str, addresses: serde_json::Value, subnets: serde_json::Value| {
+        serde_json::json!({
+            "interface": {"ifname": ifname, "addresses": addresses},
+            "network_id": id,
+            "v4_conf_service": "static",
+            "v6_conf_service": "static",
+            "network_type": kind,
+            "subnets": subnets,
+            "allocations": [],
+        })
+    };
+    let sub = |cidr: &str, gw: &str, dhcp: bool| serde_json::json!({"cidr": cidr, "dhcp_enabled": dhcp, "dns_nameservers": [], "host_routes": [], "gateway_ip": gw});
+    let mut internal = net(
+        "6a2d1e9f-4b1c-4c1e-9d55-2f1f3b8e0a01",
+        "internal",
+        "ge2",
+        serde_json::json!(["192.168.0.1/24", "fdd6:a1fa:cfa8:9df::1/64"]),
+        serde_json::json!([
+            sub("192.168.0.0/24", "192.168.0.1", true),
+            sub("fdd6:a1fa:cfa8:9df::/64", "fdd6:a1fa:cfa8:9df::1", false)
+        ]),
+    );
+    internal["subnets"][0]["host_routes"] =
+        serde_json::json!([{"destination": "10.9.0.0/16", "nexthop": "192.168.0.254"}]);
+    internal["subnets"][0]["dns_nameservers"] = serde_json::json!(["8.8.8.8"]);
+    internal["allocations"] = serde_json::json!([
+        {"ip_addresses": {"192.168.0.2": true, "fdd6:a1fa:cfa8:9df::2": false},
+         "device_id": "c9de2a6c-ff1d-4a1b-8bb3-7a5c4b1fd7a1", "hostname": "192-168-0-2.local", "mac_address": "fa:16:3e:00:00:02"},
+        {"ip_addresses": {"192.168.0.3": true}, "device_id": "", "hostname": "192-168-0-3.local", "mac_address": "fa:16:3e:00:00:03"},
+    ]);
+    serde_json::json!({
+        "asn": 64512,
+        "neighbor_asn": 64512,
+        "default_v4_gateway": "172.16.77.1",
+        "networks": [
+            net("43dc2fad-f6f9-4668-9695-fed50f7768aa", "management", "ge0",
+                serde_json::json!(["fdca:3ba5:a17a:acda:f816:3eff:fe2b:ced0/64"]),
+                serde_json::json!([sub("fdca:3ba5:a17a:acda::/64", "fdca:3ba5:a17a:acda::1", false)])),
+            net("a1f3c0de-7f6e-4a55-8d0b-3c1b2a9f8e01", "external", "ge1",
+                serde_json::json!(["172.16.77.50/24", "fdee:9f85:83be:0:f816:3eff:fe4d:bf12/48"]),
+                serde_json::json!([sub("172.16.77.0/24", "172.16.77.1", false), sub("fdee:9f85:83be::/48", "fdee:9f85:83be::1", false)])),
+            internal,
+            net("0b9f2c4e-1d3a-4e5f-8a6b-7c8d9e0f1a2b", "internal", "ge3",
+                serde_json::json!(["10.10.0.1/24"]),
+                serde_json::json!([sub("10.10.0.0/24", "", true)])),
+        ],
+        "labels": {"ext": ["192.168.57.0/24"]},
+        "floating_ips": [{"floating_ip": "172.16.77.51", "fixed_ip": "192.168.0.2"}],
+        "tenant_id": tenant,
+        "hostname": format!("ak-{tenant}"),
+        "orchestrator": {"address": "fdca:3ba5:a17a:acda:f816:3eff:fe66:33b6", "metadata_port": 9697, "host": "orchestrator-1"},
+    })
+}
+
+/// A load balancer's document in the shape the orchestrator builds it
+/// (`astara/api/config/loadbalancer.py`, and `to_dict` of the models in
+/// `astara/api/neutron.py`): ge1 the load-balancer network
+/// (192.168.0.137/24, the VIP), ge0 management; `vip_port` is Neutron's own
+/// port object with all its keys; with `listener`, an HTTP listener on
+/// port 80 whose `default_pool` is null until `pool`, a round-robin pool
+/// with no health monitor and no persistence (both null), whose member
+/// 192.168.0.194:80 (`subnet` null) comes with `member`.
+pub fn orchestrator_lb_doc(listener: bool, pool: bool, member: bool) -> serde_json::Value {
+    let tenant = "d22b149cee9b4eac8349c517eda00b89";
+    let lb_id = "8ac54799-b143-48e5-94d4-e5e989592229";
+    let mut lb = serde_json::json!({
+        "id": lb_id,
+        "tenant_id": tenant,
+        "name": "balancer1",
+        "admin_state_up": true,
+        "status": "ACTIVE",
+        "listeners": [],
+        "vip_address": "192.168.0.137",
+        "vip_port": {
+            "id": "352e2867-06c6-4ced-8e81-1c016991fb38",
+            "name": format!("loadbalancer-{lb_id}"),
+            "network_id": "b7fc9b39-401c-47cc-a07d-9f8cde75ccbf",
+            "tenant_id": tenant,
+            "device_owner": "neutron:LOADBALANCERV2",
+            "device_id": lb_id,
+            "mac_address": "fa:16:3e:a0:80:82",
+            "admin_state_up": true,
+            "status": "ACTIVE",
+            "fixed_ips": [
+                {"subnet_id": "8c58b558-be54-45de-9873-169fe845bb80", "ip_address": "192.168.0.137"},
+                {"subnet_id": "89fe7a9d-be92-469c-9a1e-503a39462ed1", "ip_address": "fdd6:a1fa:cfa8:6af6:f816:3eff:fea0:8082"},
+            ],
+            "allowed_address_pairs": [],
+            "extra_dhcp_opts": [],
+            "security_groups": ["5d1e3b4c-2a1f-4e8d-9c7b-6a5f4e3d2c1b"],
+            "binding:host_id": "compute-1",
+            "binding:vif_type": "ovs",
+            "binding:vnic_type": "normal",
+            "binding:vif_details": {"port_filter": true, "ovs_hybrid_plug": true},
+            "binding:profile": {},
+            "port_security_enabled": true,
+            "dns_name": "",
+            "qos_policy_id": null,
+        },
+    });
+    if listener {
+        lb["listeners"] = serde_json::json!([{
+            "id": "8dca64a2-beaa-484e-a3c8-59c9b63913e0",
+            "tenant_id": tenant,
+            "name": "listener1",
+            "admin_state_up": true,
+            "protocol": "HTTP",
+            "protocol_port": 80,
+            "default_pool": null,
+        }]);
+    }
+    if pool {
+        lb["listeners"][0]["default_pool"] = serde_json::json!({
+            "id": "255c4d63-6199-4afc-abec-48c5ab46ac2e",
+            "tenant_id": tenant,
+            "name": "pool1",
+            "admin_state_up": true,
+            "lb_algorithm": "ROUND_ROBIN",
+            "protocol": "HTTP",
+            "healthmonitor": null,
+            "session_persistence": null,
+            "members": [],
+        });
+    }
+    if member {
+        lb["listeners"][0]["default_pool"]["members"] = serde_json::json!([{
+            "id": "30fc9549-7804-4196-bb86-8ebabc3a79e2",
+            "tenant_id": tenant,
+            "admin_state_up": true,
+            "address": "192.168.0.194",
+            "protocol_port": 80,
+            "weight": 1,
+            "subnet": null,
+        }]);
+    }
+    let net = |id: &str, kind: &str, ifname: &str, addresses: serde_json::Value, subnets: serde_json::Value| {
+        serde_json::json!({
+            "interface": {"ifname": ifname, "addresses": addresses},
+            "network_id": id,
+            "v4_conf_service": "static",
+            "v6_conf_service": "static",
+            "network_type": kind,
+            "subnets": subnets,
+            "allocations": [],
+        })
+    };
+    serde_json::json!({
+        "hostname": format!("ak-loadbalancer-{tenant}"),
+        "tenant_id": tenant,
+        "networks": [
+            net("b7fc9b39-401c-47cc-a07d-9f8cde75ccbf", "loadbalancer", "ge1",
+                serde_json::json!(["192.168.0.137/24", "fdd6:a1fa:cfa8:6af6:f816:3eff:fea0:8082/64"]),
+                serde_json::json!([
+                    {"cidr": "192.168.0.0/24", "dhcp_enabled": true, "dns_nameservers": [], "host_routes": [], "gateway_ip": "192.168.0.1"},
+                    {"cidr": "fdd6:a1fa:cfa8:6af6::/64", "dhcp_enabled": false, "dns_nameservers": [], "host_routes": [], "gateway_ip": "fdd6:a1fa:cfa8:6af6::1"},
+                ])),
+            net("43dc2fad-f6f9-4668-9695-fed50f7768aa", "management", "ge0",
+                serde_json::json!(["fdca:3ba5:a17a:acda:f816:3eff:fee0:e1b0/64"]),
+                serde_json::json!([
+                    {"cidr": "fdca:3ba5:a17a:acda::/64", "dhcp_enabled": true, "dns_nameservers": [], "host_routes": [], "gateway_ip": "fdca:3ba5:a17a:acda::1"},
+                ])),
+        ],
+        "services": {"loadbalancer": lb},
+    })
+}
