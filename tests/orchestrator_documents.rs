@@ -126,16 +126,19 @@ fn a_load_balancer_document_as_the_orchestrator_builds_it_balances() {
     let dir = tempfile::tempdir().unwrap();
     let client = [0xfa, 0x16, 0x3e, 0, 0, 0x50];
     let member = [0xfa, 0x16, 0x3e, 0, 0, 0xc2];
-    let o = options(
-        &orchestrator_lb_doc(true, true, true),
-        &dir,
-        vec![
-            neighbor("ge1", "192.168.0.194", "fa:16:3e:00:00:c2"),
-            neighbor("ge1", "192.168.0.50", "fa:16:3e:00:00:50"),
-        ],
-    );
+    // (Each replay starts from an empty session table.)
+    let with_member = || {
+        options(
+            &orchestrator_lb_doc(true, true, true),
+            &dir,
+            vec![
+                neighbor("ge1", "192.168.0.194", "fa:16:3e:00:00:c2"),
+                neighbor("ge1", "192.168.0.50", "fa:16:3e:00:00:50"),
+            ],
+        )
+    };
     let syn = tcp(client, GE1, [192, 168, 0, 50], [192, 168, 0, 137], 33000, 80, Flags::Syn);
-    let first = replay_with(o, 1_700_000_000, vec![on("ge1", 0.0, syn.clone())]);
+    let first = replay_with(with_member(), 1_700_000_000, vec![on("ge1", 0.0, syn.clone())]);
     let to_member = first.on("ge1");
     assert_eq!(to_member.len(), 1, "{:?}", first.summary.drops);
     assert_eq!((&to_member[0][0..6], &to_member[0][6..12]), (&member[..], &GE1[..]));
@@ -145,16 +148,8 @@ fn a_load_balancer_document_as_the_orchestrator_builds_it_balances() {
     assert_eq!((src, dst, dport), ([192, 168, 0, 137], [192, 168, 0, 194], 80));
     // The member's answer, to the port it was given, goes back to the
     // client from the VIP.
-    let o = options(
-        &orchestrator_lb_doc(true, true, true),
-        &dir,
-        vec![
-            neighbor("ge1", "192.168.0.194", "fa:16:3e:00:00:c2"),
-            neighbor("ge1", "192.168.0.50", "fa:16:3e:00:00:50"),
-        ],
-    );
     let synack = tcp(member, GE1, [192, 168, 0, 194], [192, 168, 0, 137], 80, sport, Flags::SynAck);
-    let both = replay_with(o, 1_700_000_000, vec![on("ge1", 0.0, syn), on("ge1", 0.1, synack)]);
+    let both = replay_with(with_member(), 1_700_000_000, vec![on("ge1", 0.0, syn), on("ge1", 0.1, synack)]);
     let out = both.on("ge1");
     assert_eq!(out.len(), 2, "{:?}", both.summary.drops);
     assert_eq!((&out[1][0..6], &out[1][6..12]), (&client[..], &GE1[..]));

@@ -219,6 +219,27 @@ pub fn tcp(
     v
 }
 
+/// A network object as the orchestrator's `common.network_config` builds
+/// it: the interface named, without `lladdr` or `mtu`; both services
+/// static; no allocations (set them after).
+pub fn orchestrator_network(
+    id: &str,
+    kind: &str,
+    ifname: &str,
+    addresses: serde_json::Value,
+    subnets: serde_json::Value,
+) -> serde_json::Value {
+    serde_json::json!({
+        "interface": {"ifname": ifname, "addresses": addresses},
+        "network_id": id,
+        "v4_conf_service": "static",
+        "v6_conf_service": "static",
+        "network_type": kind,
+        "subnets": subnets,
+        "allocations": [],
+    })
+}
+
 /// A router's document in the shape the Astara orchestrator builds it
 /// (`astara/api/config/router.py` and `common.py`): interfaces named but
 /// without `lladdr` or `mtu`, subnets without ids, a subnet whose gateway is
@@ -230,17 +251,7 @@ pub fn tcp(
 /// floating IP 172.16.77.51), ge3 internal 10.10.0.0/24.
 pub fn orchestrator_router_doc() -> serde_json::Value {
     let tenant = "d22b149cee9b4eac8349c517eda00b89";
-    let net = |id: &str, kind: &str, ifname: &str, addresses: serde_json::Value, subnets: serde_json::Value| {
-        serde_json::json!({
-            "interface": {"ifname": ifname, "addresses": addresses},
-            "network_id": id,
-            "v4_conf_service": "static",
-            "v6_conf_service": "static",
-            "network_type": kind,
-            "subnets": subnets,
-            "allocations": [],
-        })
-    };
+    let net = orchestrator_network;
     let sub = |cidr: &str, gw: &str, dhcp: bool| serde_json::json!({"cidr": cidr, "dhcp_enabled": dhcp, "dns_nameservers": [], "host_routes": [], "gateway_ip": gw});
     let mut internal = net(
         "6a2d1e9f-4b1c-4c1e-9d55-2f1f3b8e0a01",
@@ -365,17 +376,7 @@ pub fn orchestrator_lb_doc(listener: bool, pool: bool, member: bool) -> serde_js
             "subnet": null,
         }]);
     }
-    let net = |id: &str, kind: &str, ifname: &str, addresses: serde_json::Value, subnets: serde_json::Value| {
-        serde_json::json!({
-            "interface": {"ifname": ifname, "addresses": addresses},
-            "network_id": id,
-            "v4_conf_service": "static",
-            "v6_conf_service": "static",
-            "network_type": kind,
-            "subnets": subnets,
-            "allocations": [],
-        })
-    };
+    let net = orchestrator_network;
     serde_json::json!({
         "hostname": format!("ak-loadbalancer-{tenant}"),
         "tenant_id": tenant,
