@@ -47,28 +47,20 @@ for c in dpdk-testpmd pkg-config python3 cargo make cc; do
 done
 [ -d /usr/share/dpdk/examples/l3fwd ] || { echo "missing l3fwd sources: apt-get install -y dpdk-doc" >&2; exit 1; }
 
-# Hugepages: 512 x 2 MB, hugetlbfs mounted.
-HP=/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
-[ "$(cat $HP)" -ge 512 ] || echo 512 > $HP
-mkdir -p /dev/hugepages
-mountpoint -q /dev/hugepages || mount -t hugetlbfs nodev /dev/hugepages
+# shellcheck source=benches/dpdk/common.sh
+. "$HERE/benches/dpdk/common.sh"
+reserve_hugepages 512
 
 echo "building astara-dp (--features dpdk) and l3fwd ..." >&2
 (cd "$HERE" && cargo build --release --features dpdk -q)
 ADP="$HERE/target/release/astara-dp"
-cp -r /usr/share/dpdk/examples/l3fwd /usr/share/dpdk/examples/common "$WORK/"
-# Virtual devices have no Rx checksum offload: l3fwd would refuse to start.
-sed -i 's/\.offloads = RTE_ETH_RX_OFFLOAD_CHECKSUM,/.offloads = 0,/' "$WORK/l3fwd/main.c"
-make -s -C "$WORK/l3fwd" >/dev/null 2>&1 || make -C "$WORK/l3fwd"
+build_l3fwd "$WORK"
 L3FWD="$WORK/l3fwd/build/l3fwd"
 # A second copy with the checks a router makes before forwarding (l3fwd
 # makes none of them: see benches/dpdk/l3fwd-router-checks.py), for the
 # cost of those checks alone in C.
-mkdir -p "$WORK/checks"
-cp -r "$WORK/l3fwd" "$WORK/common" "$WORK/checks/"
-rm -rf "$WORK/checks/l3fwd/build"
-python3 "$HERE/benches/dpdk/l3fwd-router-checks.py" "$WORK/checks/l3fwd/l3fwd_lpm.c" fa:16:3e:11:22:01 fa:16:3e:11:22:02
-make -s -C "$WORK/checks/l3fwd" >/dev/null 2>&1 || make -C "$WORK/checks/l3fwd"
+build_l3fwd "$WORK/checks" python3 "$HERE/benches/dpdk/l3fwd-router-checks.py" \
+    "$WORK/checks/l3fwd/l3fwd_lpm.c" fa:16:3e:11:22:01 fa:16:3e:11:22:02
 L3CHECKS="$WORK/checks/l3fwd/build/l3fwd"
 
 # Captures (checksums computed by the generator, not by astara-dp).
@@ -83,12 +75,7 @@ $GEN "$WORK/r1.pcap" --count "$PACKETS" --dst-mac fa:16:3e:11:22:02 --src 192.16
 $GEN "$WORK/f0.pcap" --count "$PACKETS" --dst-mac fa:16:3e:11:22:01 --src 192.168.1.0/24 --dst 198.18.1.0/24
 $GEN "$WORK/f1.pcap" --count "$PACKETS" --dst-mac fa:16:3e:a0:80:82 --src 100.64.0.0/24 --dst 203.0.113.50/32 --sport 20000 --dport 8080
 
-python3 - "$HERE/configs/router-open.json" "$WORK/route.json" <<'EOF'
-import json, sys
-d = json.load(open(sys.argv[1]))
-d["static_routes"] = [["198.18.0.0/24", "192.168.1.253"], ["198.18.1.0/24", "192.168.2.253"]]
-json.dump(d, open(sys.argv[2], "w"))
-EOF
+routing_config "$WORK/route.json"
 
 # (testpmd with --stats-period keeps running without a terminal until
 # signalled.)

@@ -19,25 +19,16 @@ cleanup() { rm -rf "$WORK" /var/run/dpdk/adpw-* 2>/dev/null || true; }
 trap cleanup EXIT
 [ "$(id -u)" = 0 ] || { echo "needs root (hugepages)" >&2; exit 1; }
 [ -d /usr/share/dpdk/examples/l3fwd ] || { echo "missing l3fwd sources: apt-get install -y dpdk-doc" >&2; exit 1; }
-HP=/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
-[ "$(cat $HP)" -ge 256 ] || echo 256 > $HP
-mkdir -p /dev/hugepages
-mountpoint -q /dev/hugepages || mount -t hugetlbfs nodev /dev/hugepages
+# shellcheck source=benches/dpdk/common.sh
+. "$HERE/benches/dpdk/common.sh"
+reserve_hugepages 256
 
 echo "building astara-dp and l3fwd ..." >&2
 (cd "$HERE" && cargo build --release -q)
 ADP="$HERE/target/release/astara-dp"
-cp -r /usr/share/dpdk/examples/l3fwd /usr/share/dpdk/examples/common "$WORK/"
-sed -i 's/\.offloads = RTE_ETH_RX_OFFLOAD_CHECKSUM,/.offloads = 0,/' "$WORK/l3fwd/main.c"
-make -s -C "$WORK/l3fwd" >/dev/null 2>&1 || make -C "$WORK/l3fwd"
+build_l3fwd "$WORK"
 L3FWD="$WORK/l3fwd/build/l3fwd"
-
-python3 - "$HERE/configs/router-open.json" "$WORK/route.json" <<'EOF'
-import json, sys
-d = json.load(open(sys.argv[1]))
-d["static_routes"] = [["198.18.0.0/24", "192.168.1.253"], ["198.18.1.0/24", "192.168.2.253"]]
-json.dump(d, open(sys.argv[2], "w"))
-EOF
+routing_config "$WORK/route.json"
 
 # One 60-byte UDP frame per case, from the web network (ge2, port 0) to
 # 198.18.1.20 (l3fwd: port 1; astara-dp: via 192.168.2.253 on ge3); each
